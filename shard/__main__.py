@@ -1,0 +1,3 @@
+from shard.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,572 @@
+"""One collection of a shard: write-ahead log + delta layers + HNSW graph, with recovery.
+
+Contracts
+---------
+* Durability: ``upsert``/``delete`` return only after their WAL record is fsynced (default
+  policy). Each call is one record, so a batch is all-or-nothing after a crash.
+* Ordering: writes are serialised by ``_write_lock``; the WAL seq order is the apply order.
+* Reads (``search``, ``get``) take no lock. A read first takes the applied seq ``v`` and then
+  the current layers, and sees exactly the writes with seq <= v (see delta.py and graph.py).
+* Compaction (``compact``) seals the active delta, builds the next graph privately, writes a
+  snapshot and swaps it in; searches and writes go on meanwhile (writes wait only for the
+  brief seal and publish steps). One compaction runs at a time.
+* Recovery (``open``): newest snapshot that verifies, then the WAL after it. If the WAL does
+  not reach back to that snapshot, the collection refuses to open (CorruptionError).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from shard import records, snapshot
+from shard.delta import TOMBSTONE, Delta
+from shard.errors import CorruptionError, InvalidArgument, Unavailable
+from shard.exact import distances as exact_distances
+from shard.exact import top_k
+from shard.fsutil import atomic_write, fsync_dir
+from shard.graph import Graph, new_index
+from shard.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
+from shard.vectors import Matrix, last_wins, prepare_for_metric, validate_ids
+from shard.wal import FsyncPolicy, Wal, WalOptions
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+_INF = np.float32(np.inf)
+
+
+@dataclass(frozen=True)
+class CollectionOptions:
+    wal: WalOptions = field(default_factory=WalOptions)
+    compact_delta_items: int = 10_000
+    compact_age_s: float = 30.0
+    rebuild_deleted_ratio: float = 0.2
+    build_threads: int = os.cpu_count() or 1
+    search_threads: int = os.cpu_count() or 1
+    exact_allow_max: int = 20_000
+    snapshots_kept: int = 2
+
+
+class _View(NamedTuple):
+    graph: Graph | None
+    sealed: Delta | None
+    active: Delta
+
+
+@dataclass(frozen=True)
+class QueryHits:
+    ids: list[str]
+    distances: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Stats:
+    count: int
+    graph_elements: int
+    deleted: int
+    delta_size: int
+    wal_bytes: int
+    last_applied_seq: int
+    snapshot_seq: int
+    compactions: int
+    compacting: bool
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    snapshot_seq: int
+    rebuilt: bool
+
+
+class Collection:
+    def __init__(self, directory: Path, spec: CollectionSpec, options: CollectionOptions) -> None:
+        self.directory = directory
+        self.spec = spec
+        self.options = options
+        self._write_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self._view = _View(None, None, Delta(spec.dimension))
+        self._applied_seq = 0
+        self._sealed_seq = 0
+        self._live = 0
+        self._snapshots: list[snapshot.SnapshotInfo] = []
+        self._active_since: float | None = None
+        self._compactions = 0
+        self._compacting = False
+        self._closed = False
+        self._wal: Wal | None = None
+
+    # ================================================================== lifecycle
+    @classmethod
+    def create(cls, directory: Path, spec: CollectionSpec, options: CollectionOptions) -> Collection:
+        """Creates the on-disk collection at ``directory`` (must not exist) and opens it."""
+        staging = directory.with_name(f".creating-{directory.name}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        atomic_write(staging / SPEC_FILE, spec.to_json().encode())
+        os.rename(staging, directory)
+        fsync_dir(directory.parent)
+        return cls.open(directory, options)
+
+    @classmethod
+    def read_spec(cls, directory: Path) -> CollectionSpec:
+        return CollectionSpec.from_json((directory / SPEC_FILE).read_text())
+
+    @classmethod
+    def open(cls, directory: Path, options: CollectionOptions) -> Collection:
+        spec = cls.read_spec(directory)
+        self = cls(directory, spec, options)
+        graph, kept = snapshot.load_newest(self._snapshot_dir, spec)
+        base_seq = graph.applied_seq if graph is not None else 0
+        if graph is not None:
+            self._view = _View(graph, None, self._view.active)
+            self._live = graph.live
+        self._snapshots = kept if graph is not None else []
+        self._applied_seq = base_seq
+
+        def replay(seq: int, payload: bytes) -> None:
+            if seq > base_seq:
+                self._apply(seq, records.decode(payload))
+
+        wal = Wal.open(self._wal_dir, options.wal, replay, start_seq=base_seq + 1)
+        if wal.first_seq > base_seq + 1 or wal.next_seq <= base_seq:
+            wal.close()
+            covered = f"snapshot at seq {base_seq}" if graph is not None else "no valid snapshot"
+            raise CorruptionError(
+                f"collection {spec.name}: {covered}, but the write-ahead log holds seqs "
+                f"{wal.first_seq}..{wal.next_seq - 1}; records in between are lost. Refusing to start: "
+                f"restore {directory} from a backup or drop the collection"
+            )
+        self._wal = wal
+        if len(self._view.active):
+            self._active_since = time.monotonic()
+        log.info(
+            "collection %s: recovered snapshot seq %d + log up to seq %d (%d live items)",
+            spec.name,
+            base_seq,
+            self._applied_seq,
+            self._live,
+        )
+        return self
+
+    @property
+    def _snapshot_dir(self) -> Path:
+        return self.directory / "snapshots"
+
+    @property
+    def _wal_dir(self) -> Path:
+        return self.directory / "wal"
+
+    def close(self) -> None:
+        """Stops writes, waits for a running compaction and closes the log (fsyncing it)."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._compact_lock:
+            if self._wal is not None:
+                self._wal.close()
+
+    def _check_open(self) -> Wal:
+        if self._closed or self._wal is None:
+            raise Unavailable(f"collection {self.spec.name} is closed")
+        return self._wal
+
+    # ================================================================== writes
+    def upsert(self, ids: Sequence[str], vectors: Matrix) -> tuple[int, int]:
+        """Logs and applies a batch; returns (seq, distinct ids). Last duplicate wins."""
+        id_list = validate_ids(ids)
+        if len(id_list) != vectors.shape[0]:
+            raise InvalidArgument(f"{len(id_list)} ids but {vectors.shape[0]} vectors")
+        prepared = prepare_for_metric(vectors, self.spec.metric, "vectors")
+        id_list, prepared = last_wins(id_list, prepared)
+        op = records.UpsertOp(id_list, np.ascontiguousarray(prepared, dtype=np.float32))
+        payload = records.encode(op)
+        with self._write_lock:
+            wal = self._check_open()
+            seq = wal.write(payload)
+            self._apply(seq, op)
+        self._await_durable(wal, seq)
+        return seq, len(id_list)
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, int]:
+        """Logs and applies a delete of the ids that exist; returns (seq or 0, count)."""
+        id_list = list(dict.fromkeys(validate_ids(ids)))
+        with self._write_lock:
+            wal = self._check_open()
+            view = self._view
+            existing = [item for item in id_list if self._locate(item, view) is not None]
+            if not existing:
+                return 0, 0
+            op = records.DeleteOp(existing)
+            seq = wal.write(records.encode(op))
+            self._apply(seq, op)
+        self._await_durable(wal, seq)
+        return seq, len(existing)
+
+    def _await_durable(self, wal: Wal, seq: int) -> None:
+        if self.options.wal.fsync is FsyncPolicy.ALWAYS:
+            wal.sync(seq)
+
+    def _apply(self, seq: int, op: records.Op) -> None:
+        """Applies one logged op to the layers. Caller holds the write lock (or is recovering)."""
+        view = self._view
+        active = view.active
+        if isinstance(op, records.UpsertOp):
+            existed = sum(1 for item in op.ids if self._supersede(item, seq, view))
+            active.append(op.ids, op.vectors, seq)
+            self._live += len(op.ids) - existed
+        else:
+            for item in op.ids:
+                if self._supersede(item, seq, view):
+                    active.tombstone(item, seq)
+                    self._live -= 1
+        if self._active_since is None:
+            self._active_since = time.monotonic()
+        self._applied_seq = seq  # last: readers that see this seq see the whole op
+
+    @staticmethod
+    def _supersede(item: str, seq: int, view: _View) -> bool:
+        """Hides the current version of ``item`` (if any) from reads at seq >= ``seq``.
+
+        Returns whether the id had a live version.
+        """
+        row = view.active.index.get(item)
+        if row is not None:
+            if row == TOMBSTONE:
+                return False
+            view.active.kill(row, seq)
+            return True
+        sealed = view.sealed
+        if sealed is not None:
+            row = sealed.index.get(item)
+            if row is not None:
+                # The graph label (if any) was shadowed when the sealed delta took this id.
+                if row == TOMBSTONE:
+                    return False
+                sealed.kill(row, seq)
+                return True
+        graph = view.graph
+        if graph is not None:
+            label = graph.label_of.get(item)
+            if label is not None:
+                graph.shadow(label, seq)
+                return True
+        return False
+
+    # ================================================================== reads
+    @staticmethod
+    def _locate(item: str, view: _View) -> tuple[Delta, int] | tuple[Graph, int] | None:
+        """Where the newest version of ``item`` lives (layer, row or label), None if absent."""
+        for layer in (view.active, view.sealed):
+            if layer is None:
+                continue
+            row = layer.index.get(item)
+            if row is not None:
+                return None if row == TOMBSTONE else (layer, row)
+        if view.graph is not None:
+            label = view.graph.label_of.get(item)
+            if label is not None:
+                return view.graph, label
+        return None
+
+    def get(self, ids: Sequence[str]) -> tuple[list[str], Matrix, list[str]]:
+        """Returns (found ids, their vectors, missing ids), in request order."""
+        id_list = validate_ids(ids)
+        if len(id_list) > MAX_GET_IDS:
+            raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
+        view = self._view
+        found: list[str] = []
+        missing: list[str] = []
+        rows: list[Matrix] = []
+        for item in id_list:
+            where = self._locate(item, view)
+            if where is None:
+                missing.append(item)
+                continue
+            layer, position = where
+            found.append(item)
+            if isinstance(layer, Delta):
+                rows.append(layer.vector(position)[None, :])
+            else:
+                rows.append(layer.vectors([position]))
+        matrix = np.concatenate(rows) if rows else np.empty((0, self.spec.dimension), dtype=np.float32)
+        return found, matrix, missing
+
+    def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
+        """Top-k per query over graph + delta layers, nearest first."""
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
+        if not 0 <= ef <= MAX_EF:
+            raise InvalidArgument(f"ef must be in 0..{MAX_EF} (0 = collection default), got {ef}")
+        ef = ef or self.spec.ef_search
+        prepared = np.ascontiguousarray(prepare_for_metric(queries, self.spec.metric, "queries"), dtype=np.float32)
+        view_seq = self._applied_seq  # read before the layers (see module docstring)
+        view = self._view
+        if allow_ids:
+            allowed = validate_ids(allow_ids, "allow_ids")
+            return self._search_allowed(prepared, k, ef, allowed, view_seq, view)
+        parts = [self._search_graph(prepared, k, ef, view_seq, view.graph)]
+        for layer in (view.sealed, view.active):
+            if layer is not None and layer.rows:
+                parts.append(self._search_delta(prepared, k, view_seq, layer, None))
+        return _merge(parts, k, len(prepared))
+
+    def _search_graph(
+        self, queries: Matrix, k: int, ef: int, view_seq: int, graph: Graph | None
+    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+        nq = len(queries)
+        if graph is None or graph.live == 0:
+            return np.empty((nq, 0), dtype=object), np.empty((nq, 0), dtype=np.float32)
+        threads = min(nq, self.options.search_threads)
+        shadowed = graph.shadowed
+        extra = min(shadowed, max(k, 16))
+        labels, dist = graph.knn(queries, k + extra, ef, threads)
+        valid = graph.shadow_seq[labels] > view_seq
+        if shadowed > extra and labels.shape[1] < graph.live:
+            short = valid.sum(axis=1) < min(k, graph.live - shadowed)
+            if short.any():  # many hidden labels near these queries: ask for all of them
+                labels, dist = graph.knn(queries, k + shadowed, ef, threads)
+                valid = graph.shadow_seq[labels] > view_seq
+        dist = np.where(valid, dist, _INF)
+        return graph.ids_of(labels), dist
+
+    def _search_delta(
+        self,
+        queries: Matrix,
+        k: int,
+        view_seq: int,
+        layer: Delta,
+        allowed: set[str] | None,
+    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+        rows = layer.rows
+        vectors, row_seq, dead_seq = layer.arrays
+        visible = (row_seq[:rows] <= view_seq) & (dead_seq[:rows] > view_seq)
+        if allowed is not None:
+            visible &= np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
+        dist = exact_distances(queries, vectors[:rows], self.spec.metric.hnsw_space)
+        dist[:, ~visible] = _INF
+        order, best = top_k(dist, min(k, rows))
+        ids = layer.ids
+        names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
+        return names, best
+
+    def _search_allowed(
+        self, queries: Matrix, k: int, ef: int, allowed: list[str], view_seq: int, view: _View
+    ) -> list[QueryHits]:
+        graph = view.graph
+        allowed_set = set(allowed)
+        if len(allowed_set) > self.options.exact_allow_max and graph is not None and graph.live:
+            parts = [self._search_graph_filtered(queries, k, ef, allowed_set, view_seq, graph)]
+            for layer in (view.sealed, view.active):
+                if layer is not None and layer.rows:
+                    parts.append(self._search_delta(queries, k, view_seq, layer, allowed_set))
+            return _merge(parts, k, len(queries))
+        names: list[str] = []
+        rows: list[Matrix] = []
+        graph_names: list[str] = []
+        graph_labels: list[int] = []
+        for item in allowed_set:
+            where = self._locate(item, view)
+            if where is None:
+                continue
+            holder, position = where
+            if isinstance(holder, Delta):
+                names.append(item)
+                rows.append(holder.vector(position)[None, :])
+            else:
+                graph_names.append(item)
+                graph_labels.append(position)
+        if graph is not None and graph_labels:
+            names.extend(graph_names)
+            rows.append(graph.vectors(graph_labels))
+        if not names:
+            return [QueryHits([], np.empty(0, dtype=np.float32)) for _ in range(len(queries))]
+        matrix = np.concatenate(rows)
+        # Sort candidates by id so ties come out in a deterministic order.
+        order_by_id = np.argsort(np.array(names, dtype=object), kind="stable")
+        name_arr = np.array(names, dtype=object)[order_by_id]
+        dist = exact_distances(queries, matrix[order_by_id], self.spec.metric.hnsw_space)
+        order, best = top_k(dist, min(k, len(names)))
+        return _merge([(name_arr[order], best)], k, len(queries))
+
+    def _search_graph_filtered(
+        self, queries: Matrix, k: int, ef: int, allowed: set[str], view_seq: int, graph: Graph
+    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+        mask = np.zeros(graph.elements, dtype=bool)
+        labels = [graph.label_of[item] for item in allowed if item in graph.label_of]
+        mask[labels] = True
+        mask &= graph.shadow_seq[: graph.elements] > view_seq
+        count = int(mask.sum())
+        nq = len(queries)
+        if count == 0:
+            return np.empty((nq, 0), dtype=object), np.empty((nq, 0), dtype=np.float32)
+        wanted = min(max(k, ef), count)
+        try:
+            found, dist = graph.index.knn_query(
+                queries, k=wanted, num_threads=1, filter=lambda label: bool(mask[label])
+            )
+        except RuntimeError:  # could not fill the result: search the allowed labels exactly
+            allowed_labels = np.flatnonzero(mask)
+            exact = exact_distances(queries, graph.vectors(allowed_labels), graph.index.space)
+            order, best = top_k(exact, min(k, count))
+            return graph.ids_of(allowed_labels[order]), best
+        found = found[:, :k].astype(np.int64)
+        return graph.ids_of(found), dist[:, :k]
+
+    # ================================================================== compaction
+    def needs_compaction(self, now: float | None = None) -> bool:
+        if self._compacting or self._closed:
+            return False
+        view = self._view
+        pending = len(view.active) + (len(view.sealed) if view.sealed is not None else 0)
+        if pending >= self.options.compact_delta_items or view.sealed is not None:
+            return True
+        since = self._active_since
+        now = time.monotonic() if now is None else now
+        return pending > 0 and since is not None and now - since >= self.options.compact_age_s
+
+    def compact(self) -> CompactResult:
+        """Folds the delta into a new graph, snapshots it, publishes it and truncates the log.
+
+        Safe to call from any thread; concurrent calls run one after another.
+        """
+        with self._compact_lock:
+            with self._write_lock:
+                wal = self._check_open()
+                view = self._view
+                if view.sealed is None:
+                    if len(view.active) == 0 and (view.graph is None or self._snapshots):
+                        seq = self._snapshots[0].applied_seq if self._snapshots else 0
+                        return CompactResult(seq, False)
+                    self._sealed_seq = self._applied_seq
+                    wal.rotate()  # the records of the sealed delta end in closed segments
+                    view = _View(view.graph, view.active, Delta(self.spec.dimension))
+                    self._view = view
+                    self._active_since = None
+                self._compacting = True
+            try:
+                sealed = view.sealed
+                assert sealed is not None
+                new_graph, rebuilt = self._fold(view.graph, sealed, self._sealed_seq)
+                info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                with self._write_lock:
+                    active = self._view.active
+                    for item, first in active.first_seq.items():
+                        label = new_graph.label_of.get(item)
+                        if label is not None:
+                            new_graph.shadow(label, first)
+                    self._view = _View(new_graph, None, active)
+                    self._snapshots.insert(0, info)
+                    self._compactions += 1
+            finally:
+                self._compacting = False
+            self._prune(wal)
+            return CompactResult(info.applied_seq, rebuilt)
+
+    def _prune(self, wal: Wal) -> None:
+        """Drops snapshots beyond the retention count and log segments older than all kept."""
+        kept = max(1, self.options.snapshots_kept)
+        while len(self._snapshots) > kept:
+            snapshot.remove(self._snapshots.pop())
+        if len(self._snapshots) == kept:
+            # Keep the log back to the oldest kept snapshot, so a damaged newest snapshot can
+            # be replaced by the older one plus a longer replay. Until there are that many
+            # snapshots, keep the whole log.
+            wal.truncate_before(self._snapshots[-1].applied_seq + 1)
+
+    def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> tuple[Graph, bool]:
+        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither."""
+        live_rows = sealed.live_rows(seal_seq)
+        vectors_all = sealed.arrays[0]
+        new_ids = [sealed.ids[r] for r in live_rows.tolist()]
+        new_vectors = vectors_all[live_rows]
+        replaced: list[int] = []
+        if graph is not None:
+            label_of = graph.label_of
+            replaced = [label_of[item] for item in sealed.index if item in label_of]
+        elements = graph.elements if graph is not None else 0
+        deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
+        rebuild = graph is None or deleted_after > self.options.rebuild_deleted_ratio * max(1, elements)
+        if rebuild:
+            keep_ids: list[str] = []
+            keep_labels: list[int] = []
+            if graph is not None:
+                for item, label in graph.label_of.items():
+                    if item not in sealed.index:
+                        keep_ids.append(item)
+                        keep_labels.append(label)
+            kept = graph.vectors(keep_labels) if graph is not None else np.empty((0, self.spec.dimension), np.float32)
+            ids = keep_ids + new_ids
+            index = new_index(self.spec, len(ids))
+            data = np.concatenate([kept, new_vectors]) if len(kept) else new_vectors
+            if len(ids):
+                index.add_items(data, np.arange(len(ids)), num_threads=self.options.build_threads)
+            fresh = Graph(index, ids, {item: label for label, item in enumerate(ids)}, seal_seq)
+            return fresh, graph is not None
+        assert graph is not None
+        private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=len(new_ids))
+        label_ids = private.label_ids
+        for label in replaced:
+            private.index.mark_deleted(label)
+            label_ids[label] = ""
+        base = len(label_ids)
+        if new_ids:
+            private.index.add_items(
+                new_vectors, np.arange(base, base + len(new_ids)), num_threads=self.options.build_threads
+            )
+        label_ids.extend(new_ids)
+        label_of = dict(graph.label_of)
+        for item in sealed.index:
+            label_of.pop(item, None)
+        label_of.update(zip(new_ids, range(base, base + len(new_ids)), strict=True))
+        return Graph(private.index, label_ids, label_of, seal_seq), False
+
+    # ================================================================== introspection
+    def stats(self) -> Stats:
+        view = self._view
+        graph = view.graph
+        wal = self._wal
+        return Stats(
+            count=self._live,
+            graph_elements=graph.elements if graph is not None else 0,
+            deleted=graph.deleted if graph is not None else 0,
+            delta_size=len(view.active) + (len(view.sealed) if view.sealed is not None else 0),
+            wal_bytes=wal.size_bytes if wal is not None else 0,
+            last_applied_seq=self._applied_seq,
+            snapshot_seq=self._snapshots[0].applied_seq if self._snapshots else 0,
+            compactions=self._compactions,
+            compacting=self._compacting,
+        )
+
+    def read_wal(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
+        return self._check_open().read_from(max(1, from_seq))
+
+
+def _merge(parts: list[tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]], k: int, nq: int) -> list[QueryHits]:
+    """Merges per-layer candidates (hidden ones have distance inf) into top-k per query."""
+    parts = [p for p in parts if p[1].shape[1]]
+    if not parts:
+        return [QueryHits([], np.empty(0, dtype=np.float32)) for _ in range(nq)]
+    ids = np.concatenate([p[0] for p in parts], axis=1) if len(parts) > 1 else parts[0][0]
+    dist = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(dist, order, axis=1)
+    names = np.take_along_axis(ids, order, axis=1)
+    hits = []
+    for row in range(nq):
+        finite = int(np.isfinite(best[row]).sum())
+        hits.append(QueryHits(names[row, :finite].tolist(), best[row, :finite].astype(np.float32)))
+    return hits

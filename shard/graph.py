@@ -1,0 +1,103 @@
+"""The HNSW graph layer: an hnswlib index that is never mutated once published.
+
+hnswlib allows concurrent searches but not searches concurrent with inserts, so a compaction
+builds the next graph in a private index (a copy loaded from the current snapshot, or a fresh
+build) and publishes it by swapping a reference. Labels are hnswlib integers; ``label_ids``
+maps them back to external ids ("" for a label marked deleted), ``label_of`` maps live ids to
+labels.
+
+``shadow_seq[label]`` is the seq of the first newer write to that id held in a delta layer; a
+reader at view seq ``v`` ignores a label with ``shadow_seq <= v``. It is the only field that
+changes after publication (written under the collection's write lock).
+
+Search uses a fixed ``ef`` of 1 on the index and asks for ``max(k, ef)`` results instead, which
+gives hnswlib's exact ``ef`` semantics without mutating shared state per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from shard.delta import NEVER
+from shard.exact import distances as exact_distances
+from shard.exact import top_k
+from shard.spec import CollectionSpec
+from shard.vectors import Matrix
+
+Labels = npt.NDArray[np.uint64]
+
+
+def new_index(spec: CollectionSpec, capacity: int) -> hnswlib.Index:
+    index = hnswlib.Index(space=spec.metric.hnsw_space, dim=spec.dimension)
+    index.init_index(max_elements=max(1, capacity), M=spec.m, ef_construction=spec.ef_construction)
+    index.set_ef(1)
+    return index
+
+
+@dataclass
+class Graph:
+    index: hnswlib.Index
+    label_ids: list[str]
+    label_of: dict[str, int]
+    applied_seq: int
+    shadow_seq: npt.NDArray[np.int64] = field(init=False)
+    shadowed: int = 0
+
+    def __post_init__(self) -> None:
+        self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
+        self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
+
+    @property
+    def elements(self) -> int:
+        return len(self.label_ids)
+
+    @property
+    def live(self) -> int:
+        return len(self.label_of)
+
+    @property
+    def deleted(self) -> int:
+        return self.elements - self.live
+
+    def shadow(self, label: int, seq: int) -> None:
+        if self.shadow_seq[label] == NEVER:
+            self.shadow_seq[label] = seq
+            self.shadowed += 1
+
+    def ids_of(self, labels: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
+        return self._ids_array[labels]
+
+    def vectors(self, labels: list[int] | npt.NDArray[np.int64]) -> Matrix:
+        if len(labels) == 0:
+            return np.empty((0, self.index.dim), dtype=np.float32)
+        out = self.index.get_items(np.asarray(labels, dtype=np.uint64), return_type="numpy")
+        return np.asarray(out, dtype=np.float32)
+
+    def knn(
+        self, queries: Matrix, k: int, ef: int, num_threads: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``k`` live labels (hnswlib-deleted ones excluded) with candidate list ``max(ef, k)``.
+
+        Returns fewer columns when the graph has fewer live elements. Falls back to exact
+        search if hnswlib cannot fill the result (possible in a graph thinned by deletes).
+        """
+        k = min(k, self.live)
+        if k <= 0:
+            return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+        wanted = min(max(k, ef), self.live)
+        try:
+            labels, distances = self.index.knn_query(queries, k=wanted, num_threads=num_threads)
+        except RuntimeError:
+            return self._exact(queries, k)
+        return labels[:, :k].astype(np.int64), distances[:, :k]
+
+    def _exact(self, queries: Matrix, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        labels = np.fromiter(self.label_of.values(), dtype=np.int64, count=len(self.label_of))
+        vectors = self.vectors(labels)
+        dist = exact_distances(queries, vectors, self.index.space)
+        order, best = top_k(dist, k)
+        return labels[order], best

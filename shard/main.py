@@ -1,0 +1,139 @@
+"""Shard server process: ``python -m shard --data-dir DIR --listen HOST:PORT``.
+
+Every flag has an environment-variable equivalent (``VS_SHARD_<FLAG>``, e.g.
+``VS_SHARD_DATA_DIR``). The process recovers every collection before it listens; gRPC health
+reports SERVING only after that. SIGTERM/SIGINT drain in-flight requests, fsync and close the
+logs. A collection that cannot be recovered safely stops the process with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shard.collection import CollectionOptions
+from shard.errors import CorruptionError
+from shard.registry import Registry
+from shard.service import ShardServicer
+from shard.wal import FsyncPolicy, WalOptions
+from vsproto.v1 import shard_service_pb2, shard_service_pb2_grpc
+
+log = logging.getLogger("shard")
+SERVICE_NAME = shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VS_SHARD_{name.upper()}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="python -m shard", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=_env("data_dir", "./data/shard-0"), help="where collections live")
+    p.add_argument("--listen", default=_env("listen", "127.0.0.1:7001"), help="host:port (port 0 = any)")
+    p.add_argument("--ready-file", default=_env("ready_file", ""), help="write the bound host:port here once serving")
+    p.add_argument(
+        "--fsync",
+        choices=[f.value for f in FsyncPolicy],
+        default=_env("fsync", "always"),
+        help="always: ack after fsync (default); interval: fsync every --fsync-interval-ms",
+    )
+    p.add_argument("--fsync-interval-ms", type=float, default=float(_env("fsync_interval_ms", "50")))
+    p.add_argument("--wal-segment-mb", type=int, default=int(_env("wal_segment_mb", "64")))
+    p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
+    p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
+    p.add_argument("--compact-delta-items", type=int, default=int(_env("compact_delta_items", "10000")))
+    p.add_argument("--compact-age-s", type=float, default=float(_env("compact_age_s", "30")))
+    p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_env("rebuild_deleted_ratio", "0.2")))
+    p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
+    p.add_argument("--search-threads", type=int, default=int(_env("search_threads", str(cpus))))
+    p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    return p.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> CollectionOptions:
+    return CollectionOptions(
+        wal=WalOptions(
+            fsync=FsyncPolicy(args.fsync),
+            fsync_interval_s=args.fsync_interval_ms / 1000.0,
+            segment_bytes=args.wal_segment_mb << 20,
+        ),
+        compact_delta_items=args.compact_delta_items,
+        compact_age_s=args.compact_age_s,
+        rebuild_deleted_ratio=args.rebuild_deleted_ratio,
+        build_threads=args.build_threads,
+        search_threads=args.search_threads,
+    )
+
+
+def build_server(
+    registry: Registry, listen: str, workers: int, max_message_mb: int
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    limit = max_message_mb << 20
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+    shard_service_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(registry), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    return server, port, health_servicer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    registry = Registry(Path(args.data_dir), options_from_args(args))
+    try:
+        registry.open()
+    except CorruptionError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
+    server, port, health_servicer = build_server(registry, args.listen, args.workers, args.max_message_mb)
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = args.listen.rsplit(":", 1)[0]
+    address = f"{host}:{port}"
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(address)
+        tmp.replace(args.ready_file)
+    log.info("shard serving on %s (data %s, fsync %s)", address, args.data_dir, args.fsync)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=5).wait()
+    registry.close()
+    log.info("shard stopped cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Atomic, checksummed snapshots of a graph layer.
+
+A snapshot is a directory ``snap-{applied_seq:020d}`` under ``snapshots/`` holding
+``graph.hnsw`` (hnswlib's own format), ``ids.bin`` (label -> id) and ``MANIFEST.json``. It is
+written into a temporary directory, every file and the directory are fsynced, and the
+directory is renamed into place, so a crash leaves either no snapshot or a complete one.
+
+The manifest records format version, applied seq, spec, element/live counts and the size and
+CRC32C of each file; it carries a CRC32C of its own canonical JSON. ``load_newest`` verifies all
+of it and never returns a snapshot that fails a check; it falls back to older ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from crc32c import crc32c
+
+from shard.errors import CorruptionError
+from shard.fsutil import fsync_dir, fsync_file
+from shard.graph import Graph, new_index
+from shard.spec import CollectionSpec
+
+FORMAT = 1
+GRAPH_FILE = "graph.hnsw"
+IDS_FILE = "ids.bin"
+MANIFEST = "MANIFEST.json"
+_PREFIX = "snap-"
+_IDS_HEADER = struct.Struct("<4sIQ")
+_IDS_MAGIC = b"VSID"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: Path
+    applied_seq: int
+
+
+def snapshot_name(applied_seq: int) -> str:
+    return f"{_PREFIX}{applied_seq:020d}"
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            crc = crc32c(chunk, crc)
+    return crc
+
+
+def encode_ids(label_ids: list[str]) -> bytes:
+    encoded = [item.encode() for item in label_ids]
+    lengths = np.fromiter((len(b) for b in encoded), dtype="<u2", count=len(encoded))
+    return _IDS_HEADER.pack(_IDS_MAGIC, FORMAT, len(encoded)) + lengths.tobytes() + b"".join(encoded)
+
+
+def decode_ids(data: bytes) -> list[str]:
+    magic, version, count = _IDS_HEADER.unpack_from(data)
+    if magic != _IDS_MAGIC or version != FORMAT:
+        raise CorruptionError("ids file has a bad header")
+    start = _IDS_HEADER.size
+    lengths = np.frombuffer(data, dtype="<u2", count=count, offset=start).astype(np.int64)
+    ends = np.cumsum(lengths) + start + 2 * count
+    if count and ends[-1] != len(data):
+        raise CorruptionError("ids file length does not match its index")
+    starts = ends - lengths
+    blob = data
+    return [blob[s:e].decode() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _manifest_checksum(body: dict[str, object]) -> int:
+    return crc32c(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotInfo:
+    """Writes ``graph`` as the snapshot for ``graph.applied_seq``; durable when it returns."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / snapshot_name(graph.applied_seq)
+    tmp = root / f".tmp-{snapshot_name(graph.applied_seq)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    graph.index.save_index(str(tmp / GRAPH_FILE))
+    (tmp / IDS_FILE).write_bytes(encode_ids(graph.label_ids))
+    files = {}
+    for name in (GRAPH_FILE, IDS_FILE):
+        path = tmp / name
+        fsync_file(path)
+        files[name] = {"size": path.stat().st_size, "crc32c": _file_crc(path)}
+    body: dict[str, object] = {
+        "format": FORMAT,
+        "applied_seq": graph.applied_seq,
+        "spec": json.loads(spec.to_json()),
+        "elements": graph.elements,
+        "live": graph.live,
+        "files": files,
+    }
+    manifest = dict(body, checksum=_manifest_checksum(body))
+    with open(tmp / MANIFEST, "w") as handle:
+        json.dump(manifest, handle, sort_keys=True, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # an earlier attempt at the same seq (e.g. a compaction that found no work)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    return SnapshotInfo(final, graph.applied_seq)
+
+
+def list_snapshots(root: Path) -> list[SnapshotInfo]:
+    """Snapshot directories, newest first (not verified)."""
+    if not root.exists():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)  # a crash mid-write; never complete
+            continue
+        if path.name.startswith(_PREFIX) and path.is_dir():
+            try:
+                found.append(SnapshotInfo(path, int(path.name[len(_PREFIX) :])))
+            except ValueError:
+                continue
+    return sorted(found, key=lambda s: s.applied_seq, reverse=True)
+
+
+def verify(info: SnapshotInfo, spec: CollectionSpec) -> dict[str, object]:
+    """Returns the manifest if every check passes, else raises CorruptionError."""
+    try:
+        manifest = json.loads((info.path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptionError(f"snapshot {info.path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or "checksum" not in manifest:
+        raise CorruptionError(f"snapshot {info.path}: manifest has no checksum")
+    checksum = manifest.pop("checksum")
+    if checksum != _manifest_checksum(manifest):
+        raise CorruptionError(f"snapshot {info.path}: manifest checksum mismatch")
+    if manifest.get("format") != FORMAT:
+        raise CorruptionError(f"snapshot {info.path}: unsupported format {manifest.get('format')}")
+    if manifest.get("applied_seq") != info.applied_seq:
+        raise CorruptionError(f"snapshot {info.path}: manifest seq does not match its name")
+    if CollectionSpec.from_json(json.dumps(manifest["spec"])) != spec:
+        raise CorruptionError(f"snapshot {info.path}: written for a different collection spec")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CorruptionError(f"snapshot {info.path}: manifest lists no files")
+    for name in (GRAPH_FILE, IDS_FILE):
+        meta = files.get(name)
+        path = info.path / name
+        if not isinstance(meta, dict) or not path.exists():
+            raise CorruptionError(f"snapshot {info.path}: {name} is missing")
+        if path.stat().st_size != meta["size"] or _file_crc(path) != meta["crc32c"]:
+            raise CorruptionError(f"snapshot {info.path}: {name} fails its checksum")
+    return manifest
+
+
+def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> Graph:
+    """Loads a verified snapshot into a new, private Graph with room for ``extra_capacity``."""
+    manifest = verify(info, spec)
+    label_ids = decode_ids((info.path / IDS_FILE).read_bytes())
+    if len(label_ids) != manifest["elements"]:
+        raise CorruptionError(f"snapshot {info.path}: ids file holds {len(label_ids)} labels")
+    index = new_index(spec, 1)
+    index.load_index(str(info.path / GRAPH_FILE), max_elements=max(1, len(label_ids) + extra_capacity))
+    index.set_ef(1)
+    if index.element_count != len(label_ids):
+        raise CorruptionError(f"snapshot {info.path}: graph holds {index.element_count} elements")
+    label_of = {item: label for label, item in enumerate(label_ids) if item}
+    return Graph(index, label_ids, label_of, info.applied_seq)
+
+
+def load_newest(root: Path, spec: CollectionSpec) -> tuple[Graph | None, list[SnapshotInfo]]:
+    """Loads the newest snapshot that verifies. Returns (graph or None, the snapshots kept).
+
+    A snapshot that fails verification is logged, renamed aside (``.corrupt-*``) and skipped.
+    """
+    kept: list[SnapshotInfo] = []
+    graph: Graph | None = None
+    for info in list_snapshots(root):
+        if graph is not None:
+            kept.append(info)
+            continue
+        try:
+            graph = load(info, spec)
+            kept.append(info)
+        except (CorruptionError, RuntimeError, OSError, ValueError, KeyError) as exc:
+            log.error("ignoring damaged snapshot %s: %s", info.path, exc)
+            info.path.rename(info.path.with_name(f".corrupt-{info.path.name}"))
+            fsync_dir(root)
+    return graph, kept
+
+
+def remove(info: SnapshotInfo) -> None:
+    shutil.rmtree(info.path, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""Collection specification (name, dimension, metric, HNSW parameters) and its validation."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from shard.errors import InvalidArgument
+
+MAX_DIMENSION = 16384
+MAX_K = 10_000
+MAX_EF = 10_000
+MAX_ID_BYTES = 256
+MAX_GET_IDS = 10_000
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_EF_SEARCH = 64
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class Metric(enum.Enum):
+    """Distance functions; the values match the protobuf enum numbers."""
+
+    COSINE = 1
+    INNER_PRODUCT = 2
+    L2 = 3
+
+    @property
+    def hnsw_space(self) -> str:
+        # Cosine vectors are normalised by us, so hnswlib's inner-product space is exact for them.
+        return "l2" if self is Metric.L2 else "ip"
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    dimension: int
+    metric: Metric
+    m: int = DEFAULT_M
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    ef_search: int = DEFAULT_EF_SEARCH
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["metric"] = self.metric.name
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CollectionSpec:
+        data = json.loads(text)
+        data["metric"] = Metric[data["metric"]]
+        return cls(**data)
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid collection name {name!r}: 1..128 characters from [A-Za-z0-9_.-], not starting with '.' or '-'"
+        )
+    return name
+
+
+def make_spec(
+    name: str, dimension: int, metric_number: int, m: int = 0, ef_construction: int = 0, ef_search: int = 0
+) -> CollectionSpec:
+    """Validates raw request fields and fills defaults (0 means default)."""
+    validate_name(name)
+    if not 1 <= dimension <= MAX_DIMENSION:
+        raise InvalidArgument(f"dimension must be in 1..{MAX_DIMENSION}, got {dimension}")
+    try:
+        metric = Metric(metric_number)
+    except ValueError:
+        raise InvalidArgument("metric must be METRIC_COSINE, METRIC_INNER_PRODUCT or METRIC_L2") from None
+    m = m or DEFAULT_M
+    ef_construction = ef_construction or DEFAULT_EF_CONSTRUCTION
+    ef_search = ef_search or DEFAULT_EF_SEARCH
+    if not 2 <= m <= 128:
+        raise InvalidArgument(f"hnsw.m must be in 2..128, got {m}")
+    if not 8 <= ef_construction <= 4096 or ef_construction < m:
+        raise InvalidArgument(f"hnsw.ef_construction must be in 8..4096 and >= m, got {ef_construction}")
+    if not 1 <= ef_search <= MAX_EF:
+        raise InvalidArgument(f"hnsw.ef_search must be in 1..{MAX_EF}, got {ef_search}")
+    return CollectionSpec(name, dimension, metric, m, ef_construction, ef_search)

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import vsproto.v1  # noqa: F401  fail fast, with a hint, when the stubs are missing or stale
+from tests.shardproc import ShardProcess
+
+
+@pytest.fixture
+def shard_proc(tmp_path: Path) -> Iterator[ShardProcess]:
+    proc = ShardProcess(tmp_path / "shard")
+    proc.start()
+    yield proc
+    proc.kill()

@@ -1,0 +1,86 @@
+"""Runs real shard server processes for tests: start, wait for readiness, kill, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shard.client import ShardClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ShardProcess:
+    """A ``python -m shard`` subprocess on a free loopback port with its own data directory."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, log_path: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
+        self.log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.client: ShardClient | None = None
+
+    def start(self, timeout: float = 60.0) -> ShardClient:
+        ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
+        ready.unlink(missing_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        command = [
+            sys.executable,
+            "-m",
+            "shard",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            *self.extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"shard exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"shard not ready after {timeout}s; log:\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.address = ready.read_text()
+        self.client = ShardClient(self.address)
+        self.client.wait_ready()
+        return self.client
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+    def stop(self) -> int | None:
+        return self.kill(signal.SIGTERM)
+
+    def restart(self, sig: int = signal.SIGKILL) -> ShardClient:
+        self.kill(sig)
+        return self.start()
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)

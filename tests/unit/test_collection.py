@@ -1,0 +1,245 @@
+"""Collection semantics in-process: layers, compaction, rebuild, recovery and snapshots."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shard.collection import Collection, CollectionOptions
+from shard.errors import CorruptionError, InvalidArgument
+from shard.spec import Metric, make_spec
+from tests.datasets import Matrix, clustered, exact_top_k
+
+OPTS = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=2)
+
+
+def make(tmp_path: Path, metric: Metric = Metric.L2, dim: int = 8, options: CollectionOptions = OPTS) -> Collection:
+    return Collection.create(tmp_path / "c", make_spec("c", dim, metric.value), options)
+
+
+def reopen(col: Collection, options: CollectionOptions = OPTS) -> Collection:
+    col.close()
+    return Collection.open(col.directory, options)
+
+
+def ids_of(col: Collection, query: Matrix, k: int) -> list[str]:
+    return col.search(query[None, :], k)[0].ids
+
+
+def test_search_merges_graph_and_delta_and_hides_superseded(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(300, 8, seed=1)
+    col.upsert([f"a{i}" for i in range(200)], data[:200])
+    col.compact()
+    col.upsert([f"a{i}" for i in range(200, 300)], data[200:])
+    # move a0 (in the graph) far away; its old position must not be returned
+    far = np.full(8, 100.0, dtype=np.float32)
+    col.upsert(["a0"], far[None, :])
+    hits = col.search(data[0][None, :], 5)[0]
+    assert "a0" not in hits.ids
+    assert ids_of(col, far, 1) == ["a0"]
+    # delete one from each layer
+    col.delete(["a1", "a250"])
+    assert "a1" not in ids_of(col, data[1], 10)
+    assert "a250" not in ids_of(col, data[250], 10)
+    found, vectors, missing = col.get(["a0", "a1", "a2", "a250", "zz"])
+    assert found == ["a0", "a2"] and missing == ["a1", "a250", "zz"]
+    np.testing.assert_array_equal(vectors[0], far)
+    np.testing.assert_array_equal(vectors[1], data[2])
+    assert col.stats().count == 298
+    col.close()
+
+
+def test_results_are_exact_top_k_with_many_shadowed_labels(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(1000, 8, seed=2)
+    ids = [f"x{i}" for i in range(1000)]
+    col.upsert(ids, data)
+    col.compact()
+    # re-upsert 400 graph items with new vectors: the graph over-fetch must skip all of them
+    rng = np.random.default_rng(0)
+    moved = rng.choice(1000, 400, replace=False)
+    new = data.copy()
+    new[moved] = clustered(400, 8, seed=3)
+    col.upsert([ids[i] for i in moved], new[moved])
+    queries = clustered(30, 8, seed=4)
+    truth = exact_top_k(new, queries, 10, "l2")
+    hits = col.search(queries, 10)
+    recall = np.mean([len({ids[j] for j in truth[q]} & set(hits[q].ids)) / 10 for q in range(30)])
+    assert recall >= 0.95
+    for h in hits:
+        assert len(set(h.ids)) == len(h.ids) == 10
+        assert list(h.distances) == sorted(h.distances)
+    col.close()
+
+
+def test_compaction_rebuilds_past_tombstone_threshold(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(500, 8, seed=5)
+    col.upsert([f"d{i}" for i in range(500)], data)
+    col.compact()
+    col.delete([f"d{i}" for i in range(200)])
+    result = col.compact()
+    assert result.rebuilt
+    stats = col.stats()
+    assert stats.graph_elements == 300 and stats.deleted == 0 and stats.count == 300
+    for i in (0, 199):
+        assert f"d{i}" not in ids_of(col, data[i], 10)
+    assert ids_of(col, data[300], 1) == ["d300"]
+    col.close()
+
+
+def test_recovery_replays_log_after_snapshot(tmp_path: Path) -> None:
+    col = make(tmp_path, Metric.COSINE)
+    data = clustered(400, 8, seed=6)
+    col.upsert([f"r{i}" for i in range(300)], data[:300])
+    col.compact()
+    col.upsert([f"r{i}" for i in range(300, 400)], data[300:])
+    col.delete(["r5", "r305"])
+    before = col.search(data[:20], 5)
+    col = reopen(col)
+    after = col.search(data[:20], 5)
+    assert [h.ids for h in before] == [h.ids for h in after]
+    assert col.stats().count == 398
+    _found, vectors, _ = col.get(["r7"])
+    np.testing.assert_allclose(vectors[0], data[7] / np.linalg.norm(data[7]), rtol=1e-6)
+    col.close()
+
+
+def corrupt_file(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_newest_snapshot_falls_back_to_older_plus_log(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(300, 8, seed=7)
+    col.upsert([f"s{i}" for i in range(100)], data[:100])
+    col.compact()
+    col.upsert([f"s{i}" for i in range(100, 200)], data[100:200])
+    col.compact()
+    col.upsert([f"s{i}" for i in range(200, 300)], data[200:])
+    col.compact()
+    col.close()
+    snaps = sorted((col.directory / "snapshots").glob("snap-*"))
+    assert len(snaps) == 2
+    corrupt_file(snaps[-1] / "graph.hnsw")
+    col = Collection.open(col.directory, OPTS)
+    assert col.stats().count == 300
+    assert col.stats().snapshot_seq < 3
+    for i in (0, 150, 299):
+        assert ids_of(col, data[i], 1) == [f"s{i}"]
+    col.close()
+
+
+def test_corrupt_only_snapshot_without_log_refuses_to_start(tmp_path: Path) -> None:
+    options = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, snapshots_kept=1)
+    col = make(tmp_path, options=options)
+    data = clustered(100, 8, seed=8)
+    col.upsert([f"s{i}" for i in range(100)], data)
+    col.compact()
+    col.upsert(["later"], data[:1])
+    col.close()
+    (snap,) = (col.directory / "snapshots").glob("snap-*")
+    corrupt_file(snap / "ids.bin")
+    with pytest.raises(CorruptionError, match="Refusing to start"):
+        Collection.open(col.directory, options)
+
+
+def test_manifest_tampering_is_detected(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(50, 8, seed=9)
+    col.upsert([f"m{i}" for i in range(50)], data)
+    col.compact()
+    col.close()
+    (snap,) = (col.directory / "snapshots").glob("snap-*")
+    manifest = snap / "MANIFEST.json"
+    manifest.write_text(manifest.read_text().replace('"live": 50', '"live": 51'))
+    col = Collection.open(col.directory, OPTS)  # whole log is still there: replays from seq 1
+    assert col.stats().snapshot_seq == 0 and col.stats().count == 50
+    col.close()
+
+
+def test_reads_during_compaction_stay_correct(tmp_path: Path) -> None:
+    col = make(tmp_path, dim=16)
+    data = clustered(4000, 16, seed=10)
+    ids = [f"c{i}" for i in range(4000)]
+    col.upsert(ids[:2000], data[:2000])
+    col.compact()
+    col.upsert(ids[2000:], data[2000:])
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        rng = np.random.default_rng(1)
+        while not stop.is_set():
+            i = int(rng.integers(0, 4000))
+            hits = col.search(data[i][None, :], 3)[0]
+            if hits.ids[:1] != [ids[i]]:
+                errors.append(f"{ids[i]} -> {hits.ids}")
+            if len(set(hits.ids)) != len(hits.ids):
+                errors.append(f"duplicate ids {hits.ids}")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    col.compact()
+    col.upsert(ids[:100], data[:100])  # superseding graph items while readers run
+    col.compact()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    col.close()
+
+
+def test_allow_list_exact_and_filtered_paths(tmp_path: Path) -> None:
+    options = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, exact_allow_max=50)
+    col = make(tmp_path, options=options)
+    data = clustered(1000, 8, seed=11)
+    ids = [f"f{i}" for i in range(1000)]
+    col.upsert(ids, data)
+    col.compact()
+    col.upsert(["f3"], data[4][None, :])  # delta version of an allowed item
+    current = data.copy()
+    current[3] = data[4]
+    for allowed_idx in (np.arange(0, 1000, 50), np.arange(0, 1000, 3)):  # 20 (exact), 334 (filtered)
+        allowed = [ids[i] for i in allowed_idx]
+        truth = exact_top_k(current[allowed_idx], data[:10], 5, "l2")
+        hits = col.search(data[:10], 5, allow_ids=allowed)
+        for q in range(10):
+            assert set(hits[q].ids) <= set(allowed)
+            expected = {allowed[j] for j in truth[q]}
+            assert len(expected & set(hits[q].ids)) >= 4
+    col.close()
+
+
+def test_bad_input_is_rejected_without_changes(tmp_path: Path) -> None:
+    col = make(tmp_path, Metric.COSINE)
+    with pytest.raises(InvalidArgument, match="zero vector"):
+        col.upsert(["z"], np.zeros((1, 8), dtype=np.float32))
+    with pytest.raises(InvalidArgument, match="empty"):
+        col.upsert([], np.zeros((0, 8), dtype=np.float32))
+    with pytest.raises(InvalidArgument, match="ids but"):
+        col.upsert(["a", "b"], np.ones((1, 8), dtype=np.float32))
+    with pytest.raises(InvalidArgument, match="bytes"):
+        col.upsert(["x" * 257], np.ones((1, 8), dtype=np.float32))
+    with pytest.raises(InvalidArgument, match="k must be"):
+        col.search(np.ones((1, 8), dtype=np.float32), 0)
+    assert col.stats().last_applied_seq == 0
+    col.close()
+
+
+def test_duplicate_ids_in_a_batch_last_wins(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    v = np.arange(24, dtype=np.float32).reshape(3, 8)
+    _seq, count = col.upsert(["a", "b", "a"], v)
+    assert count == 2
+    _, vectors, _ = col.get(["a", "b"])
+    np.testing.assert_array_equal(vectors[0], v[2])
+    np.testing.assert_array_equal(vectors[1], v[1])
+    col.close()

@@ -1,0 +1,1 @@
+"""Protobuf contract tooling: stub builder (``vsproto.build``) and checked stubs (``vsproto.v1``)."""
