@@ -29,11 +29,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from shard import records, snapshot
+from shard import exact, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.errors import CorruptionError, InvalidArgument, Unavailable
-from shard.exact import distances as exact_distances
-from shard.exact import top_k
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
 from shard.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
@@ -43,6 +41,9 @@ from shard.wal import FsyncPolicy, Wal, WalOptions
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+# Test hook (fault injection): seconds to pause at two points inside every compaction, so crash
+# tests can kill the process mid-compaction. Never set in production.
+_FAULT_COMPACT_PAUSE_S = float(os.environ.get("VS_SHARD_FAULT_COMPACT_PAUSE_S", "0") or 0)
 _INF = np.float32(np.inf)
 
 
@@ -356,9 +357,7 @@ class Collection:
         visible = (row_seq[:rows] <= view_seq) & (dead_seq[:rows] > view_seq)
         if allowed is not None:
             visible &= np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
-        dist = exact_distances(queries, vectors[:rows], self.spec.metric.hnsw_space)
-        dist[:, ~visible] = _INF
-        order, best = top_k(dist, min(k, rows))
+        order, best = exact.search(queries, vectors[:rows], self.spec.metric.hnsw_space, k, ~visible)
         ids = layer.ids
         names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
         return names, best
@@ -398,8 +397,7 @@ class Collection:
         # Sort candidates by id so ties come out in a deterministic order.
         order_by_id = np.argsort(np.array(names, dtype=object), kind="stable")
         name_arr = np.array(names, dtype=object)[order_by_id]
-        dist = exact_distances(queries, matrix[order_by_id], self.spec.metric.hnsw_space)
-        order, best = top_k(dist, min(k, len(names)))
+        order, best = exact.search(queries, matrix[order_by_id], self.spec.metric.hnsw_space, k)
         return _merge([(name_arr[order], best)], k, len(queries))
 
     def _search_graph_filtered(
@@ -420,8 +418,7 @@ class Collection:
             )
         except RuntimeError:  # could not fill the result: search the allowed labels exactly
             allowed_labels = np.flatnonzero(mask)
-            exact = exact_distances(queries, graph.vectors(allowed_labels), graph.index.space)
-            order, best = top_k(exact, min(k, count))
+            order, best = exact.search(queries, graph.vectors(allowed_labels), graph.index.space, k)
             return graph.ids_of(allowed_labels[order]), best
         found = found[:, :k].astype(np.int64)
         return graph.ids_of(found), dist[:, :k]
@@ -461,7 +458,11 @@ class Collection:
                 sealed = view.sealed
                 assert sealed is not None
                 new_graph, rebuilt = self._fold(view.graph, sealed, self._sealed_seq)
+                if _FAULT_COMPACT_PAUSE_S:
+                    time.sleep(_FAULT_COMPACT_PAUSE_S)
                 info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                if _FAULT_COMPACT_PAUSE_S:
+                    time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:
                     active = self._view.active
                     for item, first in active.first_seq.items():

@@ -1,7 +1,11 @@
-"""Exact (brute-force) distances and top-k with the same conventions as hnswlib.
+"""Exact (brute-force) search with the same distance conventions as hnswlib.
 
 "l2" is the squared Euclidean distance; "ip" is ``1 - dot`` (cosine collections store
 normalised vectors, so this is also the cosine distance).
+
+For l2 the fast form ``|q|^2 + |x|^2 - 2 q.x`` loses precision when norms are large relative to
+the distances (float32 cancellation), so candidates are preselected with it, with a margin, and
+re-ranked with the direct ``sum((q - x)^2)``; returned l2 distances are always the direct ones.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ import numpy.typing as npt
 
 from shard.vectors import Matrix
 
+Distances = npt.NDArray[np.float32]
+Positions = npt.NDArray[np.intp]
+_RERANK_MARGIN = 16
 
-def distances(queries: Matrix, vectors: Matrix, space: str) -> npt.NDArray[np.float32]:
-    """(nq, n) distance matrix."""
+
+def distances(queries: Matrix, vectors: Matrix, space: str) -> Distances:
+    """(nq, n) distance matrix; for l2 the fast (approximate) form, see the module docstring."""
     dots = queries @ vectors.T
     if space == "l2":
         q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
@@ -22,7 +30,7 @@ def distances(queries: Matrix, vectors: Matrix, space: str) -> npt.NDArray[np.fl
     return (1.0 - dots).astype(np.float32, copy=False)
 
 
-def top_k(dist: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+def top_k(dist: Distances, k: int) -> tuple[Positions, Distances]:
     """Column positions and distances of the ``k`` smallest per row, ascending, stable."""
     n = dist.shape[1]
     if k >= n:
@@ -34,3 +42,24 @@ def top_k(dist: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.intp], 
         order_in_part = np.lexsort((part, sub), axis=1)
         order = np.take_along_axis(part, order_in_part, axis=1)
     return order, np.take_along_axis(dist, order, axis=1)
+
+
+def search(
+    queries: Matrix, vectors: Matrix, space: str, k: int, hidden: npt.NDArray[np.bool_] | None = None
+) -> tuple[Positions, Distances]:
+    """Exact top-``k`` rows of ``vectors`` per query; rows where ``hidden`` is True get distance
+    inf (callers drop those). Returns (nq, min(k, n)) positions and distances."""
+    n = vectors.shape[0]
+    k = min(k, n)
+    dist = distances(queries, vectors, space)
+    if hidden is not None:
+        dist[:, hidden] = np.inf
+    if space != "l2":
+        return top_k(dist, k)
+    positions, _ = top_k(dist, min(n, k + _RERANK_MARGIN))
+    diff = vectors[positions] - queries[:, None, :]
+    direct = np.einsum("qcd,qcd->qc", diff, diff).astype(np.float32)
+    if hidden is not None:
+        direct[hidden[positions]] = np.inf
+    order, best = top_k(direct, k)
+    return np.take_along_axis(positions, order, axis=1), best

@@ -22,9 +22,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from shard import exact
 from shard.delta import NEVER
-from shard.exact import distances as exact_distances
-from shard.exact import top_k
 from shard.spec import CollectionSpec
 from shard.vectors import Matrix
 
@@ -98,6 +97,5 @@ class Graph:
     def _exact(self, queries: Matrix, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         labels = np.fromiter(self.label_of.values(), dtype=np.int64, count=len(self.label_of))
         vectors = self.vectors(labels)
-        dist = exact_distances(queries, vectors, self.index.space)
-        order, best = top_k(dist, k)
+        order, best = exact.search(queries, vectors, self.index.space, k)
         return labels[order], best

@@ -63,15 +63,16 @@ class ShardProcess:
             return ""
 
     def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """Signals the process and waits for it; then closes the client channel."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            code = self.proc.wait(timeout=60)
+            self.proc = None
         if self.client is not None:
             self.client.close()
             self.client = None
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=60)
-        self.proc = None
         return code
 
     def stop(self) -> int | None:
