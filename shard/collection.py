@@ -291,20 +291,24 @@ class Collection:
         view = self._view
         found: list[str] = []
         missing: list[str] = []
-        rows: list[Matrix] = []
+        matrix = np.empty((len(id_list), self.spec.dimension), dtype=np.float32)
+        graph_rows: list[int] = []
+        graph_labels: list[int] = []
         for item in id_list:
             where = self._locate(item, view)
             if where is None:
                 missing.append(item)
                 continue
             layer, position = where
-            found.append(item)
             if isinstance(layer, Delta):
-                rows.append(layer.vector(position)[None, :])
+                matrix[len(found)] = layer.vector(position)
             else:
-                rows.append(layer.vectors([position]))
-        matrix = np.concatenate(rows) if rows else np.empty((0, self.spec.dimension), dtype=np.float32)
-        return found, matrix, missing
+                graph_rows.append(len(found))
+                graph_labels.append(position)
+            found.append(item)
+        if graph_labels and view.graph is not None:
+            matrix[graph_rows] = view.graph.vectors(graph_labels)  # one hnswlib call for the batch
+        return found, matrix[: len(found)], missing
 
     def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
         """Top-k per query over graph + delta layers, nearest first."""
