@@ -339,6 +339,8 @@ class Collection:
         shadowed = graph.shadowed
         extra = min(shadowed, max(k, 16))
         labels, dist = graph.knn(queries, k + extra, ef, threads)
+        if shadowed == 0:
+            return graph.ids_of(labels), dist
         valid = graph.shadow_seq[labels] > view_seq
         if shadowed > extra and labels.shape[1] < graph.live:
             short = valid.sum(axis=1) < min(k, graph.live - shadowed)
@@ -561,17 +563,24 @@ class Collection:
 
 
 def _merge(parts: list[tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]], k: int, nq: int) -> list[QueryHits]:
-    """Merges per-layer candidates (hidden ones have distance inf) into top-k per query."""
+    """Merges per-layer candidates into top-k per query. Each part's rows are sorted
+    ascending; hidden candidates have distance inf and are dropped."""
     parts = [p for p in parts if p[1].shape[1]]
     if not parts:
         return [QueryHits([], np.empty(0, dtype=np.float32)) for _ in range(nq)]
-    ids = np.concatenate([p[0] for p in parts], axis=1) if len(parts) > 1 else parts[0][0]
-    dist = np.concatenate([p[1] for p in parts], axis=1) if len(parts) > 1 else parts[0][1]
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    best = np.take_along_axis(dist, order, axis=1)
-    names = np.take_along_axis(ids, order, axis=1)
+    if len(parts) == 1:
+        names, dist = parts[0]  # already sorted: no merge needed
+    else:
+        names = np.concatenate([p[0] for p in parts], axis=1)
+        dist = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        dist = np.take_along_axis(dist, order, axis=1)
+        names = np.take_along_axis(names, order, axis=1)
+    finite = np.isfinite(dist)
+    if finite.all():
+        return [QueryHits(names[row, :k].tolist(), dist[row, :k]) for row in range(nq)]
     hits = []
     for row in range(nq):
-        finite = int(np.isfinite(best[row]).sum())
-        hits.append(QueryHits(names[row, :finite].tolist(), best[row, :finite].astype(np.float32)))
+        keep = finite[row]
+        hits.append(QueryHits(names[row][keep][:k].tolist(), dist[row][keep][:k]))
     return hits

@@ -92,7 +92,7 @@ class Graph:
             labels, distances = self.index.knn_query(queries, k=wanted, num_threads=num_threads)
         except RuntimeError:
             return self._exact(queries, k)
-        return labels[:, :k].astype(np.int64), distances[:, :k]
+        return labels[:, :k], distances[:, :k]
 
     def _exact(self, queries: Matrix, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         labels = np.fromiter(self.label_of.values(), dtype=np.int64, count=len(self.label_of))

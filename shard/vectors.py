@@ -43,10 +43,10 @@ def prepare_for_metric(matrix: Matrix, metric: Metric, what: str) -> Matrix:
     """Returns what the index stores/queries: L2-normalised rows for cosine, else the input."""
     if metric is not Metric.COSINE:
         return matrix
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
     if not (norms > 0).all():
         raise InvalidArgument(f"{what}: a zero vector has no direction (cosine metric)")
-    return (matrix / norms).astype(np.float32, copy=False)
+    return (matrix / norms[:, None]).astype(np.float32, copy=False)
 
 
 def validate_ids(ids: Sequence[str], what: str = "ids") -> list[str]:
