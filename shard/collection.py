@@ -45,6 +45,7 @@ SPEC_FILE = "spec.json"
 # tests can kill the process mid-compaction. Never set in production.
 _FAULT_COMPACT_PAUSE_S = float(os.environ.get("VS_SHARD_FAULT_COMPACT_PAUSE_S", "0") or 0)
 _INF = np.float32(np.inf)
+_BUILD_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -358,12 +359,15 @@ class Collection:
         layer: Delta,
         allowed: set[str] | None,
     ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
-        rows = layer.rows
-        vectors, row_seq, dead_seq = layer.arrays
-        visible = (row_seq[:rows] <= view_seq) & (dead_seq[:rows] > view_seq)
+        rows = layer.rows  # before the blocks (see delta.py)
+        blocks = list(layer.blocks(rows))
+        if not blocks:
+            return np.empty((len(queries), 0), dtype=object), np.empty((len(queries), 0), dtype=np.float32)
+        hidden = ~np.concatenate([b.visible(view_seq) for b in blocks])
         if allowed is not None:
-            visible &= np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
-        order, best = exact.search(queries, vectors[:rows], self.spec.metric.hnsw_space, k, ~visible)
+            hidden |= ~np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
+        matrices = [b.vectors for b in blocks]
+        order, best = exact.search(queries, matrices, self.spec.metric.hnsw_space, k, hidden)
         ids = layer.ids
         names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
         return names, best
@@ -496,10 +500,7 @@ class Collection:
 
     def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> tuple[Graph, bool]:
         """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither."""
-        live_rows = sealed.live_rows(seal_seq)
-        vectors_all = sealed.arrays[0]
-        new_ids = [sealed.ids[r] for r in live_rows.tolist()]
-        new_vectors = vectors_all[live_rows]
+        live_count = int(sum(int(b.visible(seal_seq).sum()) for b in sealed.blocks()))
         replaced: list[int] = []
         if graph is not None:
             label_of = graph.label_of
@@ -507,39 +508,40 @@ class Collection:
         elements = graph.elements if graph is not None else 0
         deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
         rebuild = graph is None or deleted_after > self.options.rebuild_deleted_ratio * max(1, elements)
+        threads = self.options.build_threads
         if rebuild:
-            keep_ids: list[str] = []
-            keep_labels: list[int] = []
+            label_ids: list[str] = []
             if graph is not None:
-                for item, label in graph.label_of.items():
-                    if item not in sealed.index:
-                        keep_ids.append(item)
-                        keep_labels.append(label)
-            kept = graph.vectors(keep_labels) if graph is not None else np.empty((0, self.spec.dimension), np.float32)
-            ids = keep_ids + new_ids
-            index = new_index(self.spec, len(ids))
-            data = np.concatenate([kept, new_vectors]) if len(kept) else new_vectors
-            if len(ids):
-                index.add_items(data, np.arange(len(ids)), num_threads=self.options.build_threads)
-            fresh = Graph(index, ids, {item: label for label, item in enumerate(ids)}, seal_seq)
-            return fresh, graph is not None
-        assert graph is not None
-        private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=len(new_ids))
-        label_ids = private.label_ids
-        for label in replaced:
-            private.index.mark_deleted(label)
-            label_ids[label] = ""
-        base = len(label_ids)
-        if new_ids:
-            private.index.add_items(
-                new_vectors, np.arange(base, base + len(new_ids)), num_threads=self.options.build_threads
+                label_ids = [item for item in graph.label_of if item not in sealed.index]
+            index = new_index(self.spec, len(label_ids) + live_count)
+            if graph is not None:
+                for lo in range(0, len(label_ids), _BUILD_CHUNK):
+                    chunk = label_ids[lo : lo + _BUILD_CHUNK]
+                    vectors = graph.vectors([graph.label_of[item] for item in chunk])
+                    index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
+        else:
+            assert graph is not None
+            private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count)
+            index = private.index
+            label_ids = private.label_ids
+            for label in replaced:
+                index.mark_deleted(label)
+                label_ids[label] = ""
+        first_new = len(label_ids)
+        for ids, vectors in _live_chunks(sealed, seal_seq):
+            base = len(label_ids)
+            index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
+            label_ids.extend(ids)
+        if rebuild:
+            return Graph(index, label_ids, {item: label for label, item in enumerate(label_ids)}, seal_seq), (
+                graph is not None
             )
-        label_ids.extend(new_ids)
+        assert graph is not None
         label_of = dict(graph.label_of)
         for item in sealed.index:
             label_of.pop(item, None)
-        label_of.update(zip(new_ids, range(base, base + len(new_ids)), strict=True))
-        return Graph(private.index, label_ids, label_of, seal_seq), False
+        label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
+        return Graph(index, label_ids, label_of, seal_seq), False
 
     # ================================================================== introspection
     def stats(self) -> Stats:
@@ -560,6 +562,18 @@ class Collection:
 
     def read_wal(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
         return self._check_open().read_from(max(1, from_seq))
+
+
+def _live_chunks(sealed: Delta, seal_seq: int) -> Iterator[tuple[list[str], Matrix]]:
+    """The rows of a sealed delta that were live at ``seal_seq``, block by block (views when a
+    whole block is live, so folding does not copy the delta)."""
+    for block in sealed.blocks():
+        visible = block.visible(seal_seq)
+        if visible.all():
+            yield sealed.ids[block.start : block.start + len(visible)], block.vectors
+        elif visible.any():
+            rows = np.flatnonzero(visible)
+            yield [sealed.ids[block.start + r] for r in rows.tolist()], block.vectors[rows]
 
 
 def _merge(parts: list[tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]], k: int, nq: int) -> list[QueryHits]:

@@ -1,15 +1,19 @@
 """The delta layer: writes not yet folded into the HNSW graph, searched exactly.
 
-Rows are append-only; a superseded or deleted row gets a ``dead_seq``. Readers never lock:
-they take a view sequence number ``v`` (the collection's applied seq, read before the layers)
-and see a row iff ``row_seq <= v < dead_seq``. Growing the arrays swaps in bigger copies, so a
-reader holding the old arrays still sees every row below the count it read.
+Rows are append-only and live in fixed-size blocks, so growing never copies rows (no stall
+under the write lock, no over-allocation beyond one block). A superseded or deleted row gets
+a ``dead_seq``. Readers never lock: they take a view sequence number ``v`` (the collection's
+applied seq, read before the layers), then ``rows``, then the blocks, and see a row iff
+``row_seq <= v < dead_seq``.
 
 Thread-safety: one writer at a time (the collection's write lock); any number of readers.
 After the collection seals a delta, only ``kill`` is still called on it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -18,12 +22,26 @@ from shard.vectors import Matrix
 
 NEVER = np.iinfo(np.int64).max
 TOMBSTONE = -1
+BLOCK_ROWS = 4096
+
+
+class Block(NamedTuple):
+    """A view of ``len(vectors)`` consecutive rows starting at row ``start``."""
+
+    start: int
+    vectors: Matrix
+    row_seq: npt.NDArray[np.int64]
+    dead_seq: npt.NDArray[np.int64]
+
+    def visible(self, view_seq: int) -> npt.NDArray[np.bool_]:
+        return (self.row_seq <= view_seq) & (self.dead_seq > view_seq)
 
 
 class Delta:
-    def __init__(self, dimension: int, capacity: int = 1024) -> None:
+    def __init__(self, dimension: int, block_rows: int = BLOCK_ROWS) -> None:
         self.dimension = dimension
-        self._arrays = self._allocate(capacity)
+        self.block_rows = block_rows
+        self._blocks: list[tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
         self.rows = 0
         self.ids: list[str] = []
         # id -> its newest row in this delta, or TOMBSTONE when deleted here.
@@ -31,37 +49,31 @@ class Delta:
         # id -> seq of the first operation on it in this delta (used to shadow older layers).
         self.first_seq: dict[str, int] = {}
 
-    def _allocate(self, capacity: int) -> tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        return (
-            np.empty((capacity, self.dimension), dtype=np.float32),
-            np.empty(capacity, dtype=np.int64),
-            np.full(capacity, NEVER, dtype=np.int64),
-        )
-
-    @property
-    def arrays(self) -> tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """(vectors, row_seq, dead_seq); valid for rows below ``rows`` read before this."""
-        return self._arrays
-
     def __len__(self) -> int:
         """Number of ids this delta has an operation for."""
         return len(self.index)
 
+    # ------------------------------------------------------------------ writer side
     def append(self, ids: list[str], vectors: Matrix, seq: int) -> None:
         """Appends one row per id (ids unique). The caller has already killed older rows."""
         count = len(ids)
         start = self.rows
-        vecs, row_seq, dead_seq = self._arrays
-        if start + count > len(row_seq):
-            capacity = max(2 * len(row_seq), start + count)
-            bigger = self._allocate(capacity)
-            bigger[0][:start] = vecs[:start]
-            bigger[1][:start] = row_seq[:start]
-            bigger[2][:start] = dead_seq[:start]
-            self._arrays = bigger
-            vecs, row_seq, dead_seq = bigger
-        vecs[start : start + count] = vectors
-        row_seq[start : start + count] = seq
+        done = 0
+        while done < count:
+            block, offset = divmod(start + done, self.block_rows)
+            if block == len(self._blocks):
+                self._blocks.append(
+                    (
+                        np.empty((self.block_rows, self.dimension), dtype=np.float32),
+                        np.empty(self.block_rows, dtype=np.int64),
+                        np.full(self.block_rows, NEVER, dtype=np.int64),
+                    )
+                )
+            take = min(self.block_rows - offset, count - done)
+            block_vectors, row_seq, _ = self._blocks[block]
+            block_vectors[offset : offset + take] = vectors[done : done + take]
+            row_seq[offset : offset + take] = seq
+            done += take
         self.ids.extend(ids)
         self.rows = start + count  # publish the rows only after their data is in place
         index = self.index
@@ -75,16 +87,27 @@ class Delta:
         self.first_seq.setdefault(item, seq)
 
     def kill(self, row: int, seq: int) -> None:
-        dead = self._arrays[2]
-        if dead[row] == NEVER:
-            dead[row] = seq
+        block, offset = divmod(row, self.block_rows)
+        dead = self._blocks[block][2]
+        if dead[offset] == NEVER:
+            dead[offset] = seq
+
+    # ------------------------------------------------------------------ reader side
+    def blocks(self, rows: int | None = None) -> Iterator[Block]:
+        """Views of the first ``rows`` rows (default: all published rows), block by block."""
+        rows = self.rows if rows is None else rows
+        blocks = self._blocks
+        for number in range((rows + self.block_rows - 1) // self.block_rows):
+            start = number * self.block_rows
+            used = min(self.block_rows, rows - start)
+            vectors, row_seq, dead_seq = blocks[number]
+            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used])
+
+    def vector(self, row: int) -> Matrix:
+        block, offset = divmod(row, self.block_rows)
+        return self._blocks[block][0][offset]
 
     def live_rows(self, view_seq: int) -> npt.NDArray[np.intp]:
         """Row numbers visible at ``view_seq``."""
-        rows = self.rows
-        _, row_seq, dead_seq = self._arrays
-        visible = (row_seq[:rows] <= view_seq) & (dead_seq[:rows] > view_seq)
-        return np.flatnonzero(visible)
-
-    def vector(self, row: int) -> Matrix:
-        return self._arrays[0][row]
+        parts = [np.flatnonzero(b.visible(view_seq)) + b.start for b in self.blocks()]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)

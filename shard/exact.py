@@ -10,6 +10,8 @@ re-ranked with the direct ``sum((q - x)^2)``; returned l2 distances are always t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -45,21 +47,43 @@ def top_k(dist: Distances, k: int) -> tuple[Positions, Distances]:
 
 
 def search(
-    queries: Matrix, vectors: Matrix, space: str, k: int, hidden: npt.NDArray[np.bool_] | None = None
+    queries: Matrix,
+    vectors: Matrix | Sequence[Matrix],
+    space: str,
+    k: int,
+    hidden: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[Positions, Distances]:
-    """Exact top-``k`` rows of ``vectors`` per query; rows where ``hidden`` is True get distance
-    inf (callers drop those). Returns (nq, min(k, n)) positions and distances."""
-    n = vectors.shape[0]
+    """Exact top-``k`` rows per query over ``vectors`` (one matrix, or blocks read as their
+    concatenation); rows where ``hidden`` is True get distance inf (callers drop those).
+    Returns (nq, min(k, n)) row positions and distances."""
+    blocks = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
+    n = sum(len(b) for b in blocks)
     k = min(k, n)
-    dist = distances(queries, vectors, space)
+    if len(blocks) == 1:
+        dist = distances(queries, blocks[0], space)
+    else:
+        dist = np.concatenate([distances(queries, b, space) for b in blocks], axis=1)
     if hidden is not None:
         dist[:, hidden] = np.inf
     if space != "l2":
         return top_k(dist, k)
     positions, _ = top_k(dist, min(n, k + _RERANK_MARGIN))
-    diff = vectors[positions] - queries[:, None, :]
+    diff = _gather(blocks, positions) - queries[:, None, :]
     direct = np.einsum("qcd,qcd->qc", diff, diff).astype(np.float32)
     if hidden is not None:
         direct[hidden[positions]] = np.inf
     order, best = top_k(direct, k)
     return np.take_along_axis(positions, order, axis=1), best
+
+
+def _gather(blocks: list[Matrix], positions: Positions) -> Matrix:
+    """Rows at ``positions`` of the concatenation of ``blocks``, without concatenating them."""
+    if len(blocks) == 1:
+        return blocks[0][positions]
+    starts = np.cumsum([0] + [len(b) for b in blocks])
+    which = np.searchsorted(starts, positions, side="right") - 1
+    out = np.empty((*positions.shape, blocks[0].shape[1]), dtype=np.float32)
+    for number in np.unique(which).tolist():
+        mask = which == number
+        out[mask] = blocks[number][positions[mask] - starts[number]]
+    return out

@@ -76,6 +76,8 @@ def run_writer(writer: int, client: ShardClient, ledger: Ledger, op_base: int, s
             if not stop.is_set() and exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 ledger.unexpected.append(f"{exc.code()}: {exc.details()}")
             return  # the process is gone (or going): this batch stays in flight
+        except ValueError:  # the channel was closed after the kill, before this call went out
+            return
         with ledger.lock:
             for item in batch:
                 ledger.acked[item] = state

@@ -243,3 +243,29 @@ def test_duplicate_ids_in_a_batch_last_wins(tmp_path: Path) -> None:
     np.testing.assert_array_equal(vectors[0], v[2])
     np.testing.assert_array_equal(vectors[1], v[1])
     col.close()
+
+
+def test_delta_spanning_many_blocks_searches_and_folds_correctly(tmp_path: Path) -> None:
+    """Small blocks force multi-block search (incl. the l2 re-rank gather) and fold paths."""
+    from shard import delta as delta_mod
+
+    col = make(tmp_path)
+    col._view = col._view._replace(active=delta_mod.Delta(8, block_rows=7))
+    data = clustered(300, 8, seed=12)
+    ids = [f"b{i}" for i in range(300)]
+    col.upsert(ids[:150], data[:150])
+    col.upsert(ids[:20], data[150:170])  # supersede rows in early blocks
+    current = data[:150].copy()
+    current[:20] = data[150:170]
+    col.delete(ids[140:150])
+    live = list(range(140))
+    truth = exact_top_k(current[live], data[200:230], 5, "l2")
+    hits = col.search(data[200:230], 5)
+    for q in range(30):
+        assert hits[q].ids == [ids[live[j]] for j in truth[q]]
+    col.compact()
+    assert col.stats().graph_elements == 140 and col.stats().delta_size == 0
+    hits = col.search(data[200:230], 5)
+    recall = np.mean([len(set(hits[q].ids) & {ids[live[j]] for j in truth[q]}) / 5 for q in range(30)])
+    assert recall >= 0.95
+    col.close()
