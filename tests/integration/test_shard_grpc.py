@@ -171,13 +171,13 @@ def test_read_wal_after_truncation_is_out_of_range(client: ShardClient) -> None:
 def test_health_and_reflection(shard_proc: ShardProcess) -> None:
     channel = grpc.insecure_channel(shard_proc.address)
     health = health_pb2_grpc.HealthStub(channel)
-    reply = health.Check(health_pb2.HealthCheckRequest(service="vectorsearch.v1.ShardService"))
+    reply = health.Check(health_pb2.HealthCheckRequest(service="vectorsearch.shard.v1.ShardService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert "vectorsearch.v1.ShardService" in names
+    assert "vectorsearch.shard.v1.ShardService" in names
     channel.close()
 
 
