@@ -10,16 +10,16 @@ from vsproto.freshness import ensure_fresh
 
 ensure_fresh()
 
+from vectorsearch.shard.v1 import (  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+    shard_service_pb2,
+    shard_service_pb2_grpc,
+)
 from vectorsearch.v1 import (  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
     admin_service_pb2,
     admin_service_pb2_grpc,
     search_service_pb2,
     search_service_pb2_grpc,
     types_pb2,
-)
-from vectorsearch.shard.v1 import (  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
-    shard_service_pb2,
-    shard_service_pb2_grpc,
 )
 
 __all__ = [

@@ -1,0 +1,225 @@
+"""Routes writes to the owning shard and fans searches out to every shard in parallel.
+
+* Writes: ids are grouped by ``ring.owners`` and each group goes to its shard; the groups are
+  sent in parallel (gRPC futures, no thread per shard). A write succeeds only if every group
+  did; otherwise ``ShardsUnavailable`` names the shards that failed (the others' groups are
+  durable, and retrying the whole write is safe because writes are idempotent).
+* Searches: the same request goes to every shard with the caller's deadline; results are
+  merged with ``merge_batches`` (deterministic ties, ids de-duplicated). A shard that fails or
+  misses the deadline is reported in ``SearchOutcome.failed`` — or, with ``require_all``, the
+  search raises ``ShardsUnavailable``.
+* A shard's INVALID_ARGUMENT is the caller's fault and is raised as ``InvalidArgument``.
+
+Thread-safety: a Router is immutable once built; build a new one when the topology changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from router.merge import Hit, merge_batches
+from router.ring import HashRing
+from router.topology import Topology
+from shard.client import ShardClient, pack, unpack
+from shard.errors import AlreadyExists, InvalidArgument, NotFound
+from vsproto.v1 import shard_service_pb2 as shard_pb
+from vsproto.v1 import types_pb2
+
+Matrix = npt.NDArray[np.float32]
+
+
+class ShardsUnavailable(Exception):
+    """Some shards did not answer; ``failed`` maps shard id to the reason."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = dict(sorted(failed.items()))
+        super().__init__("shards unavailable: " + ", ".join(f"{s} ({r})" for s, r in self.failed.items()))
+
+
+@dataclass
+class SearchOutcome:
+    results: list[list[Hit]]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed)
+
+
+def _reason(error: grpc.RpcError) -> str:
+    return f"{error.code().name}: {error.details()}"
+
+
+class Router:
+    def __init__(self, ring: HashRing, clients: dict[str, ShardClient]) -> None:
+        missing = set(ring.shards) - set(clients)
+        if missing:
+            raise ValueError(f"no client for shards {sorted(missing)}")
+        self.ring = ring
+        self.clients = clients
+
+    @classmethod
+    def connect(cls, topology: Topology) -> Router:
+        """A router over every shard of ``topology``, with one channel per shard."""
+        clients = {s.shard_id: ShardClient(s.address) for s in topology.shards}
+        return cls(topology.ring(), clients)
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _gather(
+        self, calls: dict[str, grpc.Future[Any]], deadline: float
+    ) -> tuple[dict[str, object], dict[str, grpc.RpcError]]:
+        """Waits for every future (each carries its own deadline); splits replies and errors."""
+        replies: dict[str, object] = {}
+        errors: dict[str, grpc.RpcError] = {}
+        for shard_id, future in calls.items():
+            try:
+                replies[shard_id] = future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+            except grpc.RpcError as exc:
+                errors[shard_id] = exc
+            except grpc.FutureTimeoutError:
+                future.cancel()
+                errors[shard_id] = _TimeoutError()
+        return replies, errors
+
+    @staticmethod
+    def _raise_client_errors(errors: dict[str, grpc.RpcError]) -> None:
+        for error in errors.values():
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(error.details() or "invalid argument")
+
+    def _group(self, ids: Sequence[str]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for position, owner in enumerate(self.ring.owners(list(ids))):
+            groups[owner].append(position)
+        return groups
+
+    # ------------------------------------------------------------------ collections
+    def create_collection(self, spec: types_pb2.CollectionSpec, timeout: float) -> shard_pb.CreateCollectionResponse:
+        """Creates the collection on every shard (idempotent); returns one shard's reply."""
+        deadline = time.monotonic() + timeout
+        request = shard_pb.CreateCollectionRequest(spec=spec)
+        calls = {s: c.stub.CreateCollection.future(request, timeout=timeout) for s, c in self.clients.items()}
+        replies, errors = self._gather(calls, deadline)
+        self._raise_client_errors(errors)
+        for error in errors.values():
+            if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                raise AlreadyExists(error.details() or "collection exists with another spec")
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        created = any(r.created for r in replies.values())  # type: ignore[attr-defined]
+        reply = next(iter(replies.values()))
+        return shard_pb.CreateCollectionResponse(created=created, spec=reply.spec)  # type: ignore[attr-defined]
+
+    def drop_collection(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        request = shard_pb.DropCollectionRequest(collection=name)
+        calls = {s: c.stub.DropCollection.future(request, timeout=timeout) for s, c in self.clients.items()}
+        replies, errors = self._gather(calls, deadline)
+        self._raise_client_errors(errors)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        return any(r.dropped for r in replies.values())  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, collection: str, ids: Sequence[str], vectors: Matrix, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        calls = {}
+        for shard_id, positions in self._group(ids).items():
+            request = shard_pb.UpsertRequest(
+                collection=collection, ids=[ids[p] for p in positions], vectors=pack(vectors[positions])
+            )
+            calls[shard_id] = self.clients[shard_id].stub.Upsert.future(request, timeout=timeout)
+        replies, errors = self._gather(calls, deadline)
+        self._raise_not_found(errors, collection)
+        self._raise_client_errors(errors)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        return sum(r.upserted for r in replies.values())  # type: ignore[attr-defined]
+
+    def delete(self, collection: str, ids: Sequence[str], timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        calls = {}
+        for shard_id, positions in self._group(ids).items():
+            request = shard_pb.DeleteRequest(collection=collection, ids=[ids[p] for p in positions])
+            calls[shard_id] = self.clients[shard_id].stub.Delete.future(request, timeout=timeout)
+        replies, errors = self._gather(calls, deadline)
+        self._raise_not_found(errors, collection)
+        self._raise_client_errors(errors)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        return sum(r.deleted for r in replies.values())  # type: ignore[attr-defined]
+
+    def get(self, collection: str, ids: Sequence[str], timeout: float) -> dict[str, Matrix]:
+        deadline = time.monotonic() + timeout
+        calls = {}
+        for shard_id, positions in self._group(ids).items():
+            request = shard_pb.GetRequest(collection=collection, ids=[ids[p] for p in positions])
+            calls[shard_id] = self.clients[shard_id].stub.Get.future(request, timeout=timeout)
+        replies, errors = self._gather(calls, deadline)
+        self._raise_not_found(errors, collection)
+        self._raise_client_errors(errors)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        found: dict[str, Matrix] = {}
+        for reply in replies.values():
+            if reply.ids:  # type: ignore[attr-defined]
+                matrix = unpack(reply.vectors)  # type: ignore[attr-defined]
+                found.update(zip(reply.ids, matrix, strict=True))  # type: ignore[attr-defined]
+        return found
+
+    @staticmethod
+    def _raise_not_found(errors: dict[str, grpc.RpcError], collection: str) -> None:
+        if errors and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):
+            raise NotFound(f"collection {collection!r} does not exist")
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        collection: str,
+        queries: Matrix,
+        k: int,
+        ef: int,
+        timeout: float,
+        require_all: bool = False,
+        allow_ids: Sequence[str] = (),
+    ) -> SearchOutcome:
+        """Top-k per query over every shard; see the module docstring for failure handling."""
+        deadline = time.monotonic() + timeout
+        request = shard_pb.SearchRequest(
+            collection=collection, queries=pack(queries), k=k, ef=ef, allow_ids=list(allow_ids)
+        )
+        calls = {s: c.stub.Search.future(request, timeout=timeout) for s, c in self.clients.items()}
+        replies, errors = self._gather(calls, deadline)
+        self._raise_client_errors(errors)
+        if len(errors) == len(calls) and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):
+            raise NotFound(f"collection {collection!r} does not exist")
+        failed = {s: _reason(e) for s, e in errors.items()}
+        if failed and (require_all or not replies):
+            raise ShardsUnavailable(failed)
+        per_shard = [
+            [[Hit(i, float(d)) for i, d in zip(r.ids, r.distances, strict=True)] for r in reply.results]  # type: ignore[attr-defined]
+            for reply in replies.values()
+        ]
+        return SearchOutcome(merge_batches(per_shard, k), failed)
+
+
+class _TimeoutError(grpc.RpcError):
+    """Stands in for a call that outlived its deadline on the client side."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "no answer before the deadline"
