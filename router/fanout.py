@@ -193,14 +193,27 @@ class Router:
         ef: int,
         timeout: float,
         require_all: bool = False,
-        allow_ids: Sequence[str] = (),
+        allow_ids: Sequence[str] | None = None,
     ) -> SearchOutcome:
-        """Top-k per query over every shard; see the module docstring for failure handling."""
+        """Top-k per query over every shard; see the module docstring for failure handling.
+
+        With ``allow_ids``, results are restricted to those ids: each is sent only to its
+        owning shard, and shards that own none of them are not asked at all.
+        """
         deadline = time.monotonic() + timeout
-        request = shard_pb.SearchRequest(
-            collection=collection, queries=pack(queries), k=k, ef=ef, allow_ids=list(allow_ids)
-        )
-        calls = {s: c.stub.Search.future(request, timeout=timeout) for s, c in self.clients.items()}
+        packed = pack(queries)
+        if allow_ids is None:
+            request = shard_pb.SearchRequest(collection=collection, queries=packed, k=k, ef=ef)
+            calls = {s: c.stub.Search.future(request, timeout=timeout) for s, c in self.clients.items()}
+        else:
+            calls = {}
+            for shard_id, positions in self._group(allow_ids).items():
+                request = shard_pb.SearchRequest(
+                    collection=collection, queries=packed, k=k, ef=ef, allow_ids=[allow_ids[p] for p in positions]
+                )
+                calls[shard_id] = self.clients[shard_id].stub.Search.future(request, timeout=timeout)
+            if not calls:
+                return SearchOutcome([[] for _ in range(len(queries))])
         replies, errors = self._gather(calls, deadline)
         self._raise_client_errors(errors)
         if len(errors) == len(calls) and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):
@@ -212,7 +225,7 @@ class Router:
             [[Hit(i, float(d)) for i, d in zip(r.ids, r.distances, strict=True)] for r in reply.results]  # type: ignore[attr-defined]
             for reply in replies.values()
         ]
-        return SearchOutcome(merge_batches(per_shard, k), failed)
+        return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed)
 
 
 class _TimeoutError(grpc.RpcError):

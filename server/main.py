@@ -1,0 +1,171 @@
+"""Public API server: ``python -m server --database-url URL --listen HOST:PORT``.
+
+Reads the shard topology from the metadata database (see router/topology.py; register shards
+with ``--register-shard ID=HOST:PORT`` or through the database), serves SearchService and
+AdminService plus gRPC health and reflection. Stateless: run as many as you like against one
+database. Every flag has a ``VS_SERVER_<FLAG>`` environment variable. SIGTERM drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from router.fanout import Router
+from router.topology import TopologyStore, make_engine
+from server.engine import Engine, EngineOptions
+from server.metadata import MetadataStore
+from server.service import AdminServicer, SearchServicer
+from vsproto.v1 import admin_service_pb2, admin_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
+
+log = logging.getLogger("server")
+SEARCH = search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+ADMIN = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VS_SERVER_{name.upper()}", default)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    cpus = os.cpu_count() or 1
+    p.add_argument(
+        "--database-url",
+        default=_env("database_url", "sqlite:///./data/meta.db"),
+        help="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql+psycopg://...",
+    )
+    p.add_argument("--listen", default=_env("listen", "127.0.0.1:7000"))
+    p.add_argument("--ready-file", default=_env("ready_file", ""), help="write the bound host:port here once serving")
+    p.add_argument(
+        "--register-shard",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="add or update a shard in the topology before serving (repeatable)",
+    )
+    p.add_argument("--request-timeout-s", type=float, default=float(_env("request_timeout_s", "10")))
+    p.add_argument(
+        "--allow-list-max",
+        type=int,
+        default=int(_env("allow_list_max", "20000")),
+        help="filtered search: up to this many matching items, search exactly among them",
+    )
+    p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
+    p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
+    p.add_argument("--log-level", default=_env("log_level", "INFO"))
+
+
+class ServerProcess:
+    """The running server: engine, gRPC server, topology refresher."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        engine = make_engine(args.database_url)
+        self.topology = TopologyStore(engine)
+        self.topology.migrate()
+        self.metadata = MetadataStore(engine)
+        self.metadata.migrate()
+        for entry in args.register_shard:
+            shard_id, _, address = entry.partition("=")
+            self.topology.put_shard(shard_id, address)
+        current = self.topology.load()
+        self.ring_version = current.ring_version
+        self.engine = Engine(
+            self.metadata,
+            Router.connect(current),
+            EngineOptions(timeout_s=args.request_timeout_s, allow_list_max=args.allow_list_max),
+        )
+        limit = args.max_message_mb << 20
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="rpc"),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.engine), self.server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.topology), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SEARCH, ADMIN, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(args.listen)
+        if self.port == 0:
+            raise SystemExit(f"cannot listen on {args.listen}")
+        self.address = f"{args.listen.rsplit(':', 1)[0]}:{self.port}"
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="topology", daemon=True)
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ("", SEARCH, ADMIN):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._refresher.start()
+        if self.args.ready_file:
+            tmp = Path(self.args.ready_file + ".tmp")
+            tmp.write_text(self.address)
+            tmp.replace(self.args.ready_file)
+        log.info(
+            "server serving on %s (%d shards, ring v%d)",
+            self.address,
+            len(self.engine.router.clients),
+            self.ring_version,
+        )
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                current = self.topology.load()
+                if current.ring_version != self.ring_version:
+                    old = self.engine.router
+                    self.engine.router = Router.connect(current)
+                    self.ring_version = current.ring_version
+                    threading.Timer(30.0, old.close).start()  # let in-flight calls finish
+                    log.info("topology changed: ring v%d, %d shards", current.ring_version, len(current.shards))
+            except Exception:
+                log.exception("topology refresh failed; keeping ring v%d", self.ring_version)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace=5).wait()
+        self.engine.router.close()
+
+
+def wait_for_signal() -> None:
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    process = ServerProcess(args)
+    process.start()
+    wait_for_signal()
+    process.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""Collection specs and item metadata (uri, tags, typed attributes) in SQL via SQLAlchemy Core.
+
+Postgres (``postgresql+psycopg://...``) in production and in the tests; SQLite is the
+embedded default. The schema version lives in ``vs_schema_version`` (component "metadata").
+
+Attribute types are fixed per collection on first use (``vs_attr_types``): a later upsert or
+filter that uses another type for the same name is INVALID_ARGUMENT, like a typed payload
+schema. Reads of metadata for a page of hits are one round trip (a UNION ALL of the three
+tables), never one query per hit.
+
+Thread-safety: every method uses its own connection/transaction from the engine's pool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from router.topology import metadata as sql_metadata
+from router.topology import schema_version
+from shard.errors import AlreadyExists, InvalidArgument, NotFound
+from shard.spec import CollectionSpec
+
+COMPONENT = "metadata"
+SCHEMA_VERSION = 1
+MAX_TAGS = 64
+MAX_TAG_BYTES = 256
+MAX_URI_BYTES = 4096
+MAX_ATTRIBUTES = 64
+_ATTR_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+AttrValue = str | int | float | bool
+# one-letter stored type of an attribute value
+STRING, INT, DOUBLE, BOOL = "s", "i", "d", "b"
+
+collections = sa.Table(
+    "vs_collections",
+    sql_metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+)
+items = sa.Table(
+    "vs_items",
+    sql_metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False, default=""),
+)
+tags = sa.Table(
+    "vs_item_tags",
+    sql_metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("tag", sa.String(256), primary_key=True),
+    sa.Index("vs_item_tags_by_tag", "collection", "tag"),
+)
+attrs = sa.Table(
+    "vs_item_attrs",
+    sql_metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("vtype", sa.String(1), nullable=False),
+    sa.Column("s", sa.Text),
+    sa.Column("i", sa.BigInteger),
+    sa.Column("d", sa.Float(precision=53)),
+    sa.Column("b", sa.Boolean),
+    sa.Index("vs_item_attrs_by_int", "collection", "name", "i"),
+    sa.Index("vs_item_attrs_by_double", "collection", "name", "d"),
+    sa.Index("vs_item_attrs_by_string", "collection", "name", "s"),
+)
+attr_types = sa.Table(
+    "vs_attr_types",
+    sql_metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("vtype", sa.String(1), nullable=False),
+)
+
+
+@dataclass
+class ItemMeta:
+    uri: str = ""
+    tags: list[str] = field(default_factory=list)
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+def value_type(value: AttrValue) -> str:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, int):
+        return INT
+    if isinstance(value, float):
+        return DOUBLE
+    return STRING
+
+
+def validate_meta(item_id: str, meta: ItemMeta) -> None:
+    if len(meta.uri.encode()) > MAX_URI_BYTES:
+        raise InvalidArgument(f"item {item_id!r}: uri longer than {MAX_URI_BYTES} bytes")
+    if len(meta.tags) > MAX_TAGS:
+        raise InvalidArgument(f"item {item_id!r}: more than {MAX_TAGS} tags")
+    for tag in meta.tags:
+        if not tag or len(tag.encode()) > MAX_TAG_BYTES:
+            raise InvalidArgument(f"item {item_id!r}: tags must be 1..{MAX_TAG_BYTES} bytes")
+    if len(meta.attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"item {item_id!r}: more than {MAX_ATTRIBUTES} attributes")
+    for name, value in meta.attributes.items():
+        if not _ATTR_NAME.match(name):
+            raise InvalidArgument(f"item {item_id!r}: attribute name {name!r} must match [A-Za-z0-9_]{{1,64}}")
+        if isinstance(value, float) and value != value:
+            raise InvalidArgument(f"item {item_id!r}: attribute {name!r} is NaN")
+
+
+def _insert(engine: Engine, table: sa.Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+class MetadataStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def migrate(self) -> None:
+        sql_metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.select(schema_version.c.version).where(schema_version.c.component == COMPONENT)
+            ).scalar()
+            if current is None:
+                conn.execute(schema_version.insert().values(component=COMPONENT, version=SCHEMA_VERSION))
+            elif current > SCHEMA_VERSION:
+                raise RuntimeError(f"metadata schema is at version {current}, this code knows {SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ collections
+    def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:
+        with self.engine.begin() as conn:
+            inserted = conn.execute(
+                _insert(self.engine, collections).values(name=spec.name, spec=spec.to_json()).on_conflict_do_nothing()
+            ).rowcount
+            stored = CollectionSpec.from_json(
+                conn.execute(sa.select(collections.c.spec).where(collections.c.name == spec.name)).scalar_one()
+            )
+        if stored != spec:
+            raise AlreadyExists(f"collection {spec.name!r} exists with a different spec ({stored.to_json()})")
+        return inserted == 1, stored
+
+    def spec(self, name: str) -> CollectionSpec:
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(collections.c.spec).where(collections.c.name == name)).scalar()
+        if text is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        return CollectionSpec.from_json(text)
+
+    def list_collections(self) -> list[CollectionSpec]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(collections.c.spec).order_by(collections.c.name)).scalars().all()
+        return [CollectionSpec.from_json(r) for r in rows]
+
+    def drop_collection(self, name: str) -> bool:
+        with self.engine.begin() as conn:
+            for table in (tags, attrs, items, attr_types):
+                conn.execute(table.delete().where(table.c.collection == name))
+            return bool(conn.execute(collections.delete().where(collections.c.name == name)).rowcount)
+
+    def count(self, collection: str) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(items).where(items.c.collection == collection)
+                ).scalar_one()
+            )
+
+    # ------------------------------------------------------------------ attribute types
+    def attribute_types(self, collection: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(attr_types.c.name, attr_types.c.vtype).where(attr_types.c.collection == collection)
+            ).all()
+        return {r.name: r.vtype for r in rows}
+
+    def check_types(self, collection: str, metas: Iterable[tuple[str, ItemMeta]]) -> dict[str, str]:
+        """Validates every item's metadata and that attribute types agree with each other and
+        with the types already fixed for the collection. Returns the new name -> type pairs."""
+        known = self.attribute_types(collection)
+        new: dict[str, str] = {}
+        for item_id, meta in metas:
+            validate_meta(item_id, meta)
+            for name, value in meta.attributes.items():
+                vtype = value_type(value)
+                fixed = known.get(name) or new.get(name)
+                if fixed is None:
+                    new[name] = vtype
+                elif fixed != vtype:
+                    raise InvalidArgument(
+                        f"item {item_id!r}: attribute {name!r} has type {_TYPE_NAMES[vtype]}, "
+                        f"but the collection stores it as {_TYPE_NAMES[fixed]}"
+                    )
+        return new
+
+    # ------------------------------------------------------------------ items
+    def upsert(self, collection: str, batch: Sequence[tuple[str, ItemMeta]], new_types: dict[str, str]) -> None:
+        """Replaces the metadata of the given items in one transaction."""
+        ids = [item_id for item_id, _ in batch]
+        with self.engine.begin() as conn:
+            if new_types:
+                conn.execute(
+                    _insert(self.engine, attr_types)
+                    .values([{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()])
+                    .on_conflict_do_nothing()
+                )
+                stored = self._types_in(conn, collection, list(new_types))
+                clash = {n for n, t in new_types.items() if stored.get(n) != t}
+                if clash:
+                    raise InvalidArgument(
+                        f"attributes {sorted(clash)} were just given another type by a concurrent write"
+                    )
+            for table in (tags, attrs, items):
+                conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(ids)))
+            conn.execute(items.insert(), [{"collection": collection, "item_id": i, "uri": m.uri} for i, m in batch])
+            tag_rows = [
+                {"collection": collection, "item_id": i, "tag": t} for i, m in batch for t in dict.fromkeys(m.tags)
+            ]
+            if tag_rows:
+                conn.execute(tags.insert(), tag_rows)
+            attr_rows = [_attr_row(collection, i, n, v) for i, m in batch for n, v in m.attributes.items()]
+            if attr_rows:
+                conn.execute(attrs.insert(), attr_rows)
+
+    @staticmethod
+    def _types_in(conn: sa.Connection, collection: str, names: list[str]) -> dict[str, str]:
+        rows = conn.execute(
+            sa.select(attr_types.c.name, attr_types.c.vtype).where(
+                attr_types.c.collection == collection, attr_types.c.name.in_(names)
+            )
+        ).all()
+        return {r.name: r.vtype for r in rows}
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        with self.engine.begin() as conn:
+            for table in (tags, attrs, items):
+                conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(list(ids))))
+
+    def fetch(self, collection: str, ids: Sequence[str]) -> dict[str, ItemMeta]:
+        """Metadata of the ids that have any, in ONE round trip."""
+        if not ids:
+            return {}
+        id_list = list(dict.fromkeys(ids))
+        null_text = sa.cast(sa.null(), sa.Text)
+        null_int = sa.cast(sa.null(), sa.BigInteger)
+        null_double = sa.cast(sa.null(), sa.Float(precision=53))
+        null_bool = sa.cast(sa.null(), sa.Boolean)
+        q_items = sa.select(
+            sa.literal("u").label("kind"),
+            items.c.item_id,
+            items.c.uri.label("k"),
+            null_text.label("vtype"),
+            null_text.label("s"),
+            null_int.label("i"),
+            null_double.label("d"),
+            null_bool.label("b"),
+        ).where(items.c.collection == collection, items.c.item_id.in_(id_list))
+        q_tags = sa.select(
+            sa.literal("t"), tags.c.item_id, tags.c.tag, null_text, null_text, null_int, null_double, null_bool
+        ).where(tags.c.collection == collection, tags.c.item_id.in_(id_list))
+        q_attrs = sa.select(
+            sa.literal("a"), attrs.c.item_id, attrs.c.name, attrs.c.vtype, attrs.c.s, attrs.c.i, attrs.c.d, attrs.c.b
+        ).where(attrs.c.collection == collection, attrs.c.item_id.in_(id_list))
+        out: dict[str, ItemMeta] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.union_all(q_items, q_tags, q_attrs)):
+                meta = out.setdefault(row.item_id, ItemMeta())
+                if row.kind == "u":
+                    meta.uri = row.k
+                elif row.kind == "t":
+                    meta.tags.append(row.k)
+                else:
+                    meta.attributes[row.k] = _attr_value(row.vtype, row.s, row.i, row.d, row.b)
+        for meta in out.values():
+            meta.tags.sort()
+        return out
+
+    # ------------------------------------------------------------------ filtering
+    def count_matching(self, collection: str, clause: sa.ColumnElement[bool]) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(items).where(items.c.collection == collection, clause)
+                ).scalar_one()
+            )
+
+    def ids_matching(self, collection: str, clause: sa.ColumnElement[bool]) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(sa.select(items.c.item_id).where(items.c.collection == collection, clause)).scalars()
+            )
+
+    def which_match(self, collection: str, ids: Sequence[str], clause: sa.ColumnElement[bool]) -> set[str]:
+        """The subset of ``ids`` whose metadata matches (one query)."""
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.select(items.c.item_id).where(
+                        items.c.collection == collection, items.c.item_id.in_(list(ids)), clause
+                    )
+                ).scalars()
+            )
+
+
+_TYPE_NAMES = {STRING: "string", INT: "int", DOUBLE: "double", BOOL: "bool"}
+
+
+def type_name(vtype: str) -> str:
+    return _TYPE_NAMES[vtype]
+
+
+def _attr_row(collection: str, item_id: str, name: str, value: AttrValue) -> dict[str, object]:
+    vtype = value_type(value)
+    row: dict[str, object] = {
+        "collection": collection,
+        "item_id": item_id,
+        "name": name,
+        "vtype": vtype,
+        "s": None,
+        "i": None,
+        "d": None,
+        "b": None,
+    }
+    row[vtype] = value
+    return row
+
+
+def _attr_value(vtype: str, s: str | None, i: int | None, d: float | None, b: bool | None) -> AttrValue:
+    value = {STRING: s, INT: i, DOUBLE: d, BOOL: b}[vtype]
+    assert value is not None
+    return value
