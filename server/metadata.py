@@ -142,14 +142,17 @@ class MetadataStore:
     def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:
         with self.engine.begin() as conn:
             inserted = conn.execute(
-                _insert(self.engine, collections).values(name=spec.name, spec=spec.to_json()).on_conflict_do_nothing()
-            ).rowcount
+                _insert(self.engine, collections)
+                .values(name=spec.name, spec=spec.to_json())
+                .on_conflict_do_nothing()
+                .returning(collections.c.name)
+            ).first()
             stored = CollectionSpec.from_json(
                 conn.execute(sa.select(collections.c.spec).where(collections.c.name == spec.name)).scalar_one()
             )
         if stored != spec:
             raise AlreadyExists(f"collection {spec.name!r} exists with a different spec ({stored.to_json()})")
-        return inserted == 1, stored
+        return inserted is not None, stored
 
     def spec(self, name: str) -> CollectionSpec:
         with self.engine.connect() as conn:
