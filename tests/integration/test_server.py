@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.clusterproc import ClusterProcess
 from tests.datasets import data_and_queries, exact_top_k
@@ -121,11 +123,17 @@ def test_filtered_recall_allow_list_strategy(loaded, dataset, tag: str) -> None:
 
 def test_filtered_recall_post_filter_strategy(tmp_path: Path, dataset) -> None:
     data, queries = dataset
-    cluster, stub = start_loaded(tmp_path / "c", data, "--allow-list-max", "10")  # force post-filtering
+    # --allow-list-max 10 forces post-filtering; --max-message-mb 1 checks the size limit too
+    cluster, stub = start_loaded(tmp_path / "c", data, "--allow-list-max", "10", "--max-message-mb", "1")
     try:
         for tag in SELECTIVITY_TAGS:
             subset = [i for i in range(N) if tag in tags_of(i)]
             assert recall(stub, data, queries, subset, tag_filter(tag)) >= 0.95, tag
+        big = pb.UpsertRequest(collection="imgs", vectors=vectors(np.ones((20_000, DIM), dtype=np.float32)))
+        for i in range(20_000):
+            big.items.add(id=f"big-{i}")
+        assert code_of(lambda: stub.Upsert(big)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Get(pb.GetRequest(collection="imgs", ids=["img-1"])).items[0].id == "img-1"  # still serving
     finally:
         cluster.stop()
 
@@ -268,3 +276,18 @@ def test_dead_shard_partial_results_and_hung_shard_deadline(tmp_path: Path, data
         assert health == {"shard-0": True, "shard-1": False, "shard-2": True}
     finally:
         cluster.stop()
+
+
+def test_health_and_reflection(loaded) -> None:
+    cluster, _ = loaded
+    assert cluster.channel is not None
+    health = health_pb2_grpc.HealthStub(cluster.channel)
+    for service in ("", "vectorsearch.v1.SearchService", "vectorsearch.v1.AdminService"):
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+    stub = reflection_pb2_grpc.ServerReflectionStub(cluster.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"vectorsearch.v1.SearchService", "vectorsearch.v1.AdminService"} <= names

@@ -1,0 +1,63 @@
+"""Metadata reads per search are batched: the number of SQL statements a search issues does
+not depend on how many hits it returns (real shard process, real Postgres)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from router.fanout import Router
+from router.topology import TopologyStore, make_engine
+from server.engine import Engine
+from server.metadata import ItemMeta, MetadataStore
+from shard.spec import make_spec
+from tests.pg import fresh_schema_url
+from tests.shardproc import ShardProcess
+from vsproto.v1 import search_service_pb2 as pb
+from vsproto.v1 import types_pb2
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    proc = ShardProcess(tmp_path / "shard")
+    proc.start()
+    db = make_engine(fresh_schema_url())
+    topology = TopologyStore(db)
+    topology.migrate()
+    topology.put_shard("s0", proc.address)
+    metadata = MetadataStore(db)
+    metadata.migrate()
+    router = Router.connect(topology.load())
+    yield Engine(metadata, router)
+    router.close()
+    proc.kill()
+
+
+def test_statements_per_search_do_not_grow_with_hits(engine: Engine) -> None:
+    engine.create_collection(make_spec("c", 8, 3))
+    data = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    ids = [f"i{i}" for i in range(300)]
+    metas = [ItemMeta(f"u{i}", ["a", "b"], {"n": i, "x": float(i)}) for i in range(300)]
+    wire = types_pb2.Vectors(dimension=8, packed=data.tobytes())
+    assert engine.upsert("c", ids, wire, metas) == 300
+    statements: list[str] = []
+
+    @sa.event.listens_for(engine.metadata.engine, "before_cursor_execute")
+    def count(_conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append(statement)
+
+    counts = {}
+    tag = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="a")))
+    for k in (1, 50):
+        for flt in (None, tag):
+            statements.clear()
+            result = engine.search("c", data[:5], k, 0, flt, True, False, False)
+            assert all(len(row) == k for row in result.hits)
+            assert all(result.metadata[h.id].uri == f"u{h.id[1:]}" for row in result.hits for h in row)
+            counts[(k, flt is not None)] = len(statements)
+    assert counts[(1, False)] == counts[(50, False)] <= 2, counts  # spec lookup + one metadata read
+    assert counts[(1, True)] == counts[(50, True)], counts
