@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,7 +53,12 @@ class ClusterProcess:
             command += ["--database-url", self.database_url]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+                command,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                start_new_session=True,  # its own process group, so stop() can sweep orphaned shards
             )
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -91,14 +97,19 @@ class ClusterProcess:
         raise LookupError(f"shard-{index} is not running")
 
     def stop(self) -> None:
+        """SIGTERM (the cluster drains its shards), SIGKILL after 30 s, then kills whatever is
+        left of its process group (shards orphaned by a SIGKILL)."""
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import vsproto.v1  # noqa: F401  fail fast, with a hint, when the stubs are missing or stale
+from tests.clusterproc import ClusterProcess
 from tests.shardproc import ShardProcess
 
 
@@ -15,3 +16,12 @@ def shard_proc(tmp_path: Path) -> Iterator[ShardProcess]:
     proc.start()
     yield proc
     proc.kill()
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[ClusterProcess]:
+    """``python -m server.cluster`` with 3 shards on the embedded defaults (SQLite)."""
+    cluster = ClusterProcess(tmp_path / "cluster", shards=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
