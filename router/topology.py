@@ -75,6 +75,17 @@ class Topology:
         raise KeyError(shard_id)
 
 
+def migrate_component(conn: sa.Connection, component: str, version: int) -> None:
+    """Creates every table of the shared SQL schema (idempotent) and records ``component`` at
+    ``version``; raises SchemaTooNew if the database holds a newer version of it."""
+    metadata.create_all(conn)
+    current = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.component == component)).scalar()
+    if current is None:
+        conn.execute(schema_version.insert().values(component=component, version=version))
+    elif current > version:
+        raise SchemaTooNew(f"the {component} schema is at version {current}, this code knows {version}; upgrade")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL journaling and a busy timeout for concurrency."""
     if url.startswith("sqlite"):
@@ -99,17 +110,8 @@ class TopologyStore:
 
     def migrate(self) -> None:
         """Creates the tables (idempotent) and records the schema version."""
-        metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            current = conn.execute(
-                sa.select(schema_version.c.version).where(schema_version.c.component == COMPONENT)
-            ).scalar()
-            if current is None:
-                conn.execute(schema_version.insert().values(component=COMPONENT, version=SCHEMA_VERSION))
-            elif current > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"the {COMPONENT} schema is at version {current}, this code knows {SCHEMA_VERSION}; upgrade"
-                )
+            migrate_component(conn, COMPONENT, SCHEMA_VERSION)
             if conn.execute(sa.select(cluster.c.ring_version)).scalar() is None:
                 conn.execute(cluster.insert().values(singleton=1, ring_version=0))
 

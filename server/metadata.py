@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from router.topology import metadata as sql_metadata
-from router.topology import schema_version
+from router.topology import migrate_component
 from shard.errors import AlreadyExists, InvalidArgument, NotFound
 from shard.spec import CollectionSpec
 
@@ -128,15 +128,8 @@ class MetadataStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        sql_metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            current = conn.execute(
-                sa.select(schema_version.c.version).where(schema_version.c.component == COMPONENT)
-            ).scalar()
-            if current is None:
-                conn.execute(schema_version.insert().values(component=COMPONENT, version=SCHEMA_VERSION))
-            elif current > SCHEMA_VERSION:
-                raise RuntimeError(f"metadata schema is at version {current}, this code knows {SCHEMA_VERSION}")
+            migrate_component(conn, COMPONENT, SCHEMA_VERSION)
 
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:
