@@ -29,8 +29,8 @@ from router.merge import Hit
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
 from shard.errors import InvalidArgument, NotFound
+from shard.spec import MAX_GET_IDS, CollectionSpec
 from shard.spec import MAX_K as SHARD_MAX_K
-from shard.spec import CollectionSpec
 from shard.vectors import decode_matrix, last_wins, prepare_for_metric, validate_ids
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import types_pb2
@@ -123,6 +123,8 @@ class Engine:
         """Vectors (the shards are the truth for existence) and metadata of the ids."""
         self.metadata.spec(collection)
         id_list = validate_ids(ids)
+        if len(id_list) > MAX_GET_IDS:
+            raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
         vectors = self.router.get(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
         return vectors, self.metadata.fetch(collection, list(vectors))
 
