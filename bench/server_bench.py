@@ -458,9 +458,9 @@ def bench_cluster(
             args,
         )
         out["filtered"]["method"] = (
-            f'SearchService.Search with filter tags == "{TAG}" ({tagged} matching items); with the server\'s '
-            "default --allow-list-max 20000 the planner sends the matching ids to their shards, which search "
-            "exactly among them"
+            f'SearchService.Search with filter tags == "{TAG}" ({tagged} matching items), default planner '
+            "thresholds: allow-list (exact search among the matching ids on their shards) up to 2000 matches "
+            "or 2% selectivity, otherwise graph search with oversampling and a SQL post-filter"
         )
         log_search(log, name, "filtered 10%", out["filtered"], args.k)
         out["cpu"] = cpu_per_query(

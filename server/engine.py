@@ -7,12 +7,13 @@ changes nothing; then vectors go to their shards (durable there), then metadata 
 committed. A failure in between leaves state that a retry of the same idempotent write
 repairs. Deletes run in the same order.
 
-Filtered search planning (``plan``): the number of items matching the filter is counted in
-SQL. Up to ``allow_list_max`` matches, their ids become per-shard allow-lists and the shards
-search exactly among them. Above it, the graph is searched for ``k / selectivity *
-oversample`` candidates which are then filtered in one SQL query; the candidate count grows
-4x until k results are found or the collection is exhausted (falling back to an allow-list
-when it would exceed the shards' k limit).
+Filtered search planning: the number of items matching the filter is counted in SQL. When
+few match (at most ``allow_list_small``, or a selectivity of at most
+``allow_list_selectivity``, and never more than ``allow_list_max``), their ids become
+per-shard allow-lists and the shards search exactly among them. Otherwise the graph is
+searched for ``k / selectivity * oversample`` candidates, which are then filtered in one
+SQL query; the candidate count grows 4x until k results are found or the collection is
+exhausted (falling back to an allow-list when it would exceed the shards' k limit).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ MAX_K = 1000
 @dataclass(frozen=True)
 class EngineOptions:
     timeout_s: float = 10.0
+    # Filtered search sends an allow-list when at most allow_list_max items match and either
+    # at most allow_list_small match or they are at most allow_list_selectivity of the collection.
     allow_list_max: int = 20_000
+    allow_list_small: int = 2_000
+    allow_list_selectivity: float = 0.02
     oversample: float = 2.0
 
 
@@ -180,10 +185,13 @@ class Engine:
         matching = self.metadata.count_matching(collection, clause)
         if matching == 0:
             return SearchOutcome([[] for _ in range(len(queries))]), "empty"
-        if matching <= self.options.allow_list_max:
+        total = max(matching, self.metadata.count(collection))
+        options = self.options
+        if matching <= options.allow_list_max and (
+            matching <= options.allow_list_small or matching <= options.allow_list_selectivity * total
+        ):
             allowed = self.metadata.ids_matching(collection, clause)
             return self.router.search(collection, queries, k, ef, timeout, require_all, allow_ids=allowed), "allow-list"
-        total = max(matching, self.metadata.count(collection))
         fetch = min(SHARD_MAX_K, max(k, math.ceil(k * total / matching * self.options.oversample)))
         while True:
             outcome = self.router.search(collection, queries, fetch, max(ef, fetch), timeout, require_all)

@@ -58,7 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-list-max",
         type=int,
         default=int(_env("allow_list_max", "20000")),
-        help="filtered search: up to this many matching items, search exactly among them",
+        help="filtered search: never send an allow-list of more ids than this",
+    )
+    p.add_argument(
+        "--allow-list-small",
+        type=int,
+        default=int(_env("allow_list_small", "2000")),
+        help="filtered search: up to this many matching items, always search exactly among them",
+    )
+    p.add_argument(
+        "--allow-list-selectivity",
+        type=float,
+        default=float(_env("allow_list_selectivity", "0.02")),
+        help="filtered search: also search exactly among them when at most this share of items match",
     )
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
@@ -83,7 +95,12 @@ class ServerProcess:
         self.engine = Engine(
             self.metadata,
             Router.connect(current),
-            EngineOptions(timeout_s=args.request_timeout_s, allow_list_max=args.allow_list_max),
+            EngineOptions(
+                timeout_s=args.request_timeout_s,
+                allow_list_max=args.allow_list_max,
+                allow_list_small=args.allow_list_small,
+                allow_list_selectivity=args.allow_list_selectivity,
+            ),
         )
         limit = args.max_message_mb << 20
         self.server = grpc.server(

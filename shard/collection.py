@@ -383,31 +383,38 @@ class Collection:
                 if layer is not None and layer.rows:
                     parts.append(self._search_delta(queries, k, view_seq, layer, allowed_set))
             return _merge(parts, k, len(queries))
-        names: list[str] = []
-        rows: list[Matrix] = []
+        # Candidates in id order, so ties come out deterministically.
+        delta_names: list[str] = []
+        delta_rows: list[Matrix] = []
         graph_names: list[str] = []
         graph_labels: list[int] = []
-        for item in allowed_set:
-            where = self._locate(item, view)
-            if where is None:
-                continue
-            holder, position = where
-            if isinstance(holder, Delta):
-                names.append(item)
-                rows.append(holder.vector(position)[None, :])
-            else:
-                graph_names.append(item)
-                graph_labels.append(position)
-        if graph is not None and graph_labels:
-            names.extend(graph_names)
-            rows.append(graph.vectors(graph_labels))
+        active_index = view.active.index
+        sealed_index = view.sealed.index if view.sealed is not None else {}
+        label_of = graph.label_of if graph is not None else {}
+        for item in sorted(allowed_set):
+            row = active_index.get(item)
+            layer = view.active
+            if row is None and view.sealed is not None:
+                row = sealed_index.get(item)
+                layer = view.sealed
+            if row is None:
+                label = label_of.get(item)
+                if label is not None:
+                    graph_names.append(item)
+                    graph_labels.append(label)
+            elif row != TOMBSTONE:
+                delta_names.append(item)
+                delta_rows.append(layer.vector(row))
+        names = graph_names + delta_names
         if not names:
             return [QueryHits([], np.empty(0, dtype=np.float32)) for _ in range(len(queries))]
-        matrix = np.concatenate(rows)
-        # Sort candidates by id so ties come out in a deterministic order.
-        order_by_id = np.argsort(np.array(names, dtype=object), kind="stable")
-        name_arr = np.array(names, dtype=object)[order_by_id]
-        order, best = exact.search(queries, matrix[order_by_id], self.spec.metric.hnsw_space, k)
+        blocks = []
+        if graph is not None and graph_labels:
+            blocks.append(graph.vectors(graph_labels))
+        if delta_rows:
+            blocks.append(np.stack(delta_rows))
+        order, best = exact.search(queries, blocks, self.spec.metric.hnsw_space, k)
+        name_arr = np.array(names, dtype=object)
         return _merge([(name_arr[order], best)], k, len(queries))
 
     def _search_graph_filtered(
@@ -471,6 +478,7 @@ class Collection:
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:

@@ -176,7 +176,9 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
     if index.element_count != len(label_ids):
         raise CorruptionError(f"snapshot {info.path}: graph holds {index.element_count} elements")
     label_of = {item: label for label, item in enumerate(label_ids) if item}
-    return Graph(index, label_ids, label_of, info.applied_seq)
+    graph = Graph(index, label_ids, label_of, info.applied_seq)
+    graph.attach_file(info.path / GRAPH_FILE)
+    return graph
 
 
 def load_newest(root: Path, spec: CollectionSpec) -> tuple[Graph | None, list[SnapshotInfo]]:

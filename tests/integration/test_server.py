@@ -123,8 +123,9 @@ def test_filtered_recall_allow_list_strategy(loaded, dataset, tag: str) -> None:
 
 def test_filtered_recall_post_filter_strategy(tmp_path: Path, dataset) -> None:
     data, queries = dataset
-    # --allow-list-max 10 forces post-filtering; --max-message-mb 1 checks the size limit too
-    cluster, stub = start_loaded(tmp_path / "c", data, "--allow-list-max", "10", "--max-message-mb", "1")
+    # tiny allow-list thresholds force post-filtering; --max-message-mb 1 checks the size limit too
+    flags = ("--allow-list-small", "10", "--allow-list-selectivity", "0", "--max-message-mb", "1")
+    cluster, stub = start_loaded(tmp_path / "c", data, *flags)
     try:
         for tag in SELECTIVITY_TAGS:
             subset = [i for i in range(N) if tag in tags_of(i)]

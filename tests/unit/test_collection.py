@@ -187,12 +187,14 @@ def test_reads_during_compaction_stay_correct(tmp_path: Path) -> None:
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    col.compact()
-    col.upsert(ids[:100], data[:100])  # superseding graph items while readers run
-    col.compact()
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        col.compact()
+        col.upsert(ids[:100], data[:100])  # superseding graph items while readers run
+        col.compact()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert errors == []
     col.close()
 
@@ -268,4 +270,26 @@ def test_delta_spanning_many_blocks_searches_and_folds_correctly(tmp_path: Path)
     hits = col.search(data[200:230], 5)
     recall = np.mean([len(set(hits[q].ids) & {ids[live[j]] for j in truth[q]}) / 5 for q in range(30)])
     assert recall >= 0.95
+    col.close()
+
+
+def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(tmp_path: Path) -> None:
+    col = make(tmp_path, dim=16)
+    data = clustered(2000, 16, seed=13)
+    ids = [f"g{i}" for i in range(2000)]
+    col.upsert(ids, data)
+    col.compact()
+    col.upsert(ids[:50], data[1000:1050])  # re-upserts: old labels marked deleted in the fold
+    col.delete(ids[50:60])
+    col.compact()
+    graph = col._view.graph
+    assert graph is not None and graph._mapped is not None
+    labels = np.fromiter(graph.label_of.values(), dtype=np.int64)
+    expected = np.asarray(graph.index.get_items(labels.astype(np.uint64)), dtype=np.float32)
+    np.testing.assert_array_equal(graph.vectors(labels), expected)
+    col = reopen(col)  # loaded from the snapshot: mapped again
+    graph = col._view.graph
+    assert graph is not None and graph._mapped is not None
+    _, vectors, _ = col.get(["g0", "g100"])
+    np.testing.assert_array_equal(vectors, np.stack([data[1000], data[100]]))
     col.close()
