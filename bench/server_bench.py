@@ -595,7 +595,8 @@ def build_rows(report: dict[str, Any], shards: Sequence[int]) -> list[Row]:
             "queries/s",
             across(lambda e: e["filtered"]["single"]["qps"], filtered["single"]["qps"]),
             True,
-            "raw: hnswlib BFIndex over the tagged rows; shard: allow_ids; server: tag filter (allow-list plan)",
+            "raw: hnswlib BFIndex over the tagged rows; shard: allow_ids; "
+            "server: tag filter (10% selectivity: post-filter plan)",
         ),
         Row(
             section,
