@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
+from router.local import LOCAL_PREFIX
 from router.merge import Hit, merge_batches
 from router.ring import HashRing
 from router.topology import Topology
@@ -58,8 +59,16 @@ def _reason(error: grpc.RpcError) -> str:
     return f"{error.code().name}: {error.details()}"
 
 
+class ShardEndpoint(Protocol):
+    """A remote ``ShardClient`` or an in-process ``LocalShardClient``: the router can't tell."""
+
+    stub: Any
+
+    def close(self) -> None: ...
+
+
 class Router:
-    def __init__(self, ring: HashRing, clients: dict[str, ShardClient]) -> None:
+    def __init__(self, ring: HashRing, clients: Mapping[str, ShardEndpoint]) -> None:
         missing = set(ring.shards) - set(clients)
         if missing:
             raise ValueError(f"no client for shards {sorted(missing)}")
@@ -67,9 +76,19 @@ class Router:
         self.clients = clients
 
     @classmethod
-    def connect(cls, topology: Topology) -> Router:
-        """A router over every shard of ``topology``, with one channel per shard."""
-        clients = {s.shard_id: ShardClient(s.address) for s in topology.shards}
+    def connect(cls, topology: Topology, local: Mapping[str, ShardEndpoint] | None = None) -> Router:
+        """A router over every shard of ``topology``: one channel per remote shard, and the
+        in-process endpoint for shards whose address is ``local:...`` (they must be in
+        ``local``: only the process that owns such a shard can route to it)."""
+        local = local or {}
+        clients: dict[str, ShardEndpoint] = {}
+        for shard in topology.shards:
+            if shard.address.startswith(LOCAL_PREFIX):
+                if shard.shard_id not in local:
+                    raise ValueError(f"shard {shard.shard_id} lives in another process ({shard.address})")
+                clients[shard.shard_id] = local[shard.shard_id]
+            else:
+                clients[shard.shard_id] = ShardClient(shard.address)
         return cls(topology.ring(), clients)
 
     def close(self) -> None:

@@ -22,10 +22,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from router.fanout import Router
+from router.local import LOCAL_PREFIX, LocalShardClient
 from router.topology import TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
 from server.metadata import MetadataStore
 from server.service import AdminServicer, SearchServicer
+from shard.collection import CollectionOptions
+from shard.errors import CorruptionError
+from shard.registry import Registry
 from vsproto.v1 import admin_service_pb2, admin_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
 
 log = logging.getLogger("server")
@@ -72,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=float(_env("allow_list_selectivity", "0.02")),
         help="filtered search: also search exactly among them when at most this share of items match",
     )
+    p.add_argument(
+        "--local-shard",
+        default=_env("local_shard", ""),
+        metavar="DIR",
+        help="single-node shape: own a shard with its data in DIR, in this process (no second hop)",
+    )
+    p.add_argument("--local-shard-id", default=_env("local_shard_id", "local-0"))
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
@@ -90,11 +101,20 @@ class ServerProcess:
         for entry in args.register_shard:
             shard_id, _, address = entry.partition("=")
             self.topology.put_shard(shard_id, address)
+        self.local: dict[str, LocalShardClient] = {}
+        self.registries: list[Registry] = []
+        if args.local_shard:
+            # single-node shape: this process owns a shard and calls it without a second hop
+            registry = Registry(Path(args.local_shard), CollectionOptions())
+            registry.open()
+            self.registries.append(registry)
+            self.local[args.local_shard_id] = LocalShardClient(registry)
+            self.topology.put_shard(args.local_shard_id, f"{LOCAL_PREFIX}{Path(args.local_shard).resolve()}")
         current = self.topology.load()
         self.ring_version = current.ring_version
         self.engine = Engine(
             self.metadata,
-            Router.connect(current),
+            Router.connect(current, self.local),
             EngineOptions(
                 timeout_s=args.request_timeout_s,
                 allow_list_max=args.allow_list_max,
@@ -108,7 +128,9 @@ class ServerProcess:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.engine), self.server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.topology), self.server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.topology, lambda: self.engine.router.clients), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -144,7 +166,7 @@ class ServerProcess:
                 current = self.topology.load()
                 if current.ring_version != self.ring_version:
                     old = self.engine.router
-                    self.engine.router = Router.connect(current)
+                    self.engine.router = Router.connect(current, self.local)
                     self.ring_version = current.ring_version
                     threading.Timer(30.0, old.close).start()  # let in-flight calls finish
                     log.info("topology changed: ring v%d, %d shards", current.ring_version, len(current.shards))
@@ -156,6 +178,8 @@ class ServerProcess:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=5).wait()
         self.engine.router.close()
+        for registry in self.registries:
+            registry.close()  # fsyncs and closes the logs of the in-process shard
 
 
 def wait_for_signal() -> None:
@@ -177,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
     )
-    process = ServerProcess(args)
+    try:
+        process = ServerProcess(args)
+    except CorruptionError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
     process.start()
     wait_for_signal()
     process.stop()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
+from router.fanout import ShardEndpoint
 from router.topology import TopologyStore
 from server import errors
 from server.engine import Engine, SearchResult
@@ -190,25 +191,39 @@ def _search_response(result: SearchResult) -> pb.SearchResponse:
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
-    def __init__(self, topology: TopologyStore, probe_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        topology: TopologyStore,
+        endpoints: Callable[[], Mapping[str, ShardEndpoint]],
+        probe_timeout_s: float = 1.0,
+    ) -> None:
         self.topology = topology
+        self.endpoints = endpoints
         self.probe_timeout_s = probe_timeout_s
 
     @_handled
     def ClusterStatus(self, request: admin_pb.ClusterStatusRequest, context: grpc.ServicerContext) -> Any:
         topology = self.topology.load()
+        known = self.endpoints()
         reply = admin_pb.ClusterStatusResponse(ring_version=topology.ring_version)
         for shard in topology.shards:
             status = reply.shards.add(shard_id=shard.shard_id, address=shard.address, weight=shard.weight)
-            client = ShardClient(shard.address, timeout=self.probe_timeout_s)
+            endpoint = known.get(shard.shard_id)
+            temporary = None
+            if endpoint is None:  # the topology is newer than this server's router
+                endpoint = temporary = ShardClient(shard.address, timeout=self.probe_timeout_s)
             try:
-                listed = client.stub.ListCollections(shard_pb.ListCollectionsRequest(), timeout=self.probe_timeout_s)
+                listed = endpoint.stub.ListCollections(shard_pb.ListCollectionsRequest(), timeout=self.probe_timeout_s)
                 for spec in listed.collections:
-                    status.collection_counts[spec.name] = client.stats(spec.name).count
+                    stats = endpoint.stub.Stats(
+                        shard_pb.StatsRequest(collection=spec.name), timeout=self.probe_timeout_s
+                    ).stats
+                    status.collection_counts[spec.name] = stats.count
                 status.healthy = True
             except grpc.RpcError as exc:
                 status.healthy = False
                 status.error = f"{exc.code().name}: {exc.details()}"
             finally:
-                client.close()
+                if temporary is not None:
+                    temporary.close()
         return reply
