@@ -96,6 +96,22 @@ class Router:
             client.close()
 
     # ------------------------------------------------------------------ helpers
+    def _call(
+        self, method: str, requests: Mapping[str, Any], timeout: float
+    ) -> tuple[dict[str, Any], dict[str, grpc.RpcError]]:
+        """Sends ``requests[shard]`` to each shard's ``method`` with one deadline; returns
+        (replies, errors) by shard. Several shards are called in parallel (gRPC futures); a
+        single one with a plain blocking call, which saves grpcio a thread start per call."""
+        if len(requests) == 1:
+            ((shard_id, request),) = requests.items()
+            try:
+                return {shard_id: getattr(self.clients[shard_id].stub, method)(request, timeout=timeout)}, {}
+            except grpc.RpcError as exc:
+                return {}, {shard_id: exc}
+        deadline = time.monotonic() + timeout
+        calls = {s: getattr(self.clients[s].stub, method).future(r, timeout=timeout) for s, r in requests.items()}
+        return self._gather(calls, deadline)
+
     def _gather(
         self, calls: dict[str, grpc.Future[Any]], deadline: float
     ) -> tuple[dict[str, object], dict[str, grpc.RpcError]]:
@@ -127,75 +143,68 @@ class Router:
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: types_pb2.CollectionSpec, timeout: float) -> shard_pb.CreateCollectionResponse:
         """Creates the collection on every shard (idempotent); returns one shard's reply."""
-        deadline = time.monotonic() + timeout
         request = shard_pb.CreateCollectionRequest(spec=spec)
-        calls = {s: c.stub.CreateCollection.future(request, timeout=timeout) for s, c in self.clients.items()}
-        replies, errors = self._gather(calls, deadline)
+        replies, errors = self._call("CreateCollection", dict.fromkeys(self.clients, request), timeout)
         self._raise_client_errors(errors)
         for error in errors.values():
             if error.code() == grpc.StatusCode.ALREADY_EXISTS:
                 raise AlreadyExists(error.details() or "collection exists with another spec")
         if errors:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
-        created = any(r.created for r in replies.values())  # type: ignore[attr-defined]
+        created = any(r.created for r in replies.values())
         reply = next(iter(replies.values()))
-        return shard_pb.CreateCollectionResponse(created=created, spec=reply.spec)  # type: ignore[attr-defined]
+        return shard_pb.CreateCollectionResponse(created=created, spec=reply.spec)
 
     def drop_collection(self, name: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         request = shard_pb.DropCollectionRequest(collection=name)
-        calls = {s: c.stub.DropCollection.future(request, timeout=timeout) for s, c in self.clients.items()}
-        replies, errors = self._gather(calls, deadline)
+        replies, errors = self._call("DropCollection", dict.fromkeys(self.clients, request), timeout)
         self._raise_client_errors(errors)
         if errors:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
-        return any(r.dropped for r in replies.values())  # type: ignore[attr-defined]
+        return any(r.dropped for r in replies.values())
 
     # ------------------------------------------------------------------ writes
     def upsert(self, collection: str, ids: Sequence[str], vectors: Matrix, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        calls = {}
+        requests = {}
         for shard_id, positions in self._group(ids).items():
             request = shard_pb.UpsertRequest(
                 collection=collection, ids=[ids[p] for p in positions], vectors=pack(vectors[positions])
             )
-            calls[shard_id] = self.clients[shard_id].stub.Upsert.future(request, timeout=timeout)
-        replies, errors = self._gather(calls, deadline)
+            requests[shard_id] = request
+        replies, errors = self._call("Upsert", requests, timeout)
         self._raise_not_found(errors, collection)
         self._raise_client_errors(errors)
         if errors:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
-        return sum(r.upserted for r in replies.values())  # type: ignore[attr-defined]
+        return sum(r.upserted for r in replies.values())
 
     def delete(self, collection: str, ids: Sequence[str], timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        calls = {}
+        requests = {}
         for shard_id, positions in self._group(ids).items():
             request = shard_pb.DeleteRequest(collection=collection, ids=[ids[p] for p in positions])
-            calls[shard_id] = self.clients[shard_id].stub.Delete.future(request, timeout=timeout)
-        replies, errors = self._gather(calls, deadline)
+            requests[shard_id] = request
+        replies, errors = self._call("Delete", requests, timeout)
         self._raise_not_found(errors, collection)
         self._raise_client_errors(errors)
         if errors:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
-        return sum(r.deleted for r in replies.values())  # type: ignore[attr-defined]
+        return sum(r.deleted for r in replies.values())
 
     def get(self, collection: str, ids: Sequence[str], timeout: float) -> dict[str, Matrix]:
-        deadline = time.monotonic() + timeout
-        calls = {}
+        requests = {}
         for shard_id, positions in self._group(ids).items():
             request = shard_pb.GetRequest(collection=collection, ids=[ids[p] for p in positions])
-            calls[shard_id] = self.clients[shard_id].stub.Get.future(request, timeout=timeout)
-        replies, errors = self._gather(calls, deadline)
+            requests[shard_id] = request
+        replies, errors = self._call("Get", requests, timeout)
         self._raise_not_found(errors, collection)
         self._raise_client_errors(errors)
         if errors:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
         found: dict[str, Matrix] = {}
         for reply in replies.values():
-            if reply.ids:  # type: ignore[attr-defined]
-                matrix = unpack(reply.vectors)  # type: ignore[attr-defined]
-                found.update(zip(reply.ids, matrix, strict=True))  # type: ignore[attr-defined]
+            if reply.ids:
+                matrix = unpack(reply.vectors)
+                found.update(zip(reply.ids, matrix, strict=True))
         return found
 
     @staticmethod
@@ -219,29 +228,27 @@ class Router:
         With ``allow_ids``, results are restricted to those ids: each is sent only to its
         owning shard, and shards that own none of them are not asked at all.
         """
-        deadline = time.monotonic() + timeout
         packed = pack(queries)
         if allow_ids is None:
             request = shard_pb.SearchRequest(collection=collection, queries=packed, k=k, ef=ef)
-            calls = {s: c.stub.Search.future(request, timeout=timeout) for s, c in self.clients.items()}
+            requests = dict.fromkeys(self.clients, request)
         else:
-            calls = {}
+            requests = {}
             for shard_id, positions in self._group(allow_ids).items():
-                request = shard_pb.SearchRequest(
+                requests[shard_id] = shard_pb.SearchRequest(
                     collection=collection, queries=packed, k=k, ef=ef, allow_ids=[allow_ids[p] for p in positions]
                 )
-                calls[shard_id] = self.clients[shard_id].stub.Search.future(request, timeout=timeout)
-            if not calls:
+            if not requests:
                 return SearchOutcome([[] for _ in range(len(queries))])
-        replies, errors = self._gather(calls, deadline)
+        replies, errors = self._call("Search", requests, timeout)
         self._raise_client_errors(errors)
-        if len(errors) == len(calls) and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):
+        if len(errors) == len(requests) and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):
             raise NotFound(f"collection {collection!r} does not exist")
         failed = {s: _reason(e) for s, e in errors.items()}
         if failed and (require_all or not replies):
             raise ShardsUnavailable(failed)
         per_shard = [
-            [[Hit(i, float(d)) for i, d in zip(r.ids, r.distances, strict=True)] for r in reply.results]  # type: ignore[attr-defined]
+            [[Hit(i, float(d)) for i, d in zip(r.ids, r.distances, strict=True)] for r in reply.results]
             for reply in replies.values()
         ]
         return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed)

@@ -19,6 +19,7 @@ exhausted (falling back to an allow-list when it would exceed the shards' k limi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from vsproto.v1 import types_pb2
 
 Matrix = npt.NDArray[np.float32]
 MAX_K = 1000
+SPEC_TTL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,19 @@ class Engine:
         self.metadata = metadata
         self.router = router
         self.options = options or EngineOptions()
+        self._specs: dict[str, tuple[float, CollectionSpec]] = {}
+
+    def spec(self, name: str) -> CollectionSpec:
+        """The collection's spec, cached for ``SPEC_TTL_S`` (specs are immutable; the TTL only
+        bounds how long a drop by another server goes unnoticed here — the shards answer
+        NOT_FOUND meanwhile)."""
+        now = time.monotonic()
+        cached = self._specs.get(name)
+        if cached is not None and now - cached[0] < SPEC_TTL_S:
+            return cached[1]
+        spec = self.metadata.spec(name)
+        self._specs[name] = (now, spec)
+        return spec
 
     @staticmethod
     def decode(spec: CollectionSpec, vectors: types_pb2.Vectors, what: str) -> Matrix:
@@ -88,6 +103,7 @@ class Engine:
         return created, stored
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
+        self._specs.pop(name, None)
         in_shards = self.router.drop_collection(name, self._timeout(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
@@ -100,7 +116,7 @@ class Engine:
         metas: Sequence[ItemMeta],
         remaining: float | None = None,
     ) -> int:
-        spec = self.metadata.spec(collection)
+        spec = self.spec(collection)
         id_list = validate_ids(ids, "items")
         vectors = self.decode(spec, wire_vectors, "vectors")
         if len(id_list) != len(vectors) or len(metas) != len(id_list):
@@ -115,7 +131,7 @@ class Engine:
         return len(unique_ids)
 
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:
-        self.metadata.spec(collection)
+        self.spec(collection)
         id_list = list(dict.fromkeys(validate_ids(ids)))
         deleted = self.router.delete(collection, id_list, self._timeout(remaining))
         self.metadata.delete(collection, id_list)
@@ -126,7 +142,7 @@ class Engine:
         self, collection: str, ids: Sequence[str], remaining: float | None = None
     ) -> tuple[dict[str, Matrix], dict[str, ItemMeta]]:
         """Vectors (the shards are the truth for existence) and metadata of the ids."""
-        self.metadata.spec(collection)
+        self.spec(collection)
         id_list = validate_ids(ids)
         if len(id_list) > MAX_GET_IDS:
             raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
@@ -148,7 +164,7 @@ class Engine:
     ) -> SearchResult:
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
-        spec = self.metadata.spec(collection)
+        spec = self.spec(collection)
         if isinstance(queries, types_pb2.Vectors):
             queries = self.decode(spec, queries, "queries")
         prepare_for_metric(queries, spec.metric, "queries")
