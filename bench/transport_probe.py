@@ -22,8 +22,6 @@ clock starts, ``--warmup`` calls first) then measures: raw hnswlib in-process, 1
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -45,6 +43,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from bench.shard_bench import cpu_model, now_utc, version_of
 from tests.datasets import data_and_queries
 from vsproto.v1 import shard_service_pb2, shard_service_pb2_grpc, types_pb2
 
@@ -60,27 +59,6 @@ READY_TIMEOUT_S = 60.0
 
 
 # ====================================================================== helpers
-def now_utc() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def version_of(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
