@@ -53,6 +53,15 @@ def dataset() -> tuple[np.ndarray, np.ndarray]:
 def start_loaded(tmp: Path, data: np.ndarray, *args: str) -> tuple[ClusterProcess, pb_grpc.SearchServiceStub]:
     cluster = ClusterProcess(tmp, *args, database_url=fresh_schema_url())
     stub = cluster.start()
+    try:
+        load_items(stub, data)
+    except BaseException:
+        cluster.stop()  # never leave a cluster behind when loading fails
+        raise
+    return cluster, stub
+
+
+def load_items(stub: pb_grpc.SearchServiceStub, data: np.ndarray) -> None:
     spec = types_pb2.CollectionSpec(name="imgs", dimension=DIM, metric=types_pb2.METRIC_L2)
     assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
     assert not stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
@@ -70,7 +79,6 @@ def start_loaded(tmp: Path, data: np.ndarray, *args: str) -> tuple[ClusterProces
             yield request
 
     assert stub.UpsertStream(batches()).upserted == N
-    return cluster, stub
 
 
 @pytest.fixture(scope="module")
