@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 
+from tests.procutil import wait_for_ready_file
 from vsproto.v1 import admin_service_pb2_grpc, search_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,15 +60,11 @@ class ClusterProcess:
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
                 start_new_session=True,  # its own process group, so stop() can sweep orphaned shards
             )
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cluster exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"cluster not ready after {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.05)
-        self.address = ready.read_text()
+        try:
+            self.address = wait_for_ready_file(self.proc, ready, timeout, "cluster", self.log_tail)
+        except TimeoutError:
+            self.stop()
+            raise
         self.channel = grpc.insecure_channel(self.address)
         return search_service_pb2_grpc.SearchServiceStub(self.channel)
 

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from shard.client import ShardClient
+from tests.procutil import wait_for_ready_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,15 +43,11 @@ class ShardProcess:
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"shard exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"shard not ready after {timeout}s; log:\n{self.log_tail()}")
-            time.sleep(0.02)
-        self.address = ready.read_text()
+        try:
+            self.address = wait_for_ready_file(self.proc, ready, timeout, "shard", self.log_tail)
+        except TimeoutError:
+            self.kill()
+            raise
         self.client = ShardClient(self.address)
         self.client.wait_ready()
         return self.client

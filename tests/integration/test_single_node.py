@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from tests.datasets import data_and_queries, exact_top_k, recall_at_k
+from tests.procutil import wait_for_ready_file
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
 from vsproto.v1 import search_service_pb2 as pb
@@ -46,12 +46,8 @@ def start(data: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(
             command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
         )
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert proc.poll() is None, (data / "server.log").read_text()
-        assert time.monotonic() < deadline, "server not ready"
-        time.sleep(0.05)
-    return proc, ready.read_text()
+    log_tail = (data / "server.log").read_text
+    return proc, wait_for_ready_file(proc, ready, 60, "server", log_tail)
 
 
 def packed(matrix: np.ndarray) -> types_pb2.Vectors:
