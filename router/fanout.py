@@ -163,6 +163,21 @@ class Router:
             raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
         return any(r.dropped for r in replies.values())
 
+    def compact(self, collection: str, wait: bool, timeout: float) -> dict[str, shard_pb.CollectionStats]:
+        """Compacts ``collection`` on every shard in parallel (waiting for each when ``wait``),
+        then returns each shard's stats. Raises ``ShardsUnavailable`` if any shard failed."""
+        request = shard_pb.CompactRequest(collection=collection, wait=wait)
+        _, errors = self._call("Compact", dict.fromkeys(self.clients, request), timeout)
+        self._raise_not_found(errors, collection)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        stats_request = shard_pb.StatsRequest(collection=collection)
+        replies, errors = self._call("Stats", dict.fromkeys(self.clients, stats_request), timeout)
+        self._raise_not_found(errors, collection)
+        if errors:
+            raise ShardsUnavailable({s: _reason(e) for s, e in errors.items()})
+        return {shard_id: reply.stats for shard_id, reply in sorted(replies.items())}
+
     # ------------------------------------------------------------------ writes
     def upsert(self, collection: str, ids: Sequence[str], vectors: Matrix, timeout: float) -> int:
         requests = {}

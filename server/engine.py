@@ -35,11 +35,13 @@ from shard.spec import MAX_GET_IDS, CollectionSpec
 from shard.spec import MAX_K as SHARD_MAX_K
 from shard.vectors import decode_matrix, last_wins, prepare_for_metric, validate_ids
 from vsproto.v1 import search_service_pb2 as pb
+from vsproto.v1 import shard_service_pb2 as shard_pb
 from vsproto.v1 import types_pb2
 
 Matrix = npt.NDArray[np.float32]
 MAX_K = 1000
 SPEC_TTL_S = 5.0
+COMPACT_TIMEOUT_S = 3600.0  # a waited compaction with no client deadline
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,14 @@ class Engine:
         self._specs.pop(name, None)
         in_shards = self.router.drop_collection(name, self._timeout(remaining))
         return self.metadata.drop_collection(name) or in_shards
+
+    def compact(
+        self, collection: str, wait: bool, remaining: float | None = None
+    ) -> dict[str, shard_pb.CollectionStats]:
+        """Folds every shard's delta into its graph (see AdminService.Compact)."""
+        self.spec(collection)
+        timeout = COMPACT_TIMEOUT_S if remaining is None else max(0.05, min(COMPACT_TIMEOUT_S, remaining - 0.05))
+        return self.router.compact(collection, wait, timeout)
 
     # ------------------------------------------------------------------ writes
     def upsert(

@@ -195,11 +195,21 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
         self,
         topology: TopologyStore,
         endpoints: Callable[[], Mapping[str, ShardEndpoint]],
+        engine: Engine,
         probe_timeout_s: float = 1.0,
     ) -> None:
         self.topology = topology
         self.endpoints = endpoints
+        self.engine = engine
         self.probe_timeout_s = probe_timeout_s
+
+    @_handled
+    def Compact(self, request: admin_pb.CompactRequest, context: grpc.ServicerContext) -> Any:
+        stats = self.engine.compact(request.collection, request.wait, _remaining(context))
+        reply = admin_pb.CompactResponse()
+        for shard_id, s in stats.items():
+            reply.shards.add(shard_id=shard_id, count=s.count, graph_elements=s.graph_elements, delta_size=s.delta_size)
+        return reply
 
     @_handled
     def ClusterStatus(self, request: admin_pb.ClusterStatusRequest, context: grpc.ServicerContext) -> Any:

@@ -121,6 +121,18 @@ def test_search_matches_brute_force_over_all_shards(loaded, dataset) -> None:
     assert sum(counts) == N and all(c > N / 5 for c in counts)
 
 
+def test_admin_compact_folds_every_shard(loaded, dataset) -> None:
+    cluster, stub = loaded
+    data, queries = dataset
+    reply = cluster.admin().Compact(admin_pb.CompactRequest(collection="imgs", wait=True))
+    assert [s.shard_id for s in reply.shards] == ["shard-0", "shard-1", "shard-2"]
+    assert sum(s.count for s in reply.shards) == N
+    assert all(s.delta_size == 0 and s.graph_elements == s.count for s in reply.shards)
+    assert recall(stub, data, queries, list(range(N)), None) >= 0.95  # searches the graphs now
+    unknown = admin_pb.CompactRequest(collection="nope", wait=True)
+    assert code_of(lambda: cluster.admin().Compact(unknown)) == grpc.StatusCode.NOT_FOUND
+
+
 @pytest.mark.parametrize("tag", ["p1", "p10", "p50"])
 def test_filtered_recall_allow_list_strategy(loaded, dataset, tag: str) -> None:
     _, stub = loaded

@@ -78,6 +78,12 @@ def test_single_node_serves_the_api_and_survives_sigkill(tmp_path: Path) -> None
         )
         assert [(s.shard_id, s.healthy, s.collection_counts["c"]) for s in status.shards] == [("local-0", True, 3000)]
         assert status.shards[0].address.startswith("local:")
+        compacted = admin_grpc.AdminServiceStub(grpc.insecure_channel(address)).Compact(
+            admin_pb.CompactRequest(collection="c", wait=True)
+        )
+        assert [(s.shard_id, s.count, s.graph_elements, s.delta_size) for s in compacted.shards] == [
+            ("local-0", 3000, 3000, 0)
+        ]
         bad = pb.SearchRequest(collection="c", queries=packed(queries[:1, :3]), k=5)
         try:
             stub.Search(bad)
