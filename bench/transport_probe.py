@@ -54,7 +54,7 @@ K = 10
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 ECHO = "echo"
-SERVER_WORKERS = 4
+SERVER_WORKERS = max(8, 4 * (os.cpu_count() or 1))  # the same pool size as our servers
 READY_TIMEOUT_S = 60.0
 
 
@@ -97,20 +97,32 @@ def summary(samples_s: Sequence[float]) -> dict[str, float]:
 
 # ====================================================================== servers (child side)
 class SearchServicer(shard_service_pb2_grpc.ShardServiceServicer):
-    """Server (a): frombuffer + knn_query, nothing else."""
+    """Server (a): frombuffer + knn_query, nothing else.
 
-    def __init__(self, index: Any, dim: int) -> None:
+    ``k`` and ``ef`` come from the request when set (ef through ``set_ef``, changed only when a
+    request asks for another value; the benchmarks keep one ef per phase). One query is searched
+    on the calling thread, a batch on all cores.
+    """
+
+    def __init__(self, index: Any, dim: int, ef: int) -> None:
         self.index = index
         self.dim = dim
+        self.ef = ef
+        self.lock = threading.Lock()
 
     def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
         if request.collection == ECHO:
             return shard_service_pb2.SearchResponse()
         q = np.frombuffer(request.queries.packed, dtype=np.float32).reshape(-1, request.queries.dimension)
-        labels, distances = self.index.knn_query(q, k=K, num_threads=1)
+        if request.ef and request.ef != self.ef:
+            with self.lock:
+                self.index.set_ef(request.ef)
+                self.ef = request.ef
+        labels, distances = self.index.knn_query(q, k=request.k or K, num_threads=1 if len(q) == 1 else -1)
         return shard_service_pb2.SearchResponse(
             results=[
-                shard_service_pb2.QueryResult(ids=[str(x) for x in labels[0].tolist()], distances=distances[0].tolist())
+                shard_service_pb2.QueryResult(ids=[str(x) for x in row], distances=dist)
+                for row, dist in zip(labels.tolist(), distances.tolist(), strict=True)
             ]
         )
 
@@ -133,7 +145,7 @@ def serve(args: argparse.Namespace) -> int:
         index = hnswlib.Index(space="ip", dim=args.dim)
         index.load_index(args.index)
         index.set_ef(args.ef)
-        servicer = SearchServicer(index, args.dim)
+        servicer = SearchServicer(index, args.dim, args.ef)
     else:
         servicer = ForwardServicer(args.target)
     server = grpc.server(ThreadPoolExecutor(max_workers=SERVER_WORKERS))
