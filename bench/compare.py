@@ -180,10 +180,10 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
 
     raw_res = sys_.get("hnswlib")
-    raw_build = val(raw_res, "ingest")["indexed_rows_per_s"]
+    raw_build = val(val(raw_res, "ingest"), "indexed_rows_per_s")
     for shape in ("ours-single-node", "ours-1-shard", "ours-3-shards"):
         res = sys_.get(shape)
-        ack = val(res, "ingest")["ack_rows_per_s"]
+        ack = val(val(res, "ingest"), "ack_rows_per_s")
         add(
             f"{shape} acknowledged ingest rows/s (fsync on)",
             ack,
@@ -191,7 +191,7 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             None if ack is None else ack >= 20_000,
             f"{res and res['n']} rows, batches of 1000 from 4 client threads",
         )
-        built = val(res, "ingest")["indexed_rows_per_s"]
+        built = val(val(res, "ingest"), "indexed_rows_per_s")
         r = ratio(built, raw_build)
         add(
             f"{shape} ingest + graph build rows/s / raw add_items rows/s",
@@ -345,6 +345,14 @@ def write_outputs(out: Path, meta: dict[str, Any], results: list[dict[str, Any]]
     (out / "compare.md").write_text("\n".join(text))
 
 
+def data_name(meta: dict[str, Any], data: Path) -> str:
+    """A short name of the data set from its meta.json (realdata.py or synthdata.py)."""
+    model = meta.get("model")
+    if isinstance(model, dict):
+        return f"{model.get('name', data.name)} embeddings of {meta.get('text_source', {}).get('package', '?')} phrases"
+    return str(model or data.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "minilm")
@@ -357,7 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-python", type=Path, default=ROOT / ".venv" / "bin" / "python")
     parser.add_argument("--peers-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results (bench/data/compare-quick)")
+    parser.add_argument("--report", type=Path, help="only rewrite compare.md/.png (and the targets) from this JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        saved["meta"]["data_name"] = data_name(
+            json.loads((ROOT / saved["meta"]["data"] / "meta.json").read_text())
+            if (ROOT / saved["meta"]["data"] / "meta.json").exists()
+            else {},
+            Path(saved["meta"]["data"]),
+        )
+        write_outputs(args.out or args.report.parent, saved["meta"], saved["results"], final=True)
+        print((args.out or args.report.parent).joinpath("compare.md").read_text())
+        return 0
     if args.quick:
         args.n = args.n or 20_000
         if args.ef == list(DEFAULT_EF):
@@ -379,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "hnsw": {"M": 16, "ef_construction": 200, "ef_search": args.ef, "k": 10},
         "clients": args.clients,
         "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
-        "data_name": queries_meta.get("model", args.data.name),
+        "data_name": data_name(queries_meta, args.data),
         "queries": (queries_meta.get("params") or {}).get("queries", "?"),
         "systems": systems,
     }

@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from router.local import LOCAL_PREFIX
+from router.local import LOCAL_PREFIX, LocalShardClient
 from router.merge import Hit, merge_batches
 from router.ring import HashRing
 from router.topology import Topology
@@ -243,6 +243,15 @@ class Router:
         With ``allow_ids``, results are restricted to those ids: each is sent only to its
         owning shard, and shards that own none of them are not asked at all.
         """
+        if allow_ids is not None and not allow_ids:
+            return SearchOutcome([[] for _ in range(len(queries))])
+        if len(self.clients) == 1:
+            (only,) = self.clients.values()
+            if isinstance(only, LocalShardClient):  # the single-node shape: no messages at all
+                found = only.search(collection, queries, k, ef, allow_ids)
+                return SearchOutcome(
+                    [[Hit(i, d) for i, d in zip(h.ids, h.distances.tolist(), strict=True)] for h in found]
+                )
         packed = pack(queries)
         if allow_ids is None:
             request = shard_pb.SearchRequest(collection=collection, queries=packed, k=k, ef=ef)

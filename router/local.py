@@ -11,16 +11,20 @@ Thread-safety: as the shard servicer (any thread).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
+from shard.collection import QueryHits
 from shard.registry import Registry
 from shard.service import ShardServicer
 
 LOCAL_PREFIX = "local:"
+Matrix = npt.NDArray[np.float32]
 
 
 class LocalRpcError(grpc.RpcError):
@@ -87,6 +91,14 @@ class LocalShardClient:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.stub: Any = _LocalStub(ShardServicer(registry))
+
+    def search(
+        self, collection: str, queries: Matrix, k: int, ef: int, allow_ids: Sequence[str] | None
+    ) -> list[QueryHits]:
+        """The shard's search without the request/response messages (the router's fast path
+        for a single in-process shard). Raises the shard's domain errors (NotFound,
+        InvalidArgument), which the server maps to the same status codes."""
+        return self.registry.get(collection).search(queries, k, ef, allow_ids)
 
     def close(self) -> None:
         """Nothing to release: the owner of the registry closes it."""

@@ -65,7 +65,10 @@ def test_single_node_serves_the_api_and_survives_sigkill(tmp_path: Path) -> None
         for lo in range(0, 3000, 500):
             request = pb.UpsertRequest(collection="c", vectors=packed(data[lo : lo + 500]))
             for i in range(lo, lo + 500):
-                request.items.add(id=ids[i]).metadata.tags.append("odd" if i % 2 else "even")
+                tags = request.items.add(id=ids[i]).metadata.tags
+                tags.append("odd" if i % 2 else "even")
+                if i % 1000 == 7:
+                    tags.append("rare")
             stub.Upsert(request)
         reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries), k=10))
         found = [[h.id for h in r.hits] for r in reply.results]
@@ -73,6 +76,12 @@ def test_single_node_serves_the_api_and_survives_sigkill(tmp_path: Path) -> None
         odd = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="odd")))
         reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:5]), k=5, filter=odd))
         assert all(int(h.id[1:]) % 2 for r in reply.results for h in r.hits)
+        rare = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="rare")))
+        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:5]), k=5, filter=rare))
+        assert [sorted(h.id for h in r.hits) for r in reply.results] == [["s1007", "s2007", "s7"]] * 5
+        none = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="absent")))
+        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:2]), k=5, filter=none))
+        assert [len(r.hits) for r in reply.results] == [0, 0]
         status = admin_grpc.AdminServiceStub(grpc.insecure_channel(address)).ClusterStatus(
             admin_pb.ClusterStatusRequest()
         )
