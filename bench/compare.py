@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import DEFAULT_CLIENTS, DEFAULT_EF, cpu_model, loadavg
+from bench.harness import DEFAULT_CLIENTS, DEFAULT_EF, PHASE_BUDGET_S, cpu_model, loadavg
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("transport-1-hop", "ours-single-node", "transport-2-hops", "ours-1-shard", "ours-3-shards")
@@ -51,6 +51,7 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         result_path = Path(fh.name)
     cmd = [str(python), str(script), "--worker", system, "--data", str(args.data), "--result", str(result_path)]
     cmd += ["--ef", *map(str, args.ef), "--warmup", str(args.warmup), "--clients", str(args.clients)]
+    cmd += ["--budget-s", str(args.budget_s)]
     if args.n is not None:
         cmd += ["--n", str(args.n)]
     start = time.perf_counter()
@@ -243,16 +244,19 @@ def markdown_table(results: list[dict[str, Any]], clients: int) -> str:
             lines.append(f"| {res['system']} | not measured: {why} | | | | | | | | | | |")
             continue
         ing = res["ingest"]
+        total = res.get("queries")
         for i, row in enumerate(res["searches"]):
+            cut = "†" if total and (row.get("single_queries") or total) < total else ""
+            cut_c = "†" if total and (row.get("concurrent_queries") or total) < total else ""
             head = [res["system"], fmt(ing["ack_rows_per_s"]), fmt(ing["indexed_s"], ",.1f")] if i == 0 else [""] * 3
             cells = [
                 *head,
                 str(row["ef_search"]),
                 fmt(row["recall_at_10"], ".4f"),
-                fmt(row["single_qps"]),
+                fmt(row["single_qps"]) + cut,
                 fmt(row["p50_ms"], ".3f"),
                 fmt(row["p99_ms"], ".3f"),
-                fmt(row.get("concurrent_qps")),
+                fmt(row.get("concurrent_qps")) + cut_c,
                 fmt(row.get("concurrent_p99_ms"), ".3f"),
                 fmt(row.get("batch_qps")),
                 memory_cell(res) if i == 0 else "",
@@ -337,6 +341,10 @@ def write_outputs(out: Path, meta: dict[str, Any], results: list[dict[str, Any]]
         "",
         markdown_table(results, meta["clients"]),
         "",
+        f"† the pass stopped after its time budget ({meta.get('budget_s', PHASE_BUDGET_S):g} s): QPS, latency and "
+        "(for single client) recall over the queries answered by then (`single_queries` / `concurrent_queries` "
+        "in the JSON).",
+        "",
         f"## Targets (issue #8), at each system's lowest ef with recall@10 >= {RECALL_TARGET}",
         "",
         targets_table(targets),
@@ -361,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef", type=int, nargs="+", default=list(DEFAULT_EF))
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--budget-s", type=float, default=PHASE_BUDGET_S, help="stop a search pass after this long (slow systems)"
+    )
     parser.add_argument("--quick", action="store_true", help="--n 20000 --ef 64 128, output under bench/data")
     parser.add_argument("--ours-python", type=Path, default=ROOT / ".venv" / "bin" / "python")
     parser.add_argument("--peers-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
@@ -398,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": loadavg(),
         "hnsw": {"M": 16, "ef_construction": 200, "ef_search": args.ef, "k": 10},
         "clients": args.clients,
+        "budget_s": args.budget_s,
         "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
         "data_name": data_name(queries_meta, args.data),
         "queries": (queries_meta.get("params") or {}).get("queries", "?"),

@@ -43,6 +43,7 @@ HNSW_EF_CONSTRUCTION = 200
 DEFAULT_EF = (64, 128, 256)
 DEFAULT_CLIENTS = 8
 CONCURRENT_WARMUP = 10  # calls per client thread before the clock starts
+PHASE_BUDGET_S = 60.0  # a single-client or concurrent pass stops early after this long (Milvus Lite)
 
 
 # ---------------------------------------------------------------- data
@@ -240,7 +241,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
-def latency_summary(times: npt.NDArray[np.float64], wall_s: float | None = None) -> dict[str, float]:
+def latency_summary(times: npt.NDArray[np.float64], wall_s: float | None = None) -> dict[str, Any]:
     """QPS (queries / sum of call times, or / ``wall_s`` when given), p50 and p99 in ms."""
     total = float(times.sum()) if wall_s is None else wall_s
     return {
@@ -250,25 +251,37 @@ def latency_summary(times: npt.NDArray[np.float64], wall_s: float | None = None)
     }
 
 
-def measure_single(system: System, prepared: list[Any], warmup: int) -> tuple[dict[str, float], Labels]:
+def measure_single(
+    system: System, prepared: list[Any], warmup: int, budget_s: float = PHASE_BUDGET_S
+) -> tuple[dict[str, Any], Labels]:
+    """One query at a time, in order; stops after ``budget_s`` (then only the first queries
+    count: the summary says how many)."""
     for i in range(warmup):
         system.search_one(prepared[i % len(prepared)])
     times = np.empty(len(prepared), dtype=np.float64)
     found = np.full((len(prepared), K), -1, dtype=np.int64)
     clock = time.perf_counter
+    deadline = clock() + budget_s
+    done = 0
     for i, q in enumerate(prepared):
         t0 = clock()
         ids = system.search_one(q)
         times[i] = clock() - t0
         found[i, : min(K, len(ids))] = ids[:K]
-    return latency_summary(times), found
+        done = i + 1
+        if t0 > deadline:
+            break
+    return {**latency_summary(times[:done]), "queries": done}, found[:done]
 
 
-def measure_concurrent(system: System, prepared: list[Any], clients: int) -> tuple[dict[str, float], Labels]:
+def measure_concurrent(
+    system: System, prepared: list[Any], clients: int, budget_s: float = PHASE_BUDGET_S
+) -> tuple[dict[str, Any], npt.NDArray[np.bool_], Labels]:
     """``clients`` threads, each with its own searcher, share the queries (each query once).
 
     Every thread warms up with ``CONCURRENT_WARMUP`` calls, then all start together; QPS is the
-    number of queries over the wall time from the start signal until the last reply.
+    number of queries over the wall time from the start signal until the last reply. No new
+    query starts after ``budget_s``; then only the queries handed out count.
     """
     searchers = [system.searcher() for _ in range(clients)]
     times = np.zeros(len(prepared), dtype=np.float64)
@@ -285,7 +298,10 @@ def measure_concurrent(system: System, prepared: list[Any], clients: int) -> tup
             errors.append(exc)
         ready.wait()
         clock = time.perf_counter
+        deadline = clock() + budget_s
         while not errors:
+            if clock() > deadline:
+                return
             i = next(next_query)
             if i >= len(prepared):
                 return
@@ -308,31 +324,40 @@ def measure_concurrent(system: System, prepared: list[Any], clients: int) -> tup
     wall = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"a concurrent client failed: {type(errors[0]).__name__}: {errors[0]}") from errors[0]
-    return latency_summary(times, wall), found
+    answered = times > 0
+    return {**latency_summary(times[answered], wall), "queries": int(answered.sum())}, answered, found
 
 
 def measure(
-    system: System, queries: Matrix, truth: Labels, ef_values: list[int], warmup: int, clients: int
+    system: System,
+    queries: Matrix,
+    truth: Labels,
+    ef_values: list[int],
+    warmup: int,
+    clients: int,
+    budget_s: float = PHASE_BUDGET_S,
 ) -> list[dict[str, Any]]:
     prepared = system.prepare_queries(queries)
     rows: list[dict[str, Any]] = []
     for ef in ef_values:
         system.set_ef(ef)
-        single, found = measure_single(system, prepared, warmup)
+        single, found = measure_single(system, prepared, warmup, budget_s)
         row: dict[str, Any] = {
             "ef_search": ef,
-            "recall_at_10": round(recall_at_k(found, truth), 4),
+            "recall_at_10": round(recall_at_k(found, truth[: len(found)]), 4),
             "single_qps": single["qps"],
             "p50_ms": single["p50_ms"],
             "p99_ms": single["p99_ms"],
+            "single_queries": single["queries"],
         }
         try:
-            conc, conc_found = measure_concurrent(system, prepared, clients)
+            conc, answered, conc_found = measure_concurrent(system, prepared, clients, budget_s)
             row.update(
                 concurrent_qps=conc["qps"],
                 concurrent_p50_ms=conc["p50_ms"],
                 concurrent_p99_ms=conc["p99_ms"],
-                concurrent_recall_at_10=round(recall_at_k(conc_found, truth), 4),
+                concurrent_recall_at_10=round(recall_at_k(conc_found[answered], truth[answered]), 4),
+                concurrent_queries=conc["queries"],
             )
         except RuntimeError as exc:
             row.update(concurrent_qps=None, concurrent_error=str(exc))
@@ -355,6 +380,7 @@ def run_worker(
     warmup: int,
     clients: int,
     result_path: Path,
+    budget_s: float = PHASE_BUDGET_S,
 ) -> int:
     """Loads, measures and closes one system in this process; writes its result as JSON."""
     result: dict[str, Any] = {"system": name}
@@ -377,7 +403,7 @@ def run_worker(
                 "indexed_rows_per_s": round(rows / load["indexed_s"], 1),
             }
             print(f"  [{name}] ingest {result['ingest']}", file=sys.stderr, flush=True)
-            result["searches"] = measure(system, queries, truth, ef_values, warmup, clients)
+            result["searches"] = measure(system, queries, truth, ef_values, warmup, clients, budget_s)
             result["info"] = system.info
         except Exception as exc:
             result["failed"] = f"{type(exc).__name__}: {exc}"
@@ -406,8 +432,11 @@ def worker_main(registry: Mapping[str, type[System]], argv: list[str] | None = N
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=PHASE_BUDGET_S)
     args = parser.parse_args(argv)
-    return run_worker(registry, args.worker, args.data, args.n, args.ef, args.warmup, args.clients, args.result)
+    return run_worker(
+        registry, args.worker, args.data, args.n, args.ef, args.warmup, args.clients, args.result, args.budget_s
+    )
 
 
 # ---------------------------------------------------------------- small helpers
