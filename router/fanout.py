@@ -135,6 +135,9 @@ class Router:
                 raise InvalidArgument(error.details() or "invalid argument")
 
     def _group(self, ids: Sequence[str]) -> dict[str, list[int]]:
+        """Positions of ``ids`` by owning shard."""
+        if len(self.ring.shards) == 1:  # no hashing needed
+            return {self.ring.shards[0]: list(range(len(ids)))}
         groups: dict[str, list[int]] = defaultdict(list)
         for position, owner in enumerate(self.ring.owners(list(ids))):
             groups[owner].append(position)
@@ -182,8 +185,11 @@ class Router:
     def upsert(self, collection: str, ids: Sequence[str], vectors: Matrix, timeout: float) -> int:
         requests = {}
         for shard_id, positions in self._group(ids).items():
+            whole = len(positions) == len(ids)  # one owner: no gather copies
             request = shard_pb.UpsertRequest(
-                collection=collection, ids=[ids[p] for p in positions], vectors=pack(vectors[positions])
+                collection=collection,
+                ids=ids if whole else [ids[p] for p in positions],
+                vectors=pack(vectors if whole else vectors[positions]),
             )
             requests[shard_id] = request
         replies, errors = self._call("Upsert", requests, timeout)

@@ -217,9 +217,18 @@ class MetadataStore:
                     raise InvalidArgument(
                         f"attributes {sorted(clash)} were just given another type by a concurrent write"
                     )
-            for table in (tags, attrs, items):
-                conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(ids)))
-            conn.execute(items.insert(), [{"collection": collection, "item_id": i, "uri": m.uri} for i, m in batch])
+            # The items upsert comes first: it takes the write lock (SQLite) or the rows' locks
+            # (Postgres), so the checks below see every earlier committed write of these items.
+            upsert = _insert(self.engine, items)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=[items.c.collection, items.c.item_id], set_={"uri": upsert.excluded.uri}
+            )
+            conn.execute(upsert, [{"collection": collection, "item_id": i, "uri": m.uri} for i, m in batch])
+            for table in (tags, attrs):
+                # A collection that has never had tags (attributes) has none to replace: skip the
+                # delete and its thousand-parameter IN list.
+                if conn.execute(sa.select(table.c.item_id).where(table.c.collection == collection).limit(1)).first():
+                    conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(ids)))
             tag_rows = [
                 {"collection": collection, "item_id": i, "tag": t} for i, m in batch for t in dict.fromkeys(m.tags)
             ]

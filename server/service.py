@@ -103,7 +103,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         if not request.items:
             raise InvalidArgument("upsert: empty batch")
         ids = [item.id for item in request.items]
-        metas = [meta_from_proto(item.metadata) for item in request.items]
+        metas = [meta_from_proto(item.metadata) if item.HasField("metadata") else ItemMeta() for item in request.items]
         return self.engine.upsert(collection, ids, request.vectors, metas, _remaining(context))
 
     @_handled

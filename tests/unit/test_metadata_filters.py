@@ -150,3 +150,21 @@ def test_metadata_round_trip_types_and_collections(store: MetadataStore) -> None
     assert store.count("c") == N - 1
     assert store.drop_collection("c") is True
     assert store.count("c") == 0 and store.list_collections() == []
+
+
+def test_upsert_replaces_metadata_in_collections_with_and_without_tags(store: MetadataStore) -> None:
+    store.create_collection(make_spec("plain", 4, 3))
+    plain = [(f"p{i}", ItemMeta(uri=f"u{i}")) for i in range(5)]
+    store.upsert("plain", plain, store.check_types("plain", plain))
+    again = [("p1", ItemMeta()), ("p9", ItemMeta(uri="new"))]
+    store.upsert("plain", again, store.check_types("plain", again))
+    assert store.count("plain") == 6
+    assert store.fetch("plain", ["p1", "p2", "p9"]) == {"p1": ItemMeta(), "p2": ItemMeta("u2"), "p9": ItemMeta("new")}
+    store = loaded(store)  # collection "c": tags and attributes on its items
+    before = store.fetch("c", ["i10", "i11"])
+    replaced = [("i10", ItemMeta(uri="x")), ("i11", ItemMeta(tags=["t"], attributes={"n": -1}))]
+    store.upsert("c", replaced, store.check_types("c", replaced))
+    after = store.fetch("c", ["i10", "i11", "i12"])
+    assert after["i10"] == ItemMeta("x") and after["i11"] == ItemMeta("", ["t"], {"n": -1})
+    assert after["i12"] == item(12) and before["i10"] != after["i10"]
+    assert store.count("c") == N
