@@ -1,7 +1,7 @@
 """Routes writes to the owning shard and fans searches out to every shard in parallel.
 
 * Writes: ids are grouped by ``ring.owners`` and each group goes to its shard; the groups are
-  sent in parallel (gRPC futures, no thread per shard). A write succeeds only if every group
+  sent in parallel (blocking calls on a shared pool of long-lived threads). A write succeeds only if every group
   did; otherwise ``ShardsUnavailable`` names the shards that failed (the others' groups are
   durable, and retrying the whole write is safe because writes are idempotent).
 * Searches: the same request goes to every shard with the caller's deadline; results are
@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +37,9 @@ from vsproto.v1 import shard_service_pb2 as shard_pb
 from vsproto.v1 import types_pb2
 
 Matrix = npt.NDArray[np.float32]
+# Shared by every Router of the process (routers are rebuilt on topology changes); threads are
+# created on demand and reused.
+_FANOUT = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fanout")
 
 
 class ShardsUnavailable(Exception):
@@ -100,22 +105,31 @@ class Router:
         self, method: str, requests: Mapping[str, Any], timeout: float
     ) -> tuple[dict[str, Any], dict[str, grpc.RpcError]]:
         """Sends ``requests[shard]`` to each shard's ``method`` with one deadline; returns
-        (replies, errors) by shard. Several shards are called in parallel (gRPC futures); a
-        single one with a plain blocking call, which saves grpcio a thread start per call."""
-        if len(requests) == 1:
-            ((shard_id, request),) = requests.items()
-            try:
-                return {shard_id: getattr(self.clients[shard_id].stub, method)(request, timeout=timeout)}, {}
-            except grpc.RpcError as exc:
-                return {}, {shard_id: exc}
+        (replies, errors) by shard. The first shard is called on this thread; the others in
+        parallel on the shared fan-out pool (blocking calls on long-lived threads: grpcio's
+        ``.future()`` starts a thread per call on an idle channel, which costs more than the
+        call itself)."""
+        (first, first_request), *rest = requests.items()
         deadline = time.monotonic() + timeout
-        calls = {s: getattr(self.clients[s].stub, method).future(r, timeout=timeout) for s, r in requests.items()}
-        return self._gather(calls, deadline)
+        calls = {s: _FANOUT.submit(self._blocking, s, method, r, timeout) for s, r in rest}
+        replies: dict[str, Any] = {}
+        errors: dict[str, grpc.RpcError] = {}
+        try:
+            replies[first] = self._blocking(first, method, first_request, timeout)
+        except grpc.RpcError as exc:
+            errors[first] = exc
+        more_replies, more_errors = self._gather(calls, deadline)
+        replies.update(more_replies)
+        errors.update(more_errors)
+        return replies, errors
+
+    def _blocking(self, shard_id: str, method: str, request: Any, timeout: float) -> Any:
+        return getattr(self.clients[shard_id].stub, method)(request, timeout=timeout)
 
     def _gather(
-        self, calls: dict[str, grpc.Future[Any]], deadline: float
+        self, calls: Mapping[str, Future[Any]], deadline: float
     ) -> tuple[dict[str, object], dict[str, grpc.RpcError]]:
-        """Waits for every future (each carries its own deadline); splits replies and errors."""
+        """Waits for every call (each carries its own deadline); splits replies and errors."""
         replies: dict[str, object] = {}
         errors: dict[str, grpc.RpcError] = {}
         for shard_id, future in calls.items():
@@ -123,8 +137,7 @@ class Router:
                 replies[shard_id] = future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
             except grpc.RpcError as exc:
                 errors[shard_id] = exc
-            except grpc.FutureTimeoutError:
-                future.cancel()
+            except FutureTimeout:
                 errors[shard_id] = _TimeoutError()
         return replies, errors
 
