@@ -32,7 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import DEFAULT_CLIENTS, DEFAULT_EF, PHASE_BUDGET_S, cpu_model, loadavg
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("transport-1-hop", "ours-single-node", "transport-2-hops", "ours-1-shard", "ours-3-shards")
+OURS = (
+    "transport-1-hop",
+    "ours-single-node",
+    "transport-2-hops",
+    "ours-1-shard",
+    "transport-2-hops-3-backends",
+    "ours-3-shards",
+)
 PEERS = ("hnswlib", "faiss", "pgvector", "chroma", "milvus")
 ALL_SYSTEMS = OURS + PEERS
 WORKER_TIMEOUT_S = 3600.0
@@ -144,6 +151,7 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("ours-single-node", single, "transport-1-hop"),
         ("ours-1-shard", one, "transport-2-hops"),
         ("ours-3-shards", three, "transport-2-hops"),
+        ("ours-3-shards", three, "transport-2-hops-3-backends"),
     ):
         limit = row and row_at_ef(sys_.get(transport), row["ef_search"])
         for field, label in (("single_qps", "1 client"), ("concurrent_qps", f"{DEFAULT_CLIENTS} clients")):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -262,8 +263,9 @@ class Transport(System):
     """bench/transport_probe.py's servers over a raw hnswlib index of the same rows."""
 
     hops = 1
+    backends = 1
 
-    def cached_index(self, base: Matrix) -> tuple[Path, float]:
+    def cached_index(self, base: Matrix, labels: npt.NDArray[np.int64] | None = None) -> tuple[Path, float]:
         """The raw index over ``base`` and the seconds its build took. Built once per data set and
         size and kept in ``$VS_BENCH_CACHE`` (default bench/data/cache; the build is the same
         figure as the hnswlib peer's), so the 1- and 2-hop systems and later runs share it."""
@@ -272,7 +274,9 @@ class Transport(System):
         import hnswlib
 
         cache = Path(os.environ.get("VS_BENCH_CACHE", REPO / "bench" / "data" / "cache"))
-        digest = hashlib.blake2b(base[:: max(1, len(base) // 1000)].tobytes(), digest_size=8).hexdigest()
+        labels = np.arange(len(base)) if labels is None else labels
+        sample = base[:: max(1, len(base) // 1000)].tobytes() + labels[:: max(1, len(base) // 1000)].tobytes()
+        digest = hashlib.blake2b(sample, digest_size=8).hexdigest()
         stem = f"hnsw-ip-M{HNSW_M}-efc{HNSW_EF_CONSTRUCTION}-{len(base)}x{base.shape[1]}-{digest}"
         path, timing = cache / f"{stem}.bin", cache / f"{stem}.build_s"
         if path.exists() and timing.exists():
@@ -281,7 +285,7 @@ class Transport(System):
         index = hnswlib.Index(space="ip", dim=base.shape[1])
         index.init_index(max_elements=len(base), M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION)
         start = time.perf_counter()
-        index.add_items(base, np.arange(len(base)))
+        index.add_items(base, labels)
         built = time.perf_counter() - start
         index.save_index(str(path) + ".tmp")
         os.replace(str(path) + ".tmp", path)
@@ -292,17 +296,24 @@ class Transport(System):
         from bench import transport_probe
 
         dim = base.shape[1]
-        path, built = self.cached_index(base)
-        self.children = [transport_probe.Child(["--serve", "search", "--index", str(path), "--dim", str(dim)])]
+        self.children = []
+        built = 0.0
+        for part in range(self.backends):  # backend i holds rows i, i + backends, ... (global labels)
+            labels = np.arange(part, len(base), self.backends)
+            path, secs = self.cached_index(np.ascontiguousarray(base[labels]), labels)
+            built += secs
+            self.children.append(transport_probe.Child(["--serve", "search", "--index", str(path), "--dim", str(dim)]))
         if self.hops == 2:
-            self.children.append(transport_probe.Child(["--serve", "forward", "--target", self.children[0].address]))
+            targets = ",".join(child.address for child in self.children)
+            self.children.append(transport_probe.Child(["--serve", "forward", "--target", targets]))
         options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
         self.channel = grpc.insecure_channel(self.children[-1].address, options=options)
         grpc.channel_ready_future(self.channel).result(timeout=60)
         self.stub = shard_service_pb2_grpc.ShardServiceStub(self.channel)
         self.info = {
             "version": f"grpcio {pkg_version('grpcio')}, hnswlib {pkg_version('hnswlib')}",
-            "shape": f"{self.hops} hop(s): " + ("client -> a" if self.hops == 1 else "client -> b (forward) -> a"),
+            "shape": f"{self.hops} hop(s): "
+            + ("client -> a" if self.hops == 1 else f"client -> b (forward) -> {self.backends} x a"),
             "index": "raw hnswlib.Index(space='ip'), add_items with all threads, saved and loaded by server (a); "
             "built once per data set and cached (ingest = that build's time)",
             "consistency": "no writes: the index is built before the servers start (ingest = the raw build)",
@@ -351,12 +362,22 @@ class TwoHops(Transport):
     hops = 2
 
 
+class TwoHopsThreeBackends(Transport):
+    """The limit for the 3-shard shape: (b) fans each query out to three (a) servers, each over a
+    third of the rows, in parallel, and merges their top k."""
+
+    name = "transport-2-hops-3-backends"
+    hops = 2
+    backends = 3
+
+
 OURS: dict[str, type[System]] = {
     "ours-single-node": SingleNode,
     "ours-1-shard": OneShard,
     "ours-3-shards": ThreeShards,
     "transport-1-hop": OneHop,
     "transport-2-hops": TwoHops,
+    "transport-2-hops-3-backends": TwoHopsThreeBackends,
 }
 
 if __name__ == "__main__":

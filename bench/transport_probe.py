@@ -128,14 +128,29 @@ class SearchServicer(shard_service_pb2_grpc.ShardServiceServicer):
 
 
 class ForwardServicer(shard_service_pb2_grpc.ShardServiceServicer):
-    """Server (b): a plain blocking call to (a) over one reused channel."""
+    """Server (b): forwards to (a) over one reused channel with a plain blocking call. With
+    several targets (a fan-out, as a router in front of several shards), the calls run in
+    parallel (the first on the calling thread, the others on a pool of long-lived threads) and
+    the replies are merged by distance into the top k per query."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.insecure_channel(target)
-        self.stub = shard_service_pb2_grpc.ShardServiceStub(self.channel)
+    def __init__(self, targets: list[str]) -> None:
+        self.channels = [grpc.insecure_channel(t) for t in targets]
+        self.stubs = [shard_service_pb2_grpc.ShardServiceStub(c) for c in self.channels]
+        self.pool = ThreadPoolExecutor(max_workers=4 * SERVER_WORKERS)
 
     def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.stub.Search(request)
+        if len(self.stubs) == 1:
+            return self.stubs[0].Search(request)
+        futures = [self.pool.submit(stub.Search, request) for stub in self.stubs[1:]]
+        replies = [self.stubs[0].Search(request), *(f.result() for f in futures)]
+        k = request.k or K
+        out = shard_service_pb2.SearchResponse()
+        for q in range(len(replies[0].results)):
+            ids = [i for r in replies for i in r.results[q].ids]
+            dist = np.array([d for r in replies for d in r.results[q].distances], dtype=np.float32)
+            order = np.argsort(dist, kind="stable")[:k].tolist()
+            out.results.add(ids=[ids[i] for i in order], distances=dist[order].tolist())
+        return out
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -147,7 +162,7 @@ def serve(args: argparse.Namespace) -> int:
         index.set_ef(args.ef)
         servicer = SearchServicer(index, args.dim, args.ef)
     else:
-        servicer = ForwardServicer(args.target)
+        servicer = ForwardServicer(args.target.split(","))
     server = grpc.server(ThreadPoolExecutor(max_workers=SERVER_WORKERS))
     shard_service_pb2_grpc.add_ShardServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
