@@ -145,7 +145,13 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"{describe('ours-single-node', single)}; {describe(peer, prow)}",
         )
     p99 = val(single, "p99_ms")
-    add("single-node p99 ms (1 client)", p99, "<= 1.5", None if p99 is None else p99 <= 1.5, describe("single", single))
+    add(
+        "single-node p99 ms (1 client)",
+        p99,
+        "<= 1.5",
+        None if p99 is None else p99 <= 1.5,
+        describe("ours-single-node", single),
+    )
 
     for shape, row, transport in (
         ("ours-single-node", single, "transport-1-hop"),
@@ -293,6 +299,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:
     except ImportError as exc:
         return f"no plot: {exc}"
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    colours = {res["system"]: plt.cm.tab20(i % 20) for i, res in enumerate(results)}
     for ax, field, label in (
         (axes[0], "single_qps", "1 client"),
         (axes[1], "concurrent_qps", f"{DEFAULT_CLIENTS} concurrent clients"),
@@ -305,7 +312,13 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:
             style = "-" if name.startswith("ours") else (":" if name.startswith("transport") else "--")
             marker = "o" if name.startswith("ours") else ("s" if name.startswith("transport") else "^")
             ax.plot(
-                [r[field] for r in rows], [r["recall_at_10"] for r in rows], style, marker=marker, label=name, lw=1.6
+                [r[field] for r in rows],
+                [r["recall_at_10"] for r in rows],
+                style,
+                marker=marker,
+                label=name,
+                lw=1.6,
+                color=colours[name],
             )
             for r in rows:
                 ax.annotate(str(r["ef_search"]), (r[field], r["recall_at_10"]), fontsize=6, alpha=0.6)
