@@ -234,7 +234,7 @@ def memory_cell(res: dict[str, Any]) -> str:
     groups: dict[str, list[int]] = {}
     for name, entry in (rss.get("other_processes") or {}).items():
         label = name.replace("python -m ", "").split(":")[0].split()[0]
-        if label in ("sh", "useradd", "initdb", "pg_ctl"):  # short-lived helpers of pgserver
+        if label in ("sh", "useradd", "initdb", "pg_ctl", "git"):  # short-lived helpers (pgserver, git rev-parse)
             continue
         group = groups.setdefault(label, [0, 0])
         group[0] += entry["processes"]

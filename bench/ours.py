@@ -125,7 +125,24 @@ class SingleNodeProcess:
                 self.proc.wait()
 
 
-class OursSystem(System):
+class PackedQuerySystem(System):
+    """A gRPC system whose single-query requests are built before the clock (per ef setting);
+    ``search_one`` takes a query's index."""
+
+    def request(self, queries: Matrix, ef: int) -> Any:
+        raise NotImplementedError
+
+    def set_ef(self, ef: int) -> None:
+        self.ef = ef
+        self.requests = [self.request(q[None, :], ef) for q in self.queries]
+
+    def prepare_queries(self, queries: Matrix) -> list[Any]:
+        self.queries = queries
+        self.set_ef(getattr(self, "ef", 64))
+        return list(range(len(queries)))
+
+
+class OursSystem(PackedQuerySystem):
     """The public SearchService over gRPC; subclasses start the processes."""
 
     shards = 1
@@ -188,17 +205,8 @@ class OursSystem(System):
         }
         return {"ack_s": ack, "indexed_s": indexed}
 
-    def set_ef(self, ef: int) -> None:
-        self.ef = ef
-        self.requests = [
-            search_service_pb2.SearchRequest(collection=COLLECTION, queries=packed(q[None, :]), k=K, ef=ef)
-            for q in self.queries
-        ]
-
-    def prepare_queries(self, queries: Matrix) -> list[Any]:
-        self.queries = queries
-        self.set_ef(getattr(self, "ef", 64))
-        return list(range(len(queries)))
+    def request(self, queries: Matrix, ef: int) -> Any:
+        return search_service_pb2.SearchRequest(collection=COLLECTION, queries=packed(queries), k=K, ef=ef)
 
     def search_one(self, query: Any) -> list[int]:
         reply = self.stub.Search(self.requests[query])
@@ -207,8 +215,7 @@ class OursSystem(System):
         return [int(h.id) for h in reply.results[0].hits]
 
     def search_batch(self, queries: Matrix) -> Labels:
-        request = search_service_pb2.SearchRequest(collection=COLLECTION, queries=packed(queries), k=K, ef=self.ef)
-        reply = self.stub.Search(request)
+        reply = self.stub.Search(self.request(queries, self.ef))
         if reply.partial:
             raise RuntimeError(f"partial result: {list(reply.failed_shards)}")
         out = np.full((len(queries), K), -1, dtype=np.int64)
@@ -259,7 +266,7 @@ class ThreeShards(Cluster):
     shape = "python -m server.cluster --shards 3: the public server fanning out to 3 shard processes (2 hops)"
 
 
-class Transport(System):
+class Transport(PackedQuerySystem):
     """bench/transport_probe.py's servers over a raw hnswlib index of the same rows."""
 
     hops = 1
@@ -324,25 +331,15 @@ class Transport(System):
         }
         return {"ack_s": built, "indexed_s": built}
 
-    def set_ef(self, ef: int) -> None:
-        self.ef = ef
-        self.requests = [
-            shard_service_pb2.SearchRequest(collection="probe", queries=packed(q[None, :]), k=K, ef=ef)
-            for q in self.queries
-        ]
-
-    def prepare_queries(self, queries: Matrix) -> list[Any]:
-        self.queries = queries
-        self.set_ef(getattr(self, "ef", 64))
-        return list(range(len(queries)))
+    def request(self, queries: Matrix, ef: int) -> Any:
+        return shard_service_pb2.SearchRequest(collection="probe", queries=packed(queries), k=K, ef=ef)
 
     def search_one(self, query: Any) -> list[int]:
         reply = self.stub.Search(self.requests[query])
         return [int(x) for x in reply.results[0].ids]
 
     def search_batch(self, queries: Matrix) -> Labels:
-        request = shard_service_pb2.SearchRequest(collection="probe", queries=packed(queries), k=K, ef=self.ef)
-        reply = self.stub.Search(request)
+        reply = self.stub.Search(self.request(queries, self.ef))
         return np.array([[int(x) for x in r.ids] for r in reply.results], dtype=np.int64)
 
     def close(self) -> None:
