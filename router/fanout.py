@@ -1,9 +1,10 @@
 """Routes writes to the owning shard and fans searches out to every shard in parallel.
 
 * Writes: ids are grouped by ``ring.owners`` and each group goes to its shard; the groups are
-  sent in parallel (blocking calls on a shared pool of long-lived threads). A write succeeds only if every group
-  did; otherwise ``ShardsUnavailable`` names the shards that failed (the others' groups are
-  durable, and retrying the whole write is safe because writes are idempotent).
+  sent in parallel (blocking calls on a shared pool of long-lived threads). A write succeeds
+  only if every group did; otherwise ``ShardsUnavailable`` names the shards that failed (the
+  others' groups are durable, and retrying the whole write is safe because writes are
+  idempotent).
 * Searches: the same request goes to every shard with the caller's deadline; results are
   merged with ``merge_batches`` (deterministic ties, ids de-duplicated). A shard that fails or
   misses the deadline is reported in ``SearchOutcome.failed`` — or, with ``require_all``, the
@@ -281,8 +282,6 @@ class Router:
                 requests[shard_id] = shard_pb.SearchRequest(
                     collection=collection, queries=packed, k=k, ef=ef, allow_ids=[allow_ids[p] for p in positions]
                 )
-            if not requests:
-                return SearchOutcome([[] for _ in range(len(queries))])
         replies, errors = self._call("Search", requests, timeout)
         self._raise_client_errors(errors)
         if len(errors) == len(requests) and all(e.code() == grpc.StatusCode.NOT_FOUND for e in errors.values()):

@@ -129,7 +129,7 @@ class ServerProcess:
         )
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.engine), self.server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.topology, lambda: self.engine.router.clients, self.engine), self.server
+            AdminServicer(self.topology, self.engine), self.server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
-from router.fanout import ShardEndpoint
 from router.topology import TopologyStore
 from server import errors
 from server.engine import Engine, SearchResult
@@ -194,12 +193,10 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     def __init__(
         self,
         topology: TopologyStore,
-        endpoints: Callable[[], Mapping[str, ShardEndpoint]],
         engine: Engine,
         probe_timeout_s: float = 1.0,
     ) -> None:
         self.topology = topology
-        self.endpoints = endpoints
         self.engine = engine
         self.probe_timeout_s = probe_timeout_s
 
@@ -214,7 +211,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     @_handled
     def ClusterStatus(self, request: admin_pb.ClusterStatusRequest, context: grpc.ServicerContext) -> Any:
         topology = self.topology.load()
-        known = self.endpoints()
+        known = self.engine.router.clients  # the router is replaced when the topology changes
         reply = admin_pb.ClusterStatusResponse(ring_version=topology.ring_version)
         for shard in topology.shards:
             status = reply.shards.add(shard_id=shard.shard_id, address=shard.address, weight=shard.weight)
