@@ -28,12 +28,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import AlreadyExists, InvalidArgument, NotFound, ShardsUnavailable
 from router.local import LOCAL_PREFIX, LocalShardClient
 from router.merge import Hit, merge_batches
 from router.ring import HashRing
 from router.topology import Topology
 from shard.client import ShardClient, pack, unpack
-from shard.errors import AlreadyExists, InvalidArgument, NotFound
 from vsproto.v1 import shard_service_pb2 as shard_pb
 from vsproto.v1 import types_pb2
 
@@ -41,14 +41,6 @@ Matrix = npt.NDArray[np.float32]
 # Shared by every Router of the process (routers are rebuilt on topology changes); threads are
 # created on demand and reused.
 _FANOUT = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fanout")
-
-
-class ShardsUnavailable(Exception):
-    """Some shards did not answer; ``failed`` maps shard id to the reason."""
-
-    def __init__(self, failed: dict[str, str]) -> None:
-        self.failed = dict(sorted(failed.items()))
-        super().__init__("shards unavailable: " + ", ".join(f"{s} ({r})" for s, r in self.failed.items()))
 
 
 @dataclass

@@ -21,7 +21,6 @@ JSON-able form stored with the cluster topology.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from core.keyhash import stable_hash64
 
 __all__ = [
     "DEFAULT_VNODES_PER_WEIGHT",
@@ -59,23 +60,6 @@ RING_FORMAT = 1
 """Version of the :meth:`HashRing.to_dict` layout."""
 
 _HASH_NAME = "blake2b-64"
-
-
-def stable_hash64(key: str) -> int:
-    """Return the stable unsigned 64-bit hash of ``key``.
-
-    The value is the 8-byte ``hashlib.blake2b(key.encode("utf-8"), digest_size=8)`` digest read
-    as a big-endian unsigned integer, in ``[0, 2**64)``.
-
-    This function must never change: ids are placed on shards (and so on disk) by it, and a
-    different hash would silently put every existing id on the wrong shard. A new scheme needs a
-    new function, a new ``hash`` name in :meth:`HashRing.to_dict` and a full data move.
-
-    Raises ``UnicodeEncodeError`` for strings that are not valid Unicode (lone surrogates); such
-    strings are not valid ids.
-    """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=False)
 
 
 def _hashes(keys: Sequence[str]) -> npt.NDArray[np.uint64]:

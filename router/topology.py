@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from core.errors import SchemaTooNew
 from router.ring import HashRing, ShardNode
 
 COMPONENT = "topology"
@@ -44,10 +45,6 @@ cluster = sa.Table(
     sa.Column("singleton", sa.Integer, primary_key=True),  # always 1
     sa.Column("ring_version", sa.BigInteger, nullable=False),
 )
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer version of the service."""
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import InvalidArgument, NotFound
+from core.spec import MAX_GET_IDS, CollectionSpec
+from core.spec import MAX_K as SHARD_MAX_K
+from core.vectors import decode_matrix, last_wins, prepare_for_metric, validate_ids
 from router.fanout import Router, SearchOutcome
 from router.merge import Hit
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
-from shard.errors import InvalidArgument, NotFound
-from shard.spec import MAX_GET_IDS, CollectionSpec
-from shard.spec import MAX_K as SHARD_MAX_K
-from shard.vectors import decode_matrix, last_wins, prepare_for_metric, validate_ids
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import shard_service_pb2 as shard_pb
 from vsproto.v1 import types_pb2

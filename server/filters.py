@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from core.errors import InvalidArgument
 from server import metadata as md
-from shard.errors import InvalidArgument
 from vsproto.v1 import search_service_pb2 as pb
 
 MAX_DEPTH = 32

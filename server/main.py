@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.errors import CorruptionError
 from router.fanout import Router
 from router.local import LOCAL_PREFIX, LocalShardClient
 from router.topology import TopologyStore, make_engine
@@ -28,7 +29,6 @@ from server.engine import Engine, EngineOptions
 from server.metadata import MetadataStore
 from server.service import AdminServicer, SearchServicer
 from shard.collection import CollectionOptions
-from shard.errors import CorruptionError
 from shard.registry import Registry
 from vsproto.v1 import admin_service_pb2, admin_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
 

@@ -22,10 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from core.errors import AlreadyExists, InvalidArgument, NotFound
+from core.spec import CollectionSpec
 from router.topology import metadata as sql_metadata
 from router.topology import migrate_component
-from shard.errors import AlreadyExists, InvalidArgument, NotFound
-from shard.spec import CollectionSpec
 
 COMPONENT = "metadata"
 SCHEMA_VERSION = 1

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from core.errors import InvalidArgument
 from router.topology import TopologyStore
 from server import errors
 from server.engine import Engine, SearchResult
 from server.metadata import AttrValue, ItemMeta
 from shard.client import ShardClient
-from shard.errors import InvalidArgument
 from shard.service import spec_from_proto, spec_to_proto
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import admin_service_pb2_grpc as admin_grpc

@@ -97,6 +97,6 @@ class ShardClient:
     def compact(self, collection: str, wait: bool = True) -> pb.CompactResponse:
         return self.stub.Compact(pb.CompactRequest(collection=collection, wait=wait), timeout=max(self.timeout, 600))
 
-    def read_wal(self, collection: str, from_seq: int = 1) -> Iterator[types_pb2.WalRecord]:
+    def read_wal(self, collection: str, from_seq: int = 1) -> Iterator[pb.ReadWalResponse]:
         request = pb.ReadWalRequest(collection=collection, from_seq=from_seq)
         return iter(self.stub.ReadWal(request, timeout=self.timeout))

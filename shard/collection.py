@@ -29,13 +29,13 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import CorruptionError, InvalidArgument, Unavailable
+from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
+from core.vectors import Matrix, last_wins, prepare_for_metric, validate_ids
 from shard import exact, records, snapshot
 from shard.delta import TOMBSTONE, Delta
-from shard.errors import CorruptionError, InvalidArgument, Unavailable
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
-from shard.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
-from shard.vectors import Matrix, last_wins, prepare_for_metric, validate_ids
 from shard.wal import FsyncPolicy, Wal, WalOptions
 
 log = logging.getLogger(__name__)

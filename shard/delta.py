@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from shard.vectors import Matrix
+from core.vectors import Matrix
 
 NEVER = np.iinfo(np.int64).max
 TOMBSTONE = -1

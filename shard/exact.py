@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from shard.vectors import Matrix
+from core.vectors import Matrix
 
 Distances = npt.NDArray[np.float32]
 Positions = npt.NDArray[np.intp]

@@ -24,10 +24,10 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from core.spec import CollectionSpec
+from core.vectors import Matrix
 from shard import exact
 from shard.delta import NEVER
-from shard.spec import CollectionSpec
-from shard.vectors import Matrix
 
 Labels = npt.NDArray[np.uint64]
 

@@ -21,8 +21,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.errors import CorruptionError
 from shard.collection import CollectionOptions
-from shard.errors import CorruptionError
 from shard.registry import Registry
 from shard.service import ShardServicer
 from shard.wal import FsyncPolicy, WalOptions

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shard.vectors import Matrix
-from vsproto.v1 import types_pb2
+from core.vectors import Matrix
+from vsproto.v1 import types_pb2, wal_pb2
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,11 @@ def decode(payload: bytes) -> Op:
     raise ValueError(f"unknown WAL record kind {kind!r}")
 
 
-def to_wal_record(seq: int, payload: bytes) -> types_pb2.WalRecord:
-    record = types_pb2.WalRecord.FromString(payload)
-    record.seq = seq
-    return record
+def to_wal_op(payload: bytes) -> wal_pb2.WalOp:
+    op = decode(payload)
+    if isinstance(op, UpsertOp):
+        upsert = wal_pb2.WalUpsert(
+            ids=op.ids, dimension=op.vectors.shape[1], vectors=np.ascontiguousarray(op.vectors, dtype="<f4").tobytes()
+        )
+        return wal_pb2.WalOp(upsert=upsert)
+    return wal_pb2.WalOp(delete=wal_pb2.WalDelete(ids=op.ids))

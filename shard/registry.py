@@ -16,10 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
+from core.errors import AlreadyExists, NotFound, Unavailable
+from core.spec import CollectionSpec, validate_name
 from shard.collection import Collection, CollectionOptions, CompactResult
-from shard.errors import AlreadyExists, NotFound, Unavailable
 from shard.fsutil import fsync_dir
-from shard.spec import CollectionSpec, validate_name
 
 log = logging.getLogger(__name__)
 

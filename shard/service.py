@@ -14,18 +14,19 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from shard import errors, records
+from core import errors
+from core.spec import CollectionSpec, make_spec
+from core.vectors import Matrix, decode_matrix
+from shard import records
 from shard.collection import QueryHits
 from shard.registry import Registry
-from shard.spec import CollectionSpec, make_spec
-from shard.vectors import Matrix, decode_matrix
 from vsproto.v1 import shard_service_pb2 as pb
 from vsproto.v1 import shard_service_pb2_grpc as pb_grpc
 from vsproto.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
-_STATUS: dict[type[errors.ShardError], grpc.StatusCode] = {
+_STATUS: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
@@ -37,7 +38,7 @@ _STATUS: dict[type[errors.ShardError], grpc.StatusCode] = {
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def status_for(exc: errors.ShardError) -> grpc.StatusCode:
+def status_for(exc: errors.DomainError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
@@ -49,7 +50,7 @@ def _handle_errors(method: F) -> F:
     def wrapper(self: ShardServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except errors.ShardError as exc:
+        except errors.DomainError as exc:
             context.abort(status_for(exc), str(exc))
         except Exception as exc:
             log.exception("%s failed", method.__name__)
@@ -159,12 +160,12 @@ class ShardServicer(pb_grpc.ShardServiceServicer):
             return pb.CompactResponse()
         return pb.CompactResponse(snapshot_seq=result.snapshot_seq, rebuilt=result.rebuilt)
 
-    def ReadWal(self, request: pb.ReadWalRequest, context: grpc.ServicerContext) -> Iterator[types_pb2.WalRecord]:
+    def ReadWal(self, request: pb.ReadWalRequest, context: grpc.ServicerContext) -> Iterator[pb.ReadWalResponse]:
         try:
             stream = self._registry.get(request.collection).read_wal(request.from_seq)
             for seq, payload in stream:
-                yield records.to_wal_record(seq, payload)
-        except errors.ShardError as exc:
+                yield pb.ReadWalResponse(seq=seq, op=records.to_wal_op(payload))
+        except errors.DomainError as exc:
             context.abort(status_for(exc), str(exc))
         except Exception as exc:
             log.exception("ReadWal failed")

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from crc32c import crc32c
 
-from shard.errors import CorruptionError
+from core.errors import CorruptionError
+from core.spec import CollectionSpec
 from shard.fsutil import fsync_dir, fsync_file
 from shard.graph import Graph, new_index
-from shard.spec import CollectionSpec
 
 FORMAT = 1
 GRAPH_FILE = "graph.hnsw"

@@ -44,7 +44,7 @@ from typing import BinaryIO
 
 from crc32c import crc32c
 
-from shard.errors import CorruptionError, OutOfRange, Unavailable
+from core.errors import CorruptionError, OutOfRange, Unavailable
 from shard.fsutil import fsync_dir
 
 MAGIC = b"VSWL"

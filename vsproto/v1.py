@@ -13,6 +13,7 @@ ensure_fresh()
 from vectorsearch.shard.v1 import (  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
     shard_service_pb2,
     shard_service_pb2_grpc,
+    wal_pb2,
 )
 from vectorsearch.v1 import (  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
     admin_service_pb2,
@@ -30,4 +31,5 @@ __all__ = [
     "shard_service_pb2",
     "shard_service_pb2_grpc",
     "types_pb2",
+    "wal_pb2",
 ]

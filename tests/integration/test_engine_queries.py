@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from core.spec import make_spec
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
 from server.engine import Engine
 from server.metadata import ItemMeta, MetadataStore
-from shard.spec import make_spec
 from tests.pg import fresh_schema_url
 from tests.shardproc import ShardProcess
 from vsproto.v1 import search_service_pb2 as pb

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.fanout import Router, ShardsUnavailable
+from core.errors import InvalidArgument, NotFound, ShardsUnavailable
+from router.fanout import Router
 from router.topology import TopologyStore, make_engine
-from shard.errors import InvalidArgument, NotFound
 from tests.datasets import data_and_queries, exact_top_k, recall_at_k
 from tests.pg import fresh_schema_url
 from tests.shardproc import ShardProcess

@@ -51,8 +51,8 @@ def test_round_trip_of_every_rpc(client: ShardClient) -> None:
     assert (stats.count, stats.graph_elements, stats.delta_size, stats.last_applied_seq) == (49, 49, 0, 2)
     records = list(client.read_wal("c", 1))
     assert [r.seq for r in records] == [1, 2]
-    assert records[0].WhichOneof("op") == "upsert" and len(records[0].upsert.ids) == 50
-    assert list(records[1].delete.ids) == ["i0"]
+    assert records[0].op.WhichOneof("op") == "upsert" and len(records[0].op.upsert.ids) == 50
+    assert list(records[1].op.delete.ids) == ["i0"]
     listed = client.stub.ListCollections(pb.ListCollectionsRequest()).collections
     assert [s.name for s in listed] == ["c"]
     assert client.drop_collection("c") is True

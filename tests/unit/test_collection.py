@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import CorruptionError, InvalidArgument
+from core.spec import Metric, make_spec
 from shard.collection import Collection, CollectionOptions
-from shard.errors import CorruptionError, InvalidArgument
-from shard.spec import Metric, make_spec
 from tests.datasets import Matrix, clustered, exact_top_k
 
 OPTS = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=2)

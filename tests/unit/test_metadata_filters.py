@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import AlreadyExists, InvalidArgument
+from core.spec import make_spec
 from router.topology import make_engine
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
-from shard.errors import AlreadyExists, InvalidArgument
-from shard.spec import make_spec
 from tests.pg import fresh_schema_url
 from vsproto.v1 import search_service_pb2 as pb
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from core.errors import SchemaTooNew
 from router import topology as topo
 from router.topology import TopologyStore, make_engine
 from tests.pg import fresh_schema_url
@@ -45,7 +46,7 @@ def test_refuses_a_newer_schema(store: TopologyStore) -> None:
             .where(topo.schema_version.c.component == topo.COMPONENT)
             .values(version=topo.SCHEMA_VERSION + 1)
         )
-    with pytest.raises(topo.SchemaTooNew):
+    with pytest.raises(SchemaTooNew):
         store.migrate()
 
 

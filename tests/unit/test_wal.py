@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import CorruptionError, OutOfRange
 from shard import wal as wal_mod
-from shard.errors import CorruptionError, OutOfRange
 from shard.wal import HEADER_SIZE, FsyncPolicy, Wal, WalOptions
 
 

@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from shard.errors import InvalidArgument
+from core.errors import InvalidArgument
 
 MAX_DIMENSION = 16384
 MAX_K = 10_000

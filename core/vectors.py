@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from shard.errors import InvalidArgument
-from shard.spec import MAX_ID_BYTES, Metric
+from core.errors import InvalidArgument
+from core.spec import MAX_ID_BYTES, Metric
 
 Matrix = npt.NDArray[np.float32]
 

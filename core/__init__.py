@@ -1,0 +1,1 @@
+"""Code shared by shard, router and server: domain errors, the status map, specs, vectors."""

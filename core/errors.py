@@ -1,0 +1,64 @@
+"""Domain errors shared by the shard, the router and the server.
+
+Every layer raises these (never a gRPC status); the gRPC edges translate them with the one
+two-way map in ``core/status.py``. ``str(err)`` is the message shown to the client, so it must
+never carry SQL text, file contents or stack traces.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class of every error a client may see."""
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed; nothing was changed."""
+
+
+class NotFound(DomainError):
+    """A named collection (or item) does not exist."""
+
+
+class AlreadyExists(DomainError):
+    """A collection exists with a different spec."""
+
+
+class OutOfRange(DomainError):
+    """A requested position (e.g. a WAL sequence number) is outside what is kept."""
+
+
+class FailedPrecondition(DomainError):
+    """The system is not in a state that allows the call (e.g. a newer schema)."""
+
+
+class ResourceExhausted(DomainError):
+    """A limit was reached (message size, queue depth); retry later or send less."""
+
+
+class Unavailable(DomainError):
+    """The callee cannot serve this now (closing, unreachable, its log failed); retry."""
+
+
+class DeadlineExceeded(Unavailable):
+    """The call's deadline passed before it finished; it may or may not have taken effect."""
+
+
+class CorruptionError(DomainError):
+    """Persistent state is damaged in a way recovery must not paper over."""
+
+
+class Internal(DomainError):
+    """A bug or an unexpected failure on the other side of a call."""
+
+
+class ShardsUnavailable(Unavailable):
+    """Some shards did not answer; ``failed`` maps shard id to the reason."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = dict(sorted(failed.items()))
+        super().__init__("shards unavailable: " + ", ".join(f"{s} ({r})" for s, r in self.failed.items()))
+
+
+class SchemaTooNew(FailedPrecondition):
+    """The database was migrated by a newer version of the service."""

@@ -1,0 +1,100 @@
+"""The one two-way map between domain errors and gRPC status codes.
+
+Servicers turn a raised ``DomainError`` into its status with :func:`abort`; clients of a
+remote service turn a ``grpc.RpcError`` back into the same domain error with
+:func:`from_rpc_error`, so a shard's NOT_FOUND is ``NotFound`` whether the shard is in-process
+or across a socket. Anything that is not a ``DomainError`` is a bug: it is logged and sent as
+INTERNAL, and the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from core import errors
+
+log = logging.getLogger(__name__)
+
+# Order matters only for from_code: the first class listed for a code is the one rebuilt.
+_TABLE: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
+)
+_TO_CODE: dict[type[errors.DomainError], grpc.StatusCode] = dict(_TABLE)
+_FROM_CODE: dict[grpc.StatusCode, type[errors.DomainError]] = {}
+for _cls, _code in _TABLE:
+    _FROM_CODE.setdefault(_code, _cls)
+# Codes no domain error produces: a cancelled call is one that did not finish.
+_FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
+
+
+def to_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of a domain error (by its nearest mapped base class), None for a bug."""
+    for cls in type(exc).__mro__:
+        code = _TO_CODE.get(cls)
+        if code is not None:
+            return code
+    return None
+
+
+def from_code(code: grpc.StatusCode, details: str) -> errors.DomainError:
+    """The domain error a status code stands for (unknown codes are ``Internal``)."""
+    return _FROM_CODE.get(code, errors.Internal)(details or code.name)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> errors.DomainError:
+    """The domain error carried by a failed call of a gRPC client."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    return from_code(code, details or "")
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    """Ends the call with the status of ``exc``; a non-domain error is logged as a bug."""
+    code = to_code(exc)
+    if code is None:
+        log.exception("%s failed", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    context.abort(code, str(exc))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(method: F) -> F:
+    """Wraps a unary servicer method: domain errors become their status (see :func:`abort`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            abort(context, exc, method.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def handled_stream(method: F) -> F:
+    """As :func:`handled`, for a servicer method that returns a response iterator."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
+            abort(context, exc, method.__name__)
+
+    return wrapper  # type: ignore[return-value]
