@@ -25,3 +25,18 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 .venv/bin/python -m vsproto.build
+
+# buf (proto lint + breaking-change check, scripts/proto_check.sh): the version pinned in
+# tools/buf/package.json and its lock file, installed with npm ci into tools/buf/node_modules
+# (git-ignored); skipped when that version is already there. Needs Node.js + npm; without them
+# only the proto check (part of scripts/test.sh) cannot run, so this is a warning here.
+buf_want=$(sed -n 's/.*"@bufbuild\/buf": *"\([^"]*\)".*/\1/p' tools/buf/package.json)
+buf_have=$(tools/buf/node_modules/.bin/buf --version 2>/dev/null || true)
+if [ "$buf_have" != "$buf_want" ]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "setup: installing buf $buf_want (npm ci in tools/buf)" >&2
+        (cd tools/buf && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        echo "setup: npm not found, buf $buf_want not installed (scripts/proto_check.sh needs it)" >&2
+    fi
+fi

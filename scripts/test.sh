@@ -11,6 +11,8 @@ ruff check .
 ruff format --check .
 echo "== mypy" >&2
 mypy
+echo "== buf" >&2
+bash scripts/proto_check.sh
 echo "== pytest" >&2
 set +e
 python -m pytest "$@"
