@@ -1,7 +1,7 @@
 """Segmented write-ahead log with CRC32C-framed records and group commit.
 
-On-disk format (version 1)
---------------------------
+On-disk format (segment format versions 1 and 2)
+------------------------------------------------
 A log is a directory of segment files named ``{first_seq:020d}.wal``. Each segment starts with
 a 20-byte header ``magic "VSWL" | u32 version | u64 first_seq | u32 crc32c(previous 16 bytes)``
 followed by records, each framed as::
@@ -11,6 +11,22 @@ followed by records, each framed as::
 all little-endian. Sequence numbers are consecutive across the whole log. A new segment is
 written to a temporary name, fsynced and renamed, and the previous segment is fsynced before
 that, so only the last segment can end in a torn record.
+
+The framing is the same in every version; the header's version says how the payloads of that
+segment's records are encoded, and every record of a segment has its header's version:
+
+* version 2 (written now): a serialised ``vectorsearch.shard.v1.WalOp``
+  (proto/vectorsearch/shard/v1/wal.proto);
+* version 1 (written before that proto existed; read only): the public
+  ``vectorsearch.v1.WalRecord`` with its seq unset, read through ``WalRecordV1``.
+
+This module does not interpret payloads: replay and :meth:`Wal.read_from` hand each record's
+version to the caller with its payload, and ``shard/records.py`` decodes them. New segments are
+always of version :data:`VERSION`. A log may hold older segments followed by newer ones (after an
+upgrade); when the last segment on open is of an older version, a new segment of the current
+version takes the new writes (or replaces it, if it holds no record), so a segment is never
+appended to in another version than its header's. A segment of any other version raises
+``CorruptionError`` (so older code refuses a log that newer code has written to).
 
 Durability contract
 -------------------
@@ -38,9 +54,9 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from crc32c import crc32c
 
@@ -48,7 +64,10 @@ from core.errors import CorruptionError, OutOfRange, Unavailable
 from shard.fsutil import fsync_dir
 
 MAGIC = b"VSWL"
-VERSION = 1
+VERSION = 2
+"""The segment format version new segments are written in."""
+SUPPORTED_VERSIONS = frozenset({1, 2})
+"""Segment format versions this code reads."""
 _HEADER = struct.Struct("<4sIQ")
 _HEADER_CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _HEADER_CRC.size
@@ -71,19 +90,29 @@ class WalOptions:
     segment_bytes: int = 64 << 20
 
 
+class Record(NamedTuple):
+    """One record as :meth:`Wal.read_from` yields it: its seq, the format version of its
+    segment (how ``payload`` is encoded) and the payload."""
+
+    seq: int
+    version: int
+    payload: bytes
+
+
 @dataclass
 class _Segment:
     first_seq: int
     path: Path
     size: int
+    version: int = VERSION
 
 
 def _segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SUFFIX}"
 
 
-def _encode_header(first_seq: int) -> bytes:
-    head = _HEADER.pack(MAGIC, VERSION, first_seq)
+def _encode_header(first_seq: int, version: int = VERSION) -> bytes:
+    head = _HEADER.pack(MAGIC, version, first_seq)
     return head + _HEADER_CRC.pack(crc32c(head))
 
 
@@ -113,6 +142,14 @@ def _scan_segment(data: bytes, first_seq: int) -> tuple[list[tuple[int, int, int
     return records, pos
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Wal:
     """An open write-ahead log. Create with :meth:`open`."""
 
@@ -140,13 +177,15 @@ class Wal:
         cls,
         directory: Path,
         options: WalOptions,
-        on_record: Callable[[int, bytes], None],
+        on_record: Callable[[int, int, bytes], None],
         start_seq: int = 1,
     ) -> Wal:
-        """Opens (or creates) the log, replays intact records to ``on_record(seq, payload)``.
+        """Opens (or creates) the log, replays intact records to ``on_record(seq, version,
+        payload)``, where ``version`` is the format version of the record's segment.
 
         ``start_seq`` is the seq the log starts at when it holds no segment (one past what the
-        newest snapshot covers). Raises CorruptionError on damage that is not a torn tail.
+        newest snapshot covers). Raises CorruptionError on damage that is not a torn tail, and
+        on a segment of a version this code does not read.
         """
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.tmp"):
@@ -169,7 +208,7 @@ class Wal:
             )
             if not header_ok:
                 raise CorruptionError(f"write-ahead log segment {path} has a damaged header")
-            if version != VERSION:
+            if version not in SUPPORTED_VERSIONS:
                 raise CorruptionError(f"write-ahead log segment {path} has unsupported version {version}")
             if segments and first_seq != next_seq:
                 raise CorruptionError(f"write-ahead log segment {path} starts at seq {first_seq}, expected {next_seq}")
@@ -186,10 +225,18 @@ class Wal:
                     os.fsync(handle.fileno())
             view = memoryview(data)
             for seq, start, end in records:
-                on_record(seq, bytes(view[start:end]))
+                on_record(seq, version, bytes(view[start:end]))
             next_seq = first_seq + len(records)
-            segments.append(_Segment(first_seq, path, intact_end))
+            segments.append(_Segment(first_seq, path, intact_end, version))
         if not segments:
+            segments.append(cls._create_segment(directory, next_seq))
+        elif segments[-1].version != VERSION:
+            # Never append records of this version to a segment of an older one.
+            old = segments[-1]
+            if old.size <= HEADER_SIZE:
+                segments.pop()  # no record yet: the new segment replaces it (an atomic rename)
+            else:
+                _fsync_path(old.path)  # sealed: durable before a later segment exists
             segments.append(cls._create_segment(directory, next_seq))
         return cls(directory, options, segments, next_seq)
 
@@ -324,10 +371,11 @@ class Wal:
             return sum(s.size for s in self._segments)
 
     # ------------------------------------------------------------------ reading
-    def read_from(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
-        """Yields (seq, payload) for records from ``from_seq`` up to the last one written
-        when the call was made. Raises OutOfRange when ``from_seq`` was already truncated."""
-        handles: list[tuple[BinaryIO, int, int]] = []
+    def read_from(self, from_seq: int) -> Iterator[Record]:
+        """Yields a :class:`Record` (seq, segment format version, payload) for each record from
+        ``from_seq`` up to the last one written when the call was made. Raises OutOfRange when
+        ``from_seq`` was already truncated."""
+        handles: list[tuple[BinaryIO, _Segment]] = []
         with self._lock:
             first = self._segments[0].first_seq
             if from_seq < first:
@@ -341,22 +389,21 @@ class Wal:
                 if following <= from_seq:
                     continue
                 # Open under the lock: an open file survives a concurrent truncate_before.
-                handles.append((open(segment.path, "rb"), segment.first_seq, segment.size))  # noqa: SIM115
+                # A copy: the active segment's size grows with later writes.
+                handles.append((open(segment.path, "rb"), replace(segment)))  # noqa: SIM115
         return self._iter_handles(handles, from_seq, last)
 
     @staticmethod
-    def _iter_handles(
-        handles: list[tuple[BinaryIO, int, int]], from_seq: int, last: int
-    ) -> Iterator[tuple[int, bytes]]:
+    def _iter_handles(handles: list[tuple[BinaryIO, _Segment]], from_seq: int, last: int) -> Iterator[Record]:
         try:
-            for handle, first_seq, size in handles:
-                data = handle.read(size)
-                records, _ = _scan_segment(data, first_seq)
+            for handle, segment in handles:
+                data = handle.read(segment.size)
+                records, _ = _scan_segment(data, segment.first_seq)
                 for seq, start, end in records:
                     if from_seq <= seq <= last:
-                        yield seq, data[start:end]
+                        yield Record(seq, segment.version, data[start:end])
         finally:
-            for handle, _, _ in handles:
+            for handle, _ in handles:
                 handle.close()
 
     # ------------------------------------------------------------------ closing
