@@ -1,26 +1,22 @@
-"""The measurement harness shared by every system in ``bench/compare.py``.
+"""The one measurement harness: every system of bench/compare.py is measured by this code.
 
-Only the standard library and numpy, so that it imports in both virtualenvs: ``.venv`` (our
-servers, the transport probe) and ``.venv-peers`` (the peer systems). A system is a ``System``
-subclass; ``run_worker`` runs one in the current process (a child of compare.py), measures it
-the same way as every other system and writes one JSON result.
+A system is a ``System`` subclass (our shapes and the bare transport in bench/ours.py and
+bench/transport.py, the peers in bench/peers.py); ``run_worker`` runs one in the current process
+(a child of compare.py) and writes one JSON result. Only the standard library, numpy and the
+numpy-only parts of testkit, so that it imports in both virtualenvs (``.venv`` and ``.venv-peers``).
 
 Per system: ``load`` (acknowledged ingest rate, time until everything is indexed), then per
 ef_search: recall@10 against the exact top-10; single-client QPS with p50/p99 (one query per
 call after warm-up, queries prepared before the clock); QPS with ``clients`` concurrent client
 threads (each with the connection ``System.searcher`` gives it); batched QPS (all queries in one
-call) where the API takes a batch. A sampler thread follows the peak RSS of every process
-involved.
+call) where the API takes a batch. A sampler thread (bench/rss.py) follows the peak RSS of every
+process involved.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import platform
-import resource
 import sys
 import tempfile
 import threading
@@ -33,163 +29,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.datasets import K, load_data
+from bench.rss import RssSampler, self_peak_rss_mib
+from testkit.truth import recall_at_k
+
 Matrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
 Searcher = Callable[[Any], list[int]]
 
-K = 10
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 DEFAULT_EF = (64, 128, 256)
 DEFAULT_CLIENTS = 8
 CONCURRENT_WARMUP = 10  # calls per client thread before the clock starts
 PHASE_BUDGET_S = 60.0  # a single-client or concurrent pass stops early after this long (Milvus Lite)
-
-
-# ---------------------------------------------------------------- data
-
-
-def load_data(data: Path, n: int | None) -> tuple[Matrix, Matrix, Labels, str]:
-    """Base rows (the first ``n``), queries and the exact top-K; recomputed when ``n`` cuts the base."""
-    base = np.load(data / "base.npy", mmap_mode="r")
-    queries = np.ascontiguousarray(np.load(data / "queries.npy"), dtype=np.float32)
-    truth = np.load(data / "truth.npy").astype(np.int64)
-    if n is None or n >= base.shape[0]:
-        return np.ascontiguousarray(base, dtype=np.float32), queries, truth[:, :K], "truth.npy"
-    sub = np.ascontiguousarray(base[:n], dtype=np.float32)
-    return sub, queries, exact_top_k(sub, queries, K), f"exact top-{K} recomputed over the first {n} rows"
-
-
-def exact_top_k(base: Matrix, queries: Matrix, k: int) -> Labels:
-    """Exact top-k by inner product in float64, ties to the lower index (as bench/realdata.py)."""
-    base64 = base.astype(np.float64)
-    out = np.empty((queries.shape[0], k), dtype=np.int64)
-    for start in range(0, queries.shape[0], 64):
-        scores = queries[start : start + 64].astype(np.float64) @ base64.T
-        out[start : start + 64] = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return out
-
-
-def recall_at_k(found: Labels, truth: Labels) -> float:
-    hits = sum(len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
-    return hits / truth.size
-
-
-# ---------------------------------------------------------------- process memory
-
-
-def proc_status(pid: int | str) -> dict[str, int]:
-    """VmRSS / VmHWM (KiB) of one process; empty when it is gone."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(rest.split()[0])
-    except (OSError, ValueError):
-        return {}
-    return out
-
-
-def proc_name(pid: int) -> str:
-    """A readable role for a process: ``python -m X`` -> ``X``, a script -> its file name."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except OSError:
-        return "?"
-    if not argv:
-        return "?"
-    if "-m" in argv[:-1]:
-        return "python -m " + argv[argv.index("-m") + 1]
-    exe = Path(argv[0]).name
-    if exe.startswith("python") and len(argv) > 1:
-        return Path(argv[1]).name
-    return exe
-
-
-def descendants(roots: set[int]) -> set[int]:
-    """The given pids and all their descendants (from /proc/*/stat)."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found = {pid for pid in roots if pid in parent}
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parent.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
-
-
-class RssSampler:
-    """Follows the processes other than this one (descendants and extra roots) every ``period`` s."""
-
-    def __init__(self, period: float = 0.2) -> None:
-        self.period = period
-        self.extra_roots: set[int] = set()
-        self.peak_hwm: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self.peak_sum_rss_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sample()
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.sample()
-
-    def sample(self) -> None:
-        me = os.getpid()
-        pids = descendants({me} | self.extra_roots) - {me}
-        total = 0
-        for pid in pids:
-            st = proc_status(pid)
-            if not st:
-                continue
-            total += st.get("VmRSS", 0)
-            self.peak_hwm[pid] = max(self.peak_hwm.get(pid, 0), st.get("VmHWM", 0))
-            if pid not in self.names:
-                self.names[pid] = proc_name(pid)
-        self.peak_sum_rss_kib = max(self.peak_sum_rss_kib, total)
-
-    def report(self) -> dict[str, Any]:
-        by_name: dict[str, dict[str, int]] = {}
-        for pid, hwm in self.peak_hwm.items():
-            entry = by_name.setdefault(self.names.get(pid, "?"), {"processes": 0, "max_vmhwm_mib": 0})
-            entry["processes"] += 1
-            entry["max_vmhwm_mib"] = max(entry["max_vmhwm_mib"], round(hwm / 1024))
-        return {
-            "other_processes": by_name,
-            # Sum of VmRSS over the other processes, sampled: counts shared memory once per process.
-            "other_peak_sum_rss_mib": round(self.peak_sum_rss_kib / 1024),
-        }
-
-
-def self_peak_rss_mib() -> dict[str, float]:
-    hwm = proc_status("self").get("VmHWM", 0)
-    return {
-        "vmhwm_mib": round(hwm / 1024, 1),
-        "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
 
 
 # ---------------------------------------------------------------- systems
@@ -233,6 +88,25 @@ class System:
 
     def close(self) -> None:
         return None
+
+
+class PreparedQuerySystem(System):
+    """A system whose single-query requests are built before the clock, once per ef setting;
+    ``search_one`` takes a query's index."""
+
+    ef = 64
+
+    def request(self, queries: Matrix, ef: int) -> Any:
+        raise NotImplementedError
+
+    def set_ef(self, ef: int) -> None:
+        self.ef = ef
+        self.requests = [self.request(q[None, :], ef) for q in self.queries]
+
+    def prepare_queries(self, queries: Matrix) -> list[Any]:
+        self.queries = queries
+        self.set_ef(self.ef)
+        return list(range(len(queries)))
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -344,7 +218,7 @@ def measure(
         single, found = measure_single(system, prepared, warmup, budget_s)
         row: dict[str, Any] = {
             "ef_search": ef,
-            "recall_at_10": round(recall_at_k(found, truth[: len(found)]), 4),
+            "recall_at_10": round(recall_at_k(truth, found), 4),
             "single_qps": single["qps"],
             "p50_ms": single["p50_ms"],
             "p99_ms": single["p99_ms"],
@@ -356,7 +230,7 @@ def measure(
                 concurrent_qps=conc["qps"],
                 concurrent_p50_ms=conc["p50_ms"],
                 concurrent_p99_ms=conc["p99_ms"],
-                concurrent_recall_at_10=round(recall_at_k(conc_found[answered], truth[answered]), 4),
+                concurrent_recall_at_10=round(recall_at_k(truth[answered], conc_found[answered]), 4),
                 concurrent_queries=conc["queries"],
             )
         except RuntimeError as exc:
@@ -365,7 +239,7 @@ def measure(
         if system.batch:
             secs, labels = timed(lambda: system.search_batch(queries))
             row["batch_qps"] = round(queries.shape[0] / secs, 1)
-            row["batch_recall_at_10"] = round(recall_at_k(labels, truth), 4)
+            row["batch_recall_at_10"] = round(recall_at_k(truth, labels), 4)
         rows.append(row)
         print(f"  [{system.name}] ef={ef}: {row}", file=sys.stderr, flush=True)
     return rows
@@ -381,10 +255,11 @@ def run_worker(
     clients: int,
     result_path: Path,
     budget_s: float = PHASE_BUDGET_S,
+    n_queries: int | None = None,
 ) -> int:
     """Loads, measures and closes one system in this process; writes its result as JSON."""
     result: dict[str, Any] = {"system": name}
-    base, queries, truth, truth_source = load_data(data, n)
+    base, queries, truth, truth_source = load_data(data, n, n_queries)
     result.update({"n": int(base.shape[0]), "dim": int(base.shape[1]), "queries": int(queries.shape[0])})
     result["truth"] = truth_source
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp, RssSampler() as sampler:
@@ -433,9 +308,19 @@ def worker_main(registry: Mapping[str, type[System]], argv: list[str] | None = N
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=PHASE_BUDGET_S)
+    parser.add_argument("--queries", type=int, default=None, help="only the first N queries")
     args = parser.parse_args(argv)
     return run_worker(
-        registry, args.worker, args.data, args.n, args.ef, args.warmup, args.clients, args.result, args.budget_s
+        registry,
+        args.worker,
+        args.data,
+        args.n,
+        args.ef,
+        args.warmup,
+        args.clients,
+        args.result,
+        args.budget_s,
+        args.queries,
     )
 
 
@@ -448,24 +333,3 @@ def jsonable(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
     except (TypeError, ValueError):
         return str(value)
-
-
-def pkg_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"

@@ -21,19 +21,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.datasets import K
 from bench.harness import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
-    K,
     Labels,
     Matrix,
     Searcher,
     System,
     jsonable,
-    pkg_version,
     timed,
     worker_main,
 )
+from bench.machine import pkg_version
 
 Peer = System
 

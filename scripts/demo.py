@@ -24,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.clusterproc import ClusterProcess
-from tests.datasets import data_and_queries, exact_top_k, recall_at_k
+from testkit.clusterproc import ClusterProcess
+from testkit.datasets import data_and_queries
+from testkit.truth import exact_top_k, recall_at_k
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import types_pb2
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 import vsproto.v1  # noqa: F401  fail fast, with a hint, when the stubs are missing or stale
-from tests.clusterproc import ClusterProcess
-from tests.shardproc import ShardProcess
+from testkit.clusterproc import ClusterProcess
+from testkit.shardproc import ShardProcess
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shard.client import ShardClient
-from tests.shardproc import ShardProcess
+from testkit.shard_client import ShardClient
+from testkit.shardproc import ShardProcess
 
 DIM = 16
 WRITERS = 3

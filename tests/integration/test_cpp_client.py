@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clusterproc import ClusterProcess
+from testkit.clusterproc import ClusterProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CPP_DIR = REPO / "clients" / "cpp"

@@ -13,12 +13,13 @@ import sqlalchemy as sa
 from core.spec import make_spec
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
+from server.convert import filter_from_proto
 from server.engine import Engine
 from server.metadata import ItemMeta, MetadataStore
+from server.query import SearchQuery, VectorTarget
+from testkit.shardproc import ShardProcess
 from tests.pg import fresh_schema_url
-from tests.shardproc import ShardProcess
 from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import types_pb2
 
 
 @pytest.fixture
@@ -42,8 +43,7 @@ def test_statements_per_search_do_not_grow_with_hits(engine: Engine) -> None:
     data = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
     ids = [f"i{i}" for i in range(300)]
     metas = [ItemMeta(f"u{i}", ["a", "b"], {"n": i, "x": float(i)}) for i in range(300)]
-    wire = types_pb2.Vectors(dimension=8, packed=data.tobytes())
-    assert engine.upsert("c", ids, wire, metas) == 300
+    assert engine.upsert("c", ids, data, metas) == 300
     statements: list[str] = []
 
     @sa.event.listens_for(engine.metadata.engine, "before_cursor_execute")
@@ -51,11 +51,12 @@ def test_statements_per_search_do_not_grow_with_hits(engine: Engine) -> None:
         statements.append(statement)
 
     counts = {}
-    tag = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="a")))
+    tag = filter_from_proto(pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="a"))))
     for k in (1, 50):
         for flt in (None, tag):
             statements.clear()
-            result = engine.search("c", data[:5], k, 0, flt, True, False, False)
+            query = SearchQuery("c", VectorTarget(data[:5]), k, 0, flt, include_metadata=True)
+            result = engine.search(query)
             assert all(len(row) == k for row in result.hits)
             assert all(result.metadata[h.id].uri == f"u{h.id[1:]}" for row in result.hits for h in row)
             counts[(k, flt is not None)] = len(statements)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clusterproc import ClusterProcess
+from testkit.clusterproc import ClusterProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = REPO_ROOT / "clients" / "node"

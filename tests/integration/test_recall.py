@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.datasets import data_and_queries, exact_top_k, recall_at_k
-from tests.shardproc import ShardProcess
+from testkit.datasets import data_and_queries
+from testkit.shardproc import ShardProcess
+from testkit.truth import exact_top_k, recall_at_k
 
 N, NQ, DIM, K = 20_000, 500, 128, 10
 

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidArgument, NotFound, ShardsUnavailable
+from core.spec import CollectionSpec, Metric, make_spec
+from core.vectors import Batch, prepare_batch
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
-from tests.datasets import data_and_queries, exact_top_k, recall_at_k
+from testkit.datasets import data_and_queries
+from testkit.shardproc import ShardProcess
+from testkit.truth import exact_top_k, recall_at_k
 from tests.pg import fresh_schema_url
-from tests.shardproc import ShardProcess
-from vsproto.v1 import types_pb2
 
 DIM = 32
 N = 3_000
@@ -41,17 +43,21 @@ def cluster(tmp_path: Path) -> Iterator[tuple[list[ShardProcess], Router]]:
         proc.kill()
 
 
-def spec(name: str) -> types_pb2.CollectionSpec:
-    return types_pb2.CollectionSpec(name=name, dimension=DIM, metric=types_pb2.METRIC_L2)
+def spec(name: str) -> CollectionSpec:
+    return make_spec(name, DIM, Metric.L2.value)
+
+
+def batch(ids: list[str], vectors: np.ndarray) -> Batch:
+    return prepare_batch(ids, vectors, spec("c"))
 
 
 def load(router: Router) -> tuple[np.ndarray, np.ndarray, list[str]]:
     data, queries = data_and_queries(N, 100, DIM, seed=5)
     ids = [f"item-{i}" for i in range(N)]
-    assert router.create_collection(spec("c"), timeout=10).created
-    assert not router.create_collection(spec("c"), timeout=10).created
+    assert router.create_collection(spec("c"), timeout=10)[0]
+    assert not router.create_collection(spec("c"), timeout=10)[0]
     for lo in range(0, N, 500):
-        assert router.upsert("c", ids[lo : lo + 500], data[lo : lo + 500], timeout=10) == 500
+        assert router.upsert("c", batch(ids[lo : lo + 500], data[lo : lo + 500]), timeout=10) == 500
     return data, queries, ids
 
 
@@ -96,7 +102,7 @@ def test_dead_shard_gives_partial_results_naming_it(cluster: tuple[list[ShardPro
     assert list(info.value.failed) == ["shard-1"]
     dead_owned = [x for x, o in zip(ids, router.ring.owners(ids), strict=True) if o == "shard-1"]
     with pytest.raises(ShardsUnavailable):
-        router.upsert("c", dead_owned[:3], data[:3], timeout=3)
+        router.upsert("c", batch(dead_owned[:3], data[:3]), timeout=3)
 
 
 def test_a_hung_shard_cannot_hold_a_search_past_its_deadline(cluster: tuple[list[ShardProcess], Router]) -> None:
@@ -122,5 +128,5 @@ def test_bad_requests_raise_client_errors(cluster: tuple[list[ShardProcess], Rou
     router.create_collection(spec("c"), timeout=5)
     with pytest.raises(InvalidArgument):
         router.search("c", np.ones((1, DIM + 1), dtype=np.float32), 5, 0, timeout=3)
-    with pytest.raises(InvalidArgument):
-        router.upsert("c", ["a"], np.full((1, DIM), np.nan, dtype=np.float32), timeout=3)
+    with pytest.raises(InvalidArgument):  # a NaN batch cannot even be built: it never reaches a shard
+        router.upsert("c", batch(["a"], np.full((1, DIM), np.nan, dtype=np.float32)), timeout=3)

@@ -20,8 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.clusterproc import ClusterProcess
-from tests.datasets import data_and_queries, exact_top_k
+from testkit.clusterproc import ClusterProcess
+from testkit.datasets import data_and_queries
+from testkit.truth import exact_top_k
 from tests.pg import fresh_schema_url
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import search_service_pb2 as pb

@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from shard.client import ShardClient
-from tests.shardproc import ShardProcess
+from testkit.shard_client import ShardClient
+from testkit.shardproc import ShardProcess
 from vsproto.v1 import shard_service_pb2 as pb
 from vsproto.v1 import types_pb2
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.datasets import clustered
-from tests.shardproc import ShardProcess
+from testkit.datasets import clustered
+from testkit.shardproc import ShardProcess
 
 
 def corrupt(path: Path) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tests.datasets import data_and_queries, exact_top_k, recall_at_k
-from tests.procutil import wait_for_ready_file
+from testkit.datasets import data_and_queries
+from testkit.procutil import wait_for_ready_file
+from testkit.truth import exact_top_k, recall_at_k
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
 from vsproto.v1 import search_service_pb2 as pb

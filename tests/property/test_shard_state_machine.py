@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.shardproc import ShardProcess
+from testkit.shardproc import ShardProcess
 
 DIM = 8
 POOL = [f"id-{i}" for i in range(400)]

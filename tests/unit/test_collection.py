@@ -11,7 +11,8 @@ import pytest
 from core.errors import CorruptionError, InvalidArgument
 from core.spec import Metric, make_spec
 from shard.collection import Collection, CollectionOptions
-from tests.datasets import Matrix, clustered, exact_top_k
+from testkit.datasets import Matrix, clustered
+from testkit.truth import exact_top_k
 
 OPTS = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=2)
 

@@ -1,16 +1,23 @@
-"""Metadata store and filter compiler on SQLite and the real Postgres, against a Python model."""
+"""Metadata store, filter conversion (proto -> domain tree) and filter compiler (domain tree ->
+SQL) on SQLite and the real Postgres, against a Python model."""
 
 from __future__ import annotations
 
+import math
 import random
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from core import filters as f
 from core.errors import AlreadyExists, InvalidArgument
 from core.spec import make_spec
 from router.topology import make_engine
+from server.convert import filter_from_proto
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
 from tests.pg import fresh_schema_url
@@ -52,7 +59,13 @@ def negate(inner: pb.Filter) -> pb.Filter:
     return out
 
 
-CASES: list[tuple[str, pb.Filter, Callable[[int], bool]]] = [
+def domain(flt: pb.Filter | f.Filter) -> f.Filter:
+    return filter_from_proto(flt) if isinstance(flt, pb.Filter) else flt
+
+
+# Filters as the public API sends them (protos, converted by filter_from_proto) or built as domain
+# trees directly; both are compiled by compile_filter.
+CASES: list[tuple[str, pb.Filter | f.Filter, Callable[[int], bool]]] = [
     ("tag eq", cond("tags", eq=V(string_value="ten")), lambda i: i % 10 == 0),
     (
         "tag in",
@@ -97,13 +110,33 @@ CASES: list[tuple[str, pb.Filter, Callable[[int], bool]]] = [
     ),
     ("empty all_of", pb.Filter(all_of=pb.FilterList()), lambda i: True),
     ("empty any_of", pb.Filter(any_of=pb.FilterList()), lambda i: False),
+    ("empty in", cond("tags", **{"in": pb.ValueList()}), lambda i: False),
+    ("domain: not of empty any_of", f.Not(f.AnyOf(())), lambda i: True),
+    (
+        "domain: uri in, or int attribute in",
+        f.AnyOf((f.Condition("uri", f.In(("uri-1", "uri-2"))), f.Condition("attributes.n", f.In((3, 4))))),
+        lambda i: i in (1, 2, 3, 4),
+    ),
+    (
+        "domain: double range with both bounds, and not a tag",
+        f.AllOf(
+            (
+                f.Condition("attributes.score", f.Range(gte=0.5, lte=0.6)),
+                f.Not(f.Condition("tags", f.Eq("five"))),
+            )
+        ),
+        lambda i: 0.5 <= i / N <= 0.6 and i % 5 != 0,
+    ),
+    ("domain: string eq", f.Condition(f.attribute_field("kind"), f.Eq("c")), lambda i: i % 3 == 2),
 ]
 
 
 @pytest.mark.parametrize(("name", "flt", "model"), CASES, ids=[c[0] for c in CASES])
-def test_filters_match_the_model(store: MetadataStore, name: str, flt: pb.Filter, model: Callable[[int], bool]) -> None:
+def test_filters_match_the_model(
+    store: MetadataStore, name: str, flt: pb.Filter | f.Filter, model: Callable[[int], bool]
+) -> None:
     store = loaded(store)
-    clause = compile_filter(flt, "c", store.attribute_types("c"))
+    clause = compile_filter(domain(flt), "c", store.attribute_types("c"))
     expected = {f"i{i}" for i in range(N) if model(i)}
     assert store.count_matching("c", clause) == len(expected)
     assert set(store.ids_matching("c", clause)) == expected
@@ -111,26 +144,186 @@ def test_filters_match_the_model(store: MetadataStore, name: str, flt: pb.Filter
     assert store.which_match("c", sample, clause) == expected & set(sample)
 
 
-@pytest.mark.parametrize(
-    "flt",
-    [
-        cond("color", eq=V(string_value="x")),
+# (filter, stage at which it is refused: "parse" = filter_from_proto, "compile" = compile_filter,
+# the start of the message)
+MALFORMED: list[tuple[pb.Filter, str, str]] = [
+    (cond("color", eq=V(string_value="x")), "parse", "filter on 'color': unknown field"),
+    (
         cond("attributes.missing", eq=V(int_value=1)),
+        "compile",
+        "filter on 'attributes.missing': no item of this collection has attribute 'missing'",
+    ),
+    (
         cond("attributes.n", eq=V(string_value="1")),
+        "compile",
+        "filter on 'attributes.n': value is string, the attribute is int",
+    ),
+    (
         cond("attributes.n", range=pb.Range(gt=V(double_value=1.0))),
+        "compile",
+        "filter on 'attributes.n': bound gt is double, the attribute is int",
+    ),
+    (
         cond("attributes.kind", range=pb.Range(gt=V(string_value="a"))),
-        cond("attributes.n", range=pb.Range()),
-        cond("tags", eq=V(int_value=1)),
+        "compile",
+        "filter on 'attributes.kind': range needs an int or double attribute, 'kind' is string",
+    ),
+    (cond("attributes.n", range=pb.Range()), "parse", "filter on 'attributes.n': range has no bound"),
+    (cond("tags", eq=V(int_value=1)), "parse", "filter on 'tags': values must be strings, got int"),
+    (
         cond("tags", range=pb.Range(gt=V(int_value=1))),
-        cond("tags"),
-        cond("tags", eq=V()),
-        pb.Filter(),
+        "parse",
+        "filter on 'tags': range applies to int and double attributes only",
+    ),
+    (cond("tags"), "parse", "filter on 'tags': set one of eq, in, range"),
+    (cond("tags", eq=V()), "parse", "filter on 'tags': a value has no type set"),
+    (pb.Filter(), "parse", "filter: empty filter"),
+]
+
+
+@pytest.mark.parametrize(("flt", "stage", "message"), MALFORMED, ids=[m[2] for m in MALFORMED])
+def test_malformed_filters_are_invalid_argument(store: MetadataStore, flt: pb.Filter, stage: str, message: str) -> None:
+    store = loaded(store)
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        compile_filter(filter_from_proto(flt), "c", store.attribute_types("c"))
+    if stage == "parse":
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            filter_from_proto(flt)
+    else:
+        filter_from_proto(flt)  # well formed: only the collection's types refuse it
+
+
+def nested(levels: int) -> pb.Filter:
+    """A condition under ``levels`` alternating not / all_of / any_of wrappers."""
+    flt = cond("tags", eq=V(string_value="a"))
+    for level in range(levels):
+        if level % 3 == 0:
+            flt = negate(flt)
+        elif level % 3 == 1:
+            flt = pb.Filter(all_of=pb.FilterList(filters=[flt]))
+        else:
+            flt = pb.Filter(any_of=pb.FilterList(filters=[flt]))
+    return flt
+
+
+def test_filter_from_proto_builds_the_domain_tree() -> None:
+    flt = pb.Filter(
+        all_of=pb.FilterList(
+            filters=[
+                cond("tags", **{"in": pb.ValueList(values=[V(string_value="a"), V(string_value="b")])}),
+                negate(cond("attributes.n", range=pb.Range(gte=V(int_value=-(2**63)), lt=V(int_value=2**63 - 1)))),
+                pb.Filter(
+                    any_of=pb.FilterList(
+                        filters=[
+                            cond("attributes.flag", eq=V(bool_value=False)),
+                            cond("attributes.x", eq=V(double_value=-0.5)),
+                            cond("uri", eq=V(string_value="")),
+                        ]
+                    )
+                ),
+            ]
+        )
+    )
+    tree = filter_from_proto(flt)
+    assert tree == f.AllOf(
+        (
+            f.Condition("tags", f.In(("a", "b"))),
+            f.Not(f.Condition("attributes.n", f.Range(gte=-(2**63), lt=2**63 - 1))),
+            f.AnyOf(
+                (
+                    f.Condition("attributes.flag", f.Eq(False)),
+                    f.Condition("attributes.x", f.Eq(-0.5)),
+                    f.Condition("uri", f.Eq("")),
+                )
+            ),
+        )
+    )
+    assert hash(tree) == hash(filter_from_proto(flt))
+    assert (tree.depth(), tree.size()) == (2, 8)
+    flag = tree.filters[2]
+    assert isinstance(flag, f.AnyOf) and isinstance(flag.filters[0], f.Condition)
+    assert flag.filters[0].attribute == "flag" and f.Condition("tags", f.Eq("a")).attribute is None
+    value = flag.filters[0].op
+    assert isinstance(value, f.Eq) and value.value is False
+
+
+def test_values_keep_their_type() -> None:
+    int_one, double_one, true = (
+        filter_from_proto(cond("attributes.a", eq=v)) for v in (V(int_value=1), V(double_value=1.0), V(bool_value=True))
+    )
+    assert len({int_one, double_one, true}) == 3
+    assert int_one != double_one != true != int_one
+    conditions = [c for c in (int_one, double_one, true) if isinstance(c, f.Condition)]
+    assert [type(c.op.value) for c in conditions if isinstance(c.op, f.Eq)] == [int, float, bool]
+    assert f.In((1, 2)) != f.In((True, 2)) and f.In((1, 2)) == f.In((1, 2))
+    assert f.Range(gt=1) != f.Range(gt=1.0) and f.Range(gt=1) != f.Range(gte=1)
+    assert f.Eq(1) == f.Eq(1) and hash(f.Eq(1)) == hash(f.Eq(1))
+
+
+def test_depth_limit() -> None:
+    assert filter_from_proto(nested(f.MAX_DEPTH)).depth() == f.MAX_DEPTH
+    with pytest.raises(InvalidArgument, match=f"filter nested deeper than {f.MAX_DEPTH}"):
+        filter_from_proto(nested(f.MAX_DEPTH + 1))
+    with pytest.raises(InvalidArgument, match="nested deeper"):  # refused on the way down
+        filter_from_proto(nested(50))
+    tree: f.Filter = f.Condition("uri", f.Eq("u"))
+    for _ in range(f.MAX_DEPTH):
+        tree = f.Not(tree)
+    assert tree.depth() == f.MAX_DEPTH and tree.size() == f.MAX_DEPTH + 1
+    with pytest.raises(InvalidArgument, match="nested deeper"):  # the domain tree refuses it too
+        f.AllOf((f.Condition("uri", f.Eq("u")), tree))
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        (cond("attributes.x", eq=V(double_value=math.nan)), "filter on 'attributes.x': NaN is not a filter value"),
+        (
+            cond("attributes.x", **{"in": pb.ValueList(values=[V(double_value=1.0), V(double_value=-math.nan)])}),
+            "NaN is not a filter value",
+        ),
+        (cond("attributes.x", range=pb.Range(lt=V(double_value=math.nan))), "NaN is not a filter value"),
+        (cond("tags", eq=V(double_value=math.nan)), "NaN is not a filter value"),
+        (
+            cond("tags", **{"in": pb.ValueList(values=[V(string_value=str(i)) for i in range(f.MAX_IN_VALUES + 1)])}),
+            f"filter on 'tags': more than {f.MAX_IN_VALUES} values in 'in'",
+        ),
+        (cond("attributes.n", range=pb.Range(gte=V())), "filter on 'attributes.n': a value has no type set"),
+        (
+            cond("attributes.n", **{"in": pb.ValueList(values=[V(int_value=1), V()])}),
+            "filter on 'attributes.n': a value has no type set",
+        ),
+        (cond("uri", eq=V(bool_value=True)), "filter on 'uri': values must be strings, got bool"),
+        (
+            cond("uri", **{"in": pb.ValueList(values=[V(string_value="a"), V(double_value=1.0)])}),
+            "filter on 'uri': values must be strings, got double",
+        ),
+        (cond("uri", range=pb.Range(gte=V(string_value="a"))), "filter on 'uri': range applies to int and double"),
+        (cond("attributes", eq=V(int_value=1)), "filter on 'attributes': unknown field"),
+        (cond("Tags", eq=V(string_value="a")), "filter on 'Tags': unknown field"),
+        (cond("", eq=V(string_value="a")), "filter on '': unknown field"),
+        (pb.Filter(all_of=pb.FilterList(filters=[cond("tags", eq=V(string_value="a")), pb.Filter()])), "empty filter"),
+        (negate(pb.Filter(any_of=pb.FilterList(filters=[cond("tags")]))), "set one of eq, in, range"),
     ],
 )
-def test_malformed_filters_are_invalid_argument(store: MetadataStore, flt: pb.Filter) -> None:
-    store = loaded(store)
-    with pytest.raises(InvalidArgument):
-        compile_filter(flt, "c", store.attribute_types("c"))
+def test_filter_from_proto_refuses(flt: pb.Filter, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        filter_from_proto(flt)
+
+
+def test_filter_from_proto_limits_are_inclusive() -> None:
+    many = [V(string_value=str(i)) for i in range(f.MAX_IN_VALUES)]
+    tree = filter_from_proto(cond("tags", **{"in": pb.ValueList(values=many)}))
+    assert isinstance(tree, f.Condition) and isinstance(tree.op, f.In) and len(tree.op.values) == f.MAX_IN_VALUES
+
+
+def test_the_filter_compiler_needs_no_protobuf() -> None:
+    code = (
+        "import sys, core.filters, server.filters; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('google.protobuf', 'grpc', 'vsproto', 'vectorsearch'))); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_metadata_round_trip_types_and_collections(store: MetadataStore) -> None:

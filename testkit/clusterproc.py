@@ -1,4 +1,4 @@
-"""Runs ``python -m server.cluster`` (N shard processes + the public server) for tests."""
+"""Runs ``python -m server.cluster`` (N shard processes + the public server)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,27 @@ from pathlib import Path
 
 import grpc
 
-from tests.procutil import wait_for_ready_file
+from testkit.procutil import REPO, read_tail, tree_env, wait_for_ready_file
 from vsproto.v1 import admin_service_pb2_grpc, search_service_pb2_grpc
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class ClusterProcess:
-    def __init__(self, data_dir: Path, *extra_args: str, shards: int = 3, database_url: str | None = None) -> None:
+    """``root`` is the source tree the cluster runs from (default: this checkout); the cluster
+    starts its shards from its own tree, with this environment."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        shards: int = 3,
+        database_url: str | None = None,
+        root: Path = REPO,
+    ) -> None:
         self.data_dir = data_dir
         self.shards = shards
         self.extra_args = list(extra_args)
         self.database_url = database_url
+        self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.channel: grpc.Channel | None = None
@@ -54,10 +63,10 @@ class ClusterProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 command,
-                cwd=REPO,
+                cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=tree_env(self.root),
                 start_new_session=True,  # its own process group, so stop() can sweep orphaned shards
             )
         try:
@@ -73,10 +82,7 @@ class ClusterProcess:
         return admin_service_pb2_grpc.AdminServiceStub(self.channel)
 
     def log_tail(self, chars: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, chars)
 
     def shard_pid(self, index: int) -> int:
         """The pid of shard ``index`` (found by its data directory on the command line)."""

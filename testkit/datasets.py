@@ -1,4 +1,4 @@
-"""Seeded synthetic data for tests and the demo.
+"""Seeded synthetic data for tests, the demo and the benchmarks.
 
 Real embeddings (text, CLIP) have a low intrinsic dimension and form clusters; isotropic noise
 in 128 dimensions has neither and is an unrealistic worst case for any graph index. So points
@@ -36,21 +36,7 @@ def clustered(n: int, dim: int, seed: int) -> Matrix:
     return embedding_like(n, dim, seed)
 
 
-def exact_top_k(data: Matrix, queries: Matrix, k: int, metric: str) -> npt.NDArray[np.int64]:
-    """Indices of the exact k nearest rows of ``data`` per query, under the shard's metric."""
-    data64 = data.astype(np.float64)
-    q64 = queries.astype(np.float64)
-    if metric == "cosine":
-        data64 = data64 / np.linalg.norm(data64, axis=1, keepdims=True)
-        q64 = q64 / np.linalg.norm(q64, axis=1, keepdims=True)
-    if metric == "l2":
-        dist = (q64**2).sum(1)[:, None] + (data64**2).sum(1)[None, :] - 2 * q64 @ data64.T
-    else:
-        dist = -(q64 @ data64.T)
-    return np.argsort(dist, axis=1, kind="stable")[:, :k]
-
-
-def recall_at_k(truth: npt.NDArray[np.int64], found: list[list[str]], ids: list[str]) -> float:
-    k = truth.shape[1]
-    hits = sum(len({ids[j] for j in truth[q]} & set(found[q][:k])) for q in range(len(found)))
-    return hits / (k * len(found))
+def unit_rows(x: Matrix) -> Matrix:
+    """``x`` with every row scaled to length 1 (inner product = cosine), contiguous float32."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -1,26 +1,27 @@
-"""Runs real shard server processes for tests: start, wait for readiness, kill, restart."""
+"""Runs real shard server processes: start, wait for readiness, kill, restart."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from shard.client import ShardClient
-from tests.procutil import wait_for_ready_file
-
-REPO = Path(__file__).resolve().parent.parent
+from testkit.procutil import REPO, read_tail, tree_env, wait_for_ready_file
+from testkit.shard_client import ShardClient
 
 
 class ShardProcess:
-    """A ``python -m shard`` subprocess on a free loopback port with its own data directory."""
+    """A ``python -m shard`` subprocess on a free loopback port with its own data directory.
 
-    def __init__(self, data_dir: Path, *extra_args: str, log_path: Path | None = None) -> None:
+    ``root`` is the source tree the shard runs from (default: this checkout).
+    """
+
+    def __init__(self, data_dir: Path, *extra_args: str, log_path: Path | None = None, root: Path = REPO) -> None:
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
         self.log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
+        self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.client: ShardClient | None = None
@@ -28,7 +29,6 @@ class ShardProcess:
     def start(self, timeout: float = 60.0) -> ShardClient:
         ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
         ready.unlink(missing_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         command = [
             sys.executable,
             "-m",
@@ -42,7 +42,9 @@ class ShardProcess:
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=tree_env(self.root)
+            )
         try:
             self.address = wait_for_ready_file(self.proc, ready, timeout, "shard", self.log_tail)
         except TimeoutError:
@@ -53,10 +55,7 @@ class ShardProcess:
         return self.client
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, chars)
 
     def kill(self, sig: int = signal.SIGKILL) -> int | None:
         """Signals the process and waits for it; then closes the client channel."""
