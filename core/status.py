@@ -98,3 +98,9 @@ def handled_stream(method: F) -> F:
             abort(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+def describe(exc: errors.DomainError) -> str:
+    """``"CODE: message"``: how a failed shard is named in partial results and health reports."""
+    code = to_code(exc)
+    return f"{code.name if code is not None else type(exc).__name__}: {exc}"

@@ -3,37 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from core.errors import InvalidArgument
-from core.spec import MAX_ID_BYTES, Metric
+from core.spec import MAX_DIMENSION, MAX_ID_BYTES, CollectionSpec, Metric
 
 Matrix = npt.NDArray[np.float32]
 
 
-def decode_matrix(dimension: int, packed: bytes, values: Sequence[float], expected_dim: int, what: str) -> Matrix:
-    """Turns a wire ``Vectors`` into an (n, dim) float32 matrix, checking dimension and finiteness.
+def unpack_matrix(dimension: int, packed: bytes, values: Sequence[float], what: str) -> Matrix:
+    """Turns wire vectors (packed little-endian float32 bytes, or a list of floats) into an
+    (n, dimension) float32 matrix, checking the layout only (see :func:`check_matrix`).
 
     ``packed`` is read with ``np.frombuffer`` (no per-element work); the result may be read-only.
     """
-    if dimension != expected_dim:
-        raise InvalidArgument(f"{what}: dimension {dimension} does not match the collection's {expected_dim}")
+    if not 1 <= dimension <= MAX_DIMENSION:
+        raise InvalidArgument(f"{what}: dimension must be in 1..{MAX_DIMENSION}, got {dimension}")
     if packed and len(values):
         raise InvalidArgument(f"{what}: set exactly one of packed and values, not both")
     if packed:
-        if len(packed) % (4 * expected_dim):
+        if len(packed) % (4 * dimension):
             raise InvalidArgument(
-                f"{what}: packed length {len(packed)} is not a multiple of dimension*4 = {4 * expected_dim}"
+                f"{what}: packed length {len(packed)} is not a multiple of dimension*4 = {4 * dimension}"
             )
-        matrix = np.frombuffer(packed, dtype="<f4").reshape(-1, expected_dim)
-    else:
-        if len(values) % expected_dim:
-            raise InvalidArgument(f"{what}: {len(values)} values is not a multiple of dimension {expected_dim}")
-        matrix = np.asarray(values, dtype=np.float32).reshape(-1, expected_dim)
+        return np.frombuffer(packed, dtype="<f4").reshape(-1, dimension)
+    if len(values) % dimension:
+        raise InvalidArgument(f"{what}: {len(values)} values is not a multiple of dimension {dimension}")
+    return np.asarray(values, dtype=np.float32).reshape(-1, dimension)
+
+
+def check_matrix(matrix: Matrix, expected_dim: int, what: str) -> Matrix:
+    """Checks a batch against a collection: 2-D, ``expected_dim`` columns, at least one row,
+    every value finite. Returns it as float32 (a view when it already is)."""
+    if matrix.ndim != 2:
+        raise InvalidArgument(f"{what}: expected a matrix of rows, got {matrix.ndim} dimensions")
+    if matrix.shape[1] != expected_dim:
+        raise InvalidArgument(f"{what}: dimension {matrix.shape[1]} does not match the collection's {expected_dim}")
     if matrix.shape[0] == 0:
         raise InvalidArgument(f"{what}: no vectors given")
+    matrix = np.asarray(matrix, dtype=np.float32)
     if not np.isfinite(matrix).all():
         raise InvalidArgument(f"{what}: vectors must not contain NaN or Inf")
     return matrix
@@ -75,3 +86,38 @@ def last_wins(ids: list[str], matrix: Matrix) -> tuple[list[str], Matrix]:
         return ids, matrix
     keep = sorted(positions.values())
     return [ids[i] for i in keep], matrix[keep]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated write batch: unique ids (last duplicate won), one float32 row each, rows
+    already prepared for the collection's metric (normalised for cosine), C-contiguous.
+
+    Only :func:`prepare_batch` and :meth:`take` make one, so a ``Batch`` is proof that the
+    input was checked: shards accept it without validating again.
+    """
+
+    ids: list[str]
+    vectors: Matrix
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, positions: Sequence[int]) -> Batch:
+        """The sub-batch at ``positions`` (still valid: a subset of a valid batch)."""
+        if len(positions) == len(self.ids):
+            return self
+        return Batch([self.ids[p] for p in positions], np.ascontiguousarray(self.vectors[list(positions)]))
+
+
+def prepare_batch(ids: Sequence[str], vectors: Matrix, spec: CollectionSpec, what: str = "vectors") -> Batch:
+    """Validates a write for ``spec``'s collection: ids (1..256 UTF-8 bytes, non-empty batch),
+    one row per id, rows as :func:`check_matrix` wants them; prepares the rows for the metric
+    (zero vectors are refused for cosine) and keeps each id's last occurrence."""
+    id_list = validate_ids(ids)
+    vectors = check_matrix(vectors, spec.dimension, what)
+    if len(id_list) != vectors.shape[0]:
+        raise InvalidArgument(f"{len(id_list)} ids but {vectors.shape[0]} vectors")
+    prepared = prepare_for_metric(vectors, spec.metric, what)
+    id_list, prepared = last_wins(id_list, prepared)
+    return Batch(id_list, np.ascontiguousarray(prepared, dtype=np.float32))

@@ -1,9 +1,9 @@
 """Cluster topology (shards, addresses, weights, ring version) in the metadata database.
 
 Routers are stateless: every router reads the topology from here, so any number can run
-behind a load balancer. Postgres (``postgresql+psycopg://...``) in production, SQLite as the
-embedded default. The schema is versioned in ``vs_schema_version`` (one row per component);
-``TopologyStore.migrate`` creates or upgrades it and refuses a database newer than the code.
+behind a load balancer. The tables (``vs_cluster``, ``vs_shards``), their versioning and
+``make_engine`` live in ``core/schema.py`` (re-exported here); ``TopologyStore.migrate``
+creates them and refuses a database whose topology schema is newer than the code.
 
 Contract: every change to the shard set bumps ``ring_version`` in the same transaction, so a
 reader that sees a version sees exactly the shard set it names.
@@ -16,35 +16,17 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from core.errors import SchemaTooNew
+from core import schema
+from core.schema import cluster as cluster
+from core.schema import make_engine as make_engine
+from core.schema import metadata as metadata
+from core.schema import migrate_component as migrate_component
+from core.schema import schema_version as schema_version
+from core.schema import shards as shards
 from router.ring import HashRing, ShardNode
 
-COMPONENT = "topology"
-SCHEMA_VERSION = 1
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "vs_schema_version",
-    metadata,
-    sa.Column("component", sa.String(64), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
-shards = sa.Table(
-    "vs_shards",
-    metadata,
-    sa.Column("shard_id", sa.String(128), primary_key=True),
-    sa.Column("address", sa.String(512), nullable=False),
-    sa.Column("weight", sa.Float, nullable=False, default=1.0),
-)
-
-cluster = sa.Table(
-    "vs_cluster",
-    metadata,
-    sa.Column("singleton", sa.Integer, primary_key=True),  # always 1
-    sa.Column("ring_version", sa.BigInteger, nullable=False),
-)
+COMPONENT = schema.TOPOLOGY
+SCHEMA_VERSION = schema.TOPOLOGY_VERSION
 
 
 @dataclass(frozen=True)
@@ -70,33 +52,6 @@ class Topology:
             if shard.shard_id == shard_id:
                 return shard.address
         raise KeyError(shard_id)
-
-
-def migrate_component(conn: sa.Connection, component: str, version: int) -> None:
-    """Creates every table of the shared SQL schema (idempotent) and records ``component`` at
-    ``version``; raises SchemaTooNew if the database holds a newer version of it."""
-    metadata.create_all(conn)
-    current = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.component == component)).scalar()
-    if current is None:
-        conn.execute(schema_version.insert().values(component=component, version=version))
-    elif current > version:
-        raise SchemaTooNew(f"the {component} schema is at version {current}, this code knows {version}; upgrade")
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL journaling and a busy timeout for concurrency."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
 
 
 class TopologyStore:

@@ -1,11 +1,12 @@
 """The service's domain logic: collections, writes, reads and planned (filtered) search.
 
-Combines the metadata store (SQL) and the router (shards). Knows nothing about gRPC.
+Combines the metadata store (SQL) and the router (shards). Takes and returns domain types
+only (``server/query.py``, ``core.filters``, numpy arrays); knows nothing of gRPC or protobuf.
 
-Write order: input is validated completely first (ids, vectors, metadata types), so bad input
-changes nothing; then vectors go to their shards (durable there), then metadata is
-committed. A failure in between leaves state that a retry of the same idempotent write
-repairs. Deletes run in the same order.
+Write order: input is validated completely first (ids, vectors, metadata types) into a
+``core.vectors.Batch``, so bad input changes nothing; then vectors go to their shards (durable
+there), then metadata is committed. A failure in between leaves state that a retry of the same
+idempotent write repairs. Deletes run in the same order.
 
 Filtered search planning: the number of items matching the filter is counted in SQL. When
 few match (at most ``allow_list_small``, or a selectivity of at most
@@ -14,6 +15,9 @@ per-shard allow-lists and the shards search exactly among them. Otherwise the gr
 searched for ``k / selectivity * oversample`` candidates, which are then filtered in one
 SQL query; the candidate count grows 4x until k results are found or the collection is
 exhausted (falling back to an allow-list when it would exceed the shards' k limit).
+
+Thread-safety: every method may be called from any thread; ``router`` may be replaced (a new
+topology) at any time and each call uses the one it read first.
 """
 
 from __future__ import annotations
@@ -23,22 +27,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
-from core.errors import InvalidArgument, NotFound
+from core import status
+from core.errors import DomainError, InvalidArgument, NotFound
 from core.spec import MAX_GET_IDS, CollectionSpec
 from core.spec import MAX_K as SHARD_MAX_K
-from core.vectors import decode_matrix, last_wins, prepare_for_metric, validate_ids
+from core.vectors import Matrix, check_matrix, prepare_batch, prepare_for_metric, validate_ids
 from router.fanout import Router, SearchOutcome
-from router.merge import Hit
+from router.topology import Topology
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import shard_service_pb2 as shard_pb
-from vsproto.v1 import types_pb2
+from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth
+from shard.api import ShardApi
+from shard.remote import RemoteShard
+from shard.types import CollectionStats
 
-Matrix = npt.NDArray[np.float32]
 MAX_K = 1000
 SPEC_TTL_S = 5.0
 COMPACT_TIMEOUT_S = 3600.0  # a waited compaction with no client deadline
@@ -53,15 +55,6 @@ class EngineOptions:
     allow_list_small: int = 2_000
     allow_list_selectivity: float = 0.02
     oversample: float = 2.0
-
-
-@dataclass
-class SearchResult:
-    hits: list[list[Hit]]
-    failed: dict[str, str]
-    metadata: dict[str, ItemMeta]
-    vectors: dict[str, Matrix]
-    strategy: str
 
 
 class Engine:
@@ -83,10 +76,6 @@ class Engine:
         self._specs[name] = (now, spec)
         return spec
 
-    @staticmethod
-    def decode(spec: CollectionSpec, vectors: types_pb2.Vectors, what: str) -> Matrix:
-        return decode_matrix(vectors.dimension, vectors.packed, vectors.values, spec.dimension, what)
-
     def _timeout(self, remaining: float | None) -> float:
         if remaining is None:
             return self.options.timeout_s
@@ -95,13 +84,7 @@ class Engine:
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec, remaining: float | None = None) -> tuple[bool, CollectionSpec]:
         created, stored = self.metadata.create_collection(spec)
-        message = types_pb2.CollectionSpec(
-            name=spec.name,
-            dimension=spec.dimension,
-            metric=types_pb2.Metric.Name(spec.metric.value),
-            hnsw=types_pb2.HnswParams(m=spec.m, ef_construction=spec.ef_construction, ef_search=spec.ef_search),
-        )
-        self.router.create_collection(message, self._timeout(remaining))  # idempotent: repairs a half-done create
+        self.router.create_collection(stored, self._timeout(remaining))  # idempotent: repairs a half-done create
         return created, stored
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
@@ -109,9 +92,14 @@ class Engine:
         in_shards = self.router.drop_collection(name, self._timeout(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
-    def compact(
-        self, collection: str, wait: bool, remaining: float | None = None
-    ) -> dict[str, shard_pb.CollectionStats]:
+    def list_collections(self) -> list[CollectionSpec]:
+        return self.metadata.list_collections()
+
+    def describe_collection(self, name: str) -> tuple[CollectionSpec, int]:
+        """The spec and the item count (items with metadata rows) of a collection."""
+        return self.metadata.spec(name), self.metadata.count(name)
+
+    def compact(self, collection: str, wait: bool, remaining: float | None = None) -> dict[str, CollectionStats]:
         """Folds every shard's delta into its graph (see AdminService.Compact)."""
         self.spec(collection)
         timeout = COMPACT_TIMEOUT_S if remaining is None else max(0.05, min(COMPACT_TIMEOUT_S, remaining - 0.05))
@@ -122,23 +110,21 @@ class Engine:
         self,
         collection: str,
         ids: Sequence[str],
-        wire_vectors: types_pb2.Vectors,
+        vectors: Matrix,
         metas: Sequence[ItemMeta],
         remaining: float | None = None,
     ) -> int:
+        """Writes items (vector + metadata); the last duplicate id wins, for metadata too."""
         spec = self.spec(collection)
-        id_list = validate_ids(ids, "items")
-        vectors = self.decode(spec, wire_vectors, "vectors")
-        if len(id_list) != len(vectors) or len(metas) != len(id_list):
-            raise InvalidArgument(f"{len(id_list)} items but {len(vectors)} vectors")
-        prepare_for_metric(vectors, spec.metric, "vectors")  # rejects zero vectors for cosine up front
-        keep = {item: i for i, item in enumerate(id_list)}  # last duplicate wins, for metadata too
-        unique_ids, unique_vectors = last_wins(id_list, vectors)
-        batch = [(item, metas[keep[item]]) for item in unique_ids]
-        new_types = self.metadata.check_types(collection, batch)
-        self.router.upsert(collection, unique_ids, unique_vectors, self._timeout(remaining))
-        self.metadata.upsert(collection, batch, new_types)
-        return len(unique_ids)
+        if len(metas) != len(ids):
+            raise InvalidArgument(f"{len(ids)} ids but {len(metas)} metadata entries")
+        batch = prepare_batch(ids, vectors, spec)
+        last = {item: i for i, item in enumerate(ids)}
+        items = [(item, metas[last[item]]) for item in batch.ids]
+        new_types = self.metadata.check_types(collection, items)
+        self.router.upsert(collection, batch, self._timeout(remaining))
+        self.metadata.upsert(collection, items, new_types)
+        return len(batch)
 
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:
         self.spec(collection)
@@ -159,55 +145,40 @@ class Engine:
         vectors = self.router.get(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
         return vectors, self.metadata.fetch(collection, list(vectors))
 
-    def search(
-        self,
-        collection: str,
-        queries: Matrix | types_pb2.Vectors,
-        k: int,
-        ef: int,
-        filter_message: pb.Filter | None,
-        include_metadata: bool,
-        include_vectors: bool,
-        require_all: bool,
-        remaining: float | None = None,
-        exclude: str | None = None,
-    ) -> SearchResult:
-        if not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
-        spec = self.spec(collection)
-        if isinstance(queries, types_pb2.Vectors):
-            queries = self.decode(spec, queries, "queries")
-        prepare_for_metric(queries, spec.metric, "queries")
+    def search(self, query: SearchQuery, remaining: float | None = None) -> SearchResult:
+        if not 1 <= query.k <= MAX_K:
+            raise InvalidArgument(f"k must be in 1..{MAX_K}, got {query.k}")
+        spec = self.spec(query.collection)
+        exclude = None
+        if isinstance(query.target, ItemTarget):
+            exclude = query.target.item_id
+            queries = self._stored_vector(query.collection, exclude, remaining)
+        else:
+            queries = check_matrix(query.target.vectors, spec.dimension, "queries")
+            prepare_for_metric(queries, spec.metric, "queries")  # a zero vector is refused before any work
         timeout = self._timeout(remaining)
-        want = k + (1 if exclude is not None else 0)
-        if filter_message is None:
-            outcome = self.router.search(collection, queries, want, ef, timeout, require_all)
+        want = query.k + (1 if exclude is not None else 0)
+        if query.filter is None:
+            outcome = self.router.search(query.collection, queries, want, query.ef, timeout, query.require_all_shards)
             strategy = "graph"
         else:
-            outcome, strategy = self._filtered(collection, queries, want, ef, filter_message, timeout, require_all)
-        hits = [[h for h in row if h.id != exclude][:k] for row in outcome.results]
+            outcome, strategy = self._filtered(query, queries, want, timeout)
+        hits = [[h for h in row if h.id != exclude][: query.k] for row in outcome.results]
         ids = list(dict.fromkeys(h.id for row in hits for h in row))
-        metadata = self.metadata.fetch(collection, ids) if include_metadata else {}
-        vectors = self.router.get(collection, ids, timeout) if include_vectors and ids else {}
+        metadata = self.metadata.fetch(query.collection, ids) if query.include_metadata else {}
+        vectors = self.router.get(query.collection, ids, timeout) if query.include_vectors and ids else {}
         return SearchResult(hits, outcome.failed, metadata, vectors, strategy)
 
-    def search_by_id(self, collection: str, item_id: str, remaining: float | None = None) -> Matrix:
+    def _stored_vector(self, collection: str, item_id: str, remaining: float | None) -> Matrix:
         vectors, _ = self.get(collection, [item_id], remaining)
         if item_id not in vectors:
             raise NotFound(f"item {item_id!r} does not exist in {collection!r}")
         return vectors[item_id][None, :]
 
-    def _filtered(
-        self,
-        collection: str,
-        queries: Matrix,
-        k: int,
-        ef: int,
-        filter_message: pb.Filter,
-        timeout: float,
-        require_all: bool,
-    ) -> tuple[SearchOutcome, str]:
-        clause = compile_filter(filter_message, collection, self.metadata.attribute_types(collection))
+    def _filtered(self, query: SearchQuery, queries: Matrix, k: int, timeout: float) -> tuple[SearchOutcome, str]:
+        collection, ef, require_all = query.collection, query.ef, query.require_all_shards
+        assert query.filter is not None
+        clause = compile_filter(query.filter, collection, self.metadata.attribute_types(collection))
         matching = self.metadata.count_matching(collection, clause)
         if matching == 0:
             return SearchOutcome([[] for _ in range(len(queries))]), "empty"
@@ -233,3 +204,25 @@ class Engine:
                     collection, queries, k, ef, timeout, require_all, allow_ids=allowed
                 ), "allow-list-fallback"
             fetch = min(SHARD_MAX_K, fetch * 4)
+
+    # ------------------------------------------------------------------ cluster
+    def shard_health(self, topology: Topology, timeout: float) -> list[ShardHealth]:
+        """Probes every shard of ``topology`` now (collections and their counts, each call
+        with ``timeout``); a shard that fails is reported unhealthy with the reason, never
+        raised. Shards this server's router does not know yet get a temporary connection."""
+        known = self.router.shards  # the router is replaced when the topology changes
+        out = []
+        for info in topology.shards:
+            shard: ShardApi | None = known.get(info.shard_id)
+            temporary = None
+            if shard is None:
+                shard = temporary = RemoteShard(info.address)
+            try:
+                counts = {s.name: shard.stats(s.name, timeout).count for s in shard.list_collections(timeout)}
+                out.append(ShardHealth(info.shard_id, info.address, info.weight, True, counts))
+            except DomainError as exc:
+                out.append(ShardHealth(info.shard_id, info.address, info.weight, False, {}, status.describe(exc)))
+            finally:
+                if temporary is not None:
+                    temporary.close()
+        return out

@@ -22,13 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.errors import CorruptionError
-from router.fanout import Router
-from router.local import LOCAL_PREFIX, LocalShardClient
+from router.fanout import LOCAL_PREFIX, Router
 from router.topology import TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
 from server.metadata import MetadataStore
 from server.service import AdminServicer, SearchServicer
 from shard.collection import CollectionOptions
+from shard.local import LocalShard
 from shard.registry import Registry
 from vsproto.v1 import admin_service_pb2, admin_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
 
@@ -101,14 +101,14 @@ class ServerProcess:
         for entry in args.register_shard:
             shard_id, _, address = entry.partition("=")
             self.topology.put_shard(shard_id, address)
-        self.local: dict[str, LocalShardClient] = {}
+        self.local: dict[str, LocalShard] = {}
         self.registries: list[Registry] = []
         if args.local_shard:
             # single-node shape: this process owns a shard and calls it without a second hop
             registry = Registry(Path(args.local_shard), CollectionOptions())
             registry.open()
             self.registries.append(registry)
-            self.local[args.local_shard_id] = LocalShardClient(registry)
+            self.local[args.local_shard_id] = LocalShard(registry)
             self.topology.put_shard(args.local_shard_id, f"{LOCAL_PREFIX}{Path(args.local_shard).resolve()}")
         current = self.topology.load()
         self.ring_version = current.ring_version
@@ -156,7 +156,7 @@ class ServerProcess:
         log.info(
             "server serving on %s (%d shards, ring v%d)",
             self.address,
-            len(self.engine.router.clients),
+            len(self.engine.router.shards),
             self.ring_version,
         )
 

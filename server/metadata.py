@@ -1,7 +1,8 @@
 """Collection specs and item metadata (uri, tags, typed attributes) in SQL via SQLAlchemy Core.
 
 Postgres (``postgresql+psycopg://...``) in production and in the tests; SQLite is the
-embedded default. The schema version lives in ``vs_schema_version`` (component "metadata").
+embedded default. The tables and their versioning (component "metadata") live in
+``core/schema.py``.
 
 Attribute types are fixed per collection on first use (``vs_attr_types``): a later upsert or
 filter that uses another type for the same name is INVALID_ARGUMENT, like a typed payload
@@ -22,13 +23,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from core import schema
 from core.errors import AlreadyExists, InvalidArgument, NotFound
+from core.schema import attr_types as attr_types
+from core.schema import collections as collections
+from core.schema import items as items
 from core.spec import CollectionSpec
-from router.topology import metadata as sql_metadata
-from router.topology import migrate_component
 
-COMPONENT = "metadata"
-SCHEMA_VERSION = 1
+COMPONENT = schema.METADATA
+SCHEMA_VERSION = schema.METADATA_VERSION
 MAX_TAGS = 64
 MAX_TAG_BYTES = 256
 MAX_URI_BYTES = 4096
@@ -36,52 +39,12 @@ MAX_ATTRIBUTES = 64
 _ATTR_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 AttrValue = str | int | float | bool
-# one-letter stored type of an attribute value
+# one-letter stored type of an attribute value (vs_attr_types.vtype, and the value column of vs_item_attrs)
 STRING, INT, DOUBLE, BOOL = "s", "i", "d", "b"
 
-collections = sa.Table(
-    "vs_collections",
-    sql_metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("spec", sa.Text, nullable=False),
-)
-items = sa.Table(
-    "vs_items",
-    sql_metadata,
-    sa.Column("collection", sa.String(128), primary_key=True),
-    sa.Column("item_id", sa.String(256), primary_key=True),
-    sa.Column("uri", sa.Text, nullable=False, default=""),
-)
-tags = sa.Table(
-    "vs_item_tags",
-    sql_metadata,
-    sa.Column("collection", sa.String(128), primary_key=True),
-    sa.Column("item_id", sa.String(256), primary_key=True),
-    sa.Column("tag", sa.String(256), primary_key=True),
-    sa.Index("vs_item_tags_by_tag", "collection", "tag"),
-)
-attrs = sa.Table(
-    "vs_item_attrs",
-    sql_metadata,
-    sa.Column("collection", sa.String(128), primary_key=True),
-    sa.Column("item_id", sa.String(256), primary_key=True),
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("vtype", sa.String(1), nullable=False),
-    sa.Column("s", sa.Text),
-    sa.Column("i", sa.BigInteger),
-    sa.Column("d", sa.Float(precision=53)),
-    sa.Column("b", sa.Boolean),
-    sa.Index("vs_item_attrs_by_int", "collection", "name", "i"),
-    sa.Index("vs_item_attrs_by_double", "collection", "name", "d"),
-    sa.Index("vs_item_attrs_by_string", "collection", "name", "s"),
-)
-attr_types = sa.Table(
-    "vs_attr_types",
-    sql_metadata,
-    sa.Column("collection", sa.String(128), primary_key=True),
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("vtype", sa.String(1), nullable=False),
-)
+# The tables live in core/schema.py; these names are kept for the queries below and for callers.
+tags = schema.item_tags
+attrs = schema.item_attrs
 
 
 @dataclass
@@ -129,7 +92,7 @@ class MetadataStore:
 
     def migrate(self) -> None:
         with self.engine.begin() as conn:
-            migrate_component(conn, COMPONENT, SCHEMA_VERSION)
+            schema.migrate_component(conn, COMPONENT, SCHEMA_VERSION)
 
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:

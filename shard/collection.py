@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -30,12 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import CorruptionError, InvalidArgument, Unavailable
+from core.keyhash import key_hashes
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
-from core.vectors import Matrix, last_wins, prepare_for_metric, validate_ids
+from core.vectors import Batch, Matrix, check_matrix, prepare_batch, prepare_for_metric, validate_ids
 from shard import exact, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
+from shard.types import CollectionStats, CompactResult, KeyRange, QueryHits, ScanBatch, WriteResult
 from shard.wal import FsyncPolicy, Wal, WalOptions
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ SPEC_FILE = "spec.json"
 _FAULT_COMPACT_PAUSE_S = float(os.environ.get("VS_SHARD_FAULT_COMPACT_PAUSE_S", "0") or 0)
 _INF = np.float32(np.inf)
 _BUILD_CHUNK = 8192
+MAX_SCAN_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -64,31 +67,6 @@ class _View(NamedTuple):
     graph: Graph | None
     sealed: Delta | None
     active: Delta
-
-
-@dataclass(frozen=True)
-class QueryHits:
-    ids: list[str]
-    distances: npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Stats:
-    count: int
-    graph_elements: int
-    deleted: int
-    delta_size: int
-    wal_bytes: int
-    last_applied_seq: int
-    snapshot_seq: int
-    compactions: int
-    compacting: bool
-
-
-@dataclass(frozen=True)
-class CompactResult:
-    snapshot_seq: int
-    rebuilt: bool
 
 
 class Collection:
@@ -138,9 +116,9 @@ class Collection:
         self._snapshots = kept if graph is not None else []
         self._applied_seq = base_seq
 
-        def replay(seq: int, payload: bytes) -> None:
+        def replay(seq: int, version: int, payload: bytes) -> None:
             if seq > base_seq:
-                self._apply(seq, records.decode(payload))
+                self._apply(seq, records.decode(payload, version))
 
         wal = Wal.open(self._wal_dir, options.wal, replay, start_seq=base_seq + 1)
         if wal.first_seq > base_seq + 1 or wal.next_seq <= base_seq:
@@ -188,35 +166,40 @@ class Collection:
 
     # ================================================================== writes
     def upsert(self, ids: Sequence[str], vectors: Matrix) -> tuple[int, int]:
-        """Logs and applies a batch; returns (seq, distinct ids). Last duplicate wins."""
-        id_list = validate_ids(ids)
-        if len(id_list) != vectors.shape[0]:
-            raise InvalidArgument(f"{len(id_list)} ids but {vectors.shape[0]} vectors")
-        prepared = prepare_for_metric(vectors, self.spec.metric, "vectors")
-        id_list, prepared = last_wins(id_list, prepared)
-        op = records.UpsertOp(id_list, np.ascontiguousarray(prepared, dtype=np.float32))
+        """Validates, logs and applies a batch; returns (seq, distinct ids). Last duplicate wins."""
+        result = self.upsert_batch(prepare_batch(ids, vectors, self.spec))
+        return result.seq, result.count
+
+    def upsert_batch(self, batch: Batch) -> WriteResult:
+        """Logs and applies an already validated batch (see ``core.vectors.Batch``)."""
+        op = records.UpsertOp(batch.ids, batch.vectors)
         payload = records.encode(op)
         with self._write_lock:
             wal = self._check_open()
             seq = wal.write(payload)
             self._apply(seq, op)
         self._await_durable(wal, seq)
-        return seq, len(id_list)
+        return WriteResult(seq, len(batch))
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Logs and applies a delete of the ids that exist; returns (seq or 0, count)."""
+        result = self.delete_ids(ids)
+        return result.seq, result.count
+
+    def delete_ids(self, ids: Sequence[str]) -> WriteResult:
+        """As :meth:`delete`, returning a ``WriteResult`` (seq 0 when no id existed)."""
         id_list = list(dict.fromkeys(validate_ids(ids)))
         with self._write_lock:
             wal = self._check_open()
             view = self._view
             existing = [item for item in id_list if self._locate(item, view) is not None]
             if not existing:
-                return 0, 0
+                return WriteResult(0, 0)
             op = records.DeleteOp(existing)
             seq = wal.write(records.encode(op))
             self._apply(seq, op)
         self._await_durable(wal, seq)
-        return seq, len(existing)
+        return WriteResult(seq, len(existing))
 
     def _await_durable(self, wal: Wal, seq: int) -> None:
         if self.options.wal.fsync is FsyncPolicy.ALWAYS:
@@ -312,13 +295,15 @@ class Collection:
         return found, matrix[: len(found)], missing
 
     def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
-        """Top-k per query over graph + delta layers, nearest first."""
+        """Top-k per query over graph + delta layers, nearest first. ``queries`` are checked
+        (dimension, finite) and prepared for the metric here."""
+        checked = check_matrix(queries, self.spec.dimension, "queries")
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
         if not 0 <= ef <= MAX_EF:
             raise InvalidArgument(f"ef must be in 0..{MAX_EF} (0 = collection default), got {ef}")
         ef = ef or self.spec.ef_search
-        prepared = np.ascontiguousarray(prepare_for_metric(queries, self.spec.metric, "queries"), dtype=np.float32)
+        prepared = np.ascontiguousarray(prepare_for_metric(checked, self.spec.metric, "queries"), dtype=np.float32)
         view_seq = self._applied_seq  # read before the layers (see module docstring)
         view = self._view
         if allow_ids:
@@ -440,6 +425,40 @@ class Collection:
         found = found[:, :k].astype(np.int64)
         return graph.ids_of(found), dist[:, :k]
 
+    def scan(self, ranges: Sequence[KeyRange] = (), batch_size: int = 1024) -> Iterator[ScanBatch]:
+        """Every item live at the moment of the call whose id hash falls in one of ``ranges``
+        (all items when empty), in batches of at most ``batch_size``, with the applied seq of
+        that moment: writes applied later are not seen. Takes no lock; writes and compaction
+        go on meanwhile (the layers of the moment stay readable while this holds them)."""
+        if not 1 <= batch_size <= MAX_SCAN_BATCH:
+            raise InvalidArgument(f"batch_size must be in 1..{MAX_SCAN_BATCH}, got {batch_size}")
+        view_seq = self._applied_seq  # before the layers (see the module docstring)
+        view = self._view
+        layers: list[tuple[list[str], Callable[[npt.NDArray[np.intp]], Matrix]]] = []
+        graph = view.graph
+        if graph is not None and graph.live:
+            labels = np.fromiter(graph.label_of.values(), dtype=np.int64, count=graph.live)
+            labels = labels[graph.shadow_seq[labels] > view_seq]
+            layers.append((graph.ids_of(labels).tolist(), _rows_of_graph(graph, labels)))
+        for layer in (view.sealed, view.active):
+            if layer is None or not layer.rows:
+                continue
+            rows = layer.rows  # before the blocks (see delta.py)
+            visible = np.concatenate([b.visible(view_seq) for b in layer.blocks(rows)])
+            positions = np.flatnonzero(visible)
+            layers.append(([layer.ids[p] for p in positions.tolist()], _rows_of_delta(layer, positions)))
+        for ids, rows_of in layers:
+            keep = np.arange(len(ids))
+            if ranges:
+                hashes = key_hashes(ids)
+                mask = np.zeros(len(ids), dtype=bool)
+                for key_range in ranges:
+                    mask |= key_range.contains(hashes)
+                keep = np.flatnonzero(mask)
+            for lo in range(0, len(keep), batch_size):
+                chunk = keep[lo : lo + batch_size]
+                yield ScanBatch([ids[i] for i in chunk.tolist()], rows_of(chunk), view_seq)
+
     # ================================================================== compaction
     def needs_compaction(self, now: float | None = None) -> bool:
         if self._compacting or self._closed:
@@ -552,11 +571,11 @@ class Collection:
         return Graph(index, label_ids, label_of, seal_seq), False
 
     # ================================================================== introspection
-    def stats(self) -> Stats:
+    def stats(self) -> CollectionStats:
         view = self._view
         graph = view.graph
         wal = self._wal
-        return Stats(
+        return CollectionStats(
             count=self._live,
             graph_elements=graph.elements if graph is not None else 0,
             deleted=graph.deleted if graph is not None else 0,
@@ -568,8 +587,26 @@ class Collection:
             compacting=self._compacting,
         )
 
-    def read_wal(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
-        return self._check_open().read_from(max(1, from_seq))
+    def read_wal(self, from_seq: int) -> Iterator[records.WalEntry]:
+        """The logged operations from ``from_seq`` up to the last one written when called,
+        decoded (whatever their segment's format). Raises OutOfRange when ``from_seq`` was
+        already truncated."""
+        stream = self._check_open().read_from(max(1, from_seq))
+        return (records.WalEntry(r.seq, records.decode(r.payload, r.version)) for r in stream)
+
+
+def _rows_of_graph(graph: Graph, labels: npt.NDArray[np.int64]) -> Callable[[npt.NDArray[np.intp]], Matrix]:
+    return lambda positions: graph.vectors(labels[positions])
+
+
+def _rows_of_delta(layer: Delta, rows: npt.NDArray[np.intp]) -> Callable[[npt.NDArray[np.intp]], Matrix]:
+    def gather(positions: npt.NDArray[np.intp]) -> Matrix:
+        out = np.empty((len(positions), layer.dimension), dtype=np.float32)
+        for i, row in enumerate(rows[positions].tolist()):
+            out[i] = layer.vector(row)
+        return out
+
+    return gather
 
 
 def _live_chunks(sealed: Delta, seal_seq: int) -> Iterator[tuple[list[str], Matrix]]:

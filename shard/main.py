@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from core.errors import CorruptionError
 from shard.collection import CollectionOptions
+from shard.local import LocalShard
 from shard.registry import Registry
 from shard.service import ShardServicer
 from shard.wal import FsyncPolicy, WalOptions
@@ -84,7 +85,7 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    shard_service_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(registry), server)
+    shard_service_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(LocalShard(registry)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from core.errors import AlreadyExists, NotFound, Unavailable
 from core.spec import CollectionSpec, validate_name
-from shard.collection import Collection, CollectionOptions, CompactResult
+from shard.collection import Collection, CollectionOptions
 from shard.fsutil import fsync_dir
+from shard.types import CompactResult
 
 log = logging.getLogger(__name__)
 

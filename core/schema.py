@@ -1,0 +1,132 @@
+"""The whole SQL schema of the metadata database: one ``MetaData``, every table, its versioning.
+
+One database holds the cluster topology (``router/topology.py``) and the collections and item
+metadata (``server/metadata.py``); both stores query the tables defined here and nothing else
+defines a table. Postgres (``postgresql+psycopg://...``) in production and in the tests, SQLite
+as the embedded default.
+
+Versioning: ``vs_schema_version`` has one row per component (``COMPONENTS``: name -> the version
+this code writes). ``migrate_component`` creates every missing table and refuses a database
+that holds a newer version of the component than the code knows.
+
+The table, column and index names below are the on-disk format: existing databases must keep
+working, so never rename one; a change of a component's tables bumps its version.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from core.errors import SchemaTooNew
+
+TOPOLOGY = "topology"
+"""Component of the cluster topology tables (``vs_cluster``, ``vs_shards``)."""
+TOPOLOGY_VERSION = 1
+METADATA = "metadata"
+"""Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``, ``vs_attr_types``)."""
+METADATA_VERSION = 1
+COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION}
+"""Every component and the schema version of it this code writes."""
+
+metadata = sa.MetaData()
+
+# ------------------------------------------------------------------------ versioning
+schema_version = sa.Table(
+    "vs_schema_version",
+    metadata,
+    sa.Column("component", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# ------------------------------------------------------------------------ topology
+shards = sa.Table(
+    "vs_shards",
+    metadata,
+    sa.Column("shard_id", sa.String(128), primary_key=True),
+    sa.Column("address", sa.String(512), nullable=False),
+    sa.Column("weight", sa.Float, nullable=False, default=1.0),
+)
+cluster = sa.Table(
+    "vs_cluster",
+    metadata,
+    sa.Column("singleton", sa.Integer, primary_key=True),  # always 1
+    sa.Column("ring_version", sa.BigInteger, nullable=False),
+)
+
+# ------------------------------------------------------------------------ collections and item metadata
+collections = sa.Table(
+    "vs_collections",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),  # CollectionSpec.to_json()
+)
+items = sa.Table(
+    "vs_items",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("uri", sa.Text, nullable=False, default=""),
+)
+item_tags = sa.Table(
+    "vs_item_tags",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("tag", sa.String(256), primary_key=True),
+    sa.Index("vs_item_tags_by_tag", "collection", "tag"),
+)
+# One row per attribute of an item: ``vtype`` is the one-letter type ("s", "i", "d", "b"), which
+# is also the name of the one value column that is set.
+item_attrs = sa.Table(
+    "vs_item_attrs",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("vtype", sa.String(1), nullable=False),
+    sa.Column("s", sa.Text),
+    sa.Column("i", sa.BigInteger),
+    sa.Column("d", sa.Float(precision=53)),
+    sa.Column("b", sa.Boolean),
+    sa.Index("vs_item_attrs_by_int", "collection", "name", "i"),
+    sa.Index("vs_item_attrs_by_double", "collection", "name", "d"),
+    sa.Index("vs_item_attrs_by_string", "collection", "name", "s"),
+)
+# The type each attribute name has in a collection, fixed by its first write.
+attr_types = sa.Table(
+    "vs_attr_types",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("vtype", sa.String(1), nullable=False),
+)
+
+
+def migrate_component(conn: sa.Connection, component: str, version: int) -> None:
+    """Creates every missing table of the schema (idempotent) and records ``component`` at
+    ``version`` if it has no row yet; raises SchemaTooNew if the database holds a newer version
+    of it. An older recorded version is left as it is (there is no upgrade step yet)."""
+    metadata.create_all(conn)
+    current = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.component == component)).scalar()
+    if current is None:
+        conn.execute(schema_version.insert().values(component=component, version=version))
+    elif current > version:
+        raise SchemaTooNew(f"the {component} schema is at version {current}, this code knows {version}; upgrade")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL journaling and a busy timeout for concurrency,
+    other databases a pool that checks connections before use."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)

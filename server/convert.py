@@ -1,0 +1,206 @@
+"""The one proto <-> domain conversion module of the public API (``vectorsearch.v1``).
+
+Protobuf stops at the gRPC edge: the servicers convert each request here into domain types
+(``core/``) and each domain result back into its response message; nothing past the servicers
+imports a protobuf module. A malformed message is ``core.errors.InvalidArgument`` with a message
+meant for the client; nothing is partially converted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core import filters
+from core.errors import InvalidArgument
+from core.vectors import Matrix
+from server.metadata import AttrValue, ItemMeta
+from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
+from shard.types import CollectionStats
+from vsproto.common import matrix_from_proto
+from vsproto.v1 import admin_service_pb2 as admin_pb
+from vsproto.v1 import search_service_pb2 as pb
+
+# ---------------------------------------------------------------------------------- filters
+
+
+def filter_from_proto(message: pb.Filter) -> filters.Filter:
+    """The domain filter tree of ``message``.
+
+    Raises InvalidArgument for a filter (or a sub-filter) with no kind set, a condition with no
+    op set, a value with no type set, and every rule the domain tree enforces (``core/filters.py``:
+    nesting deeper than ``MAX_DEPTH``, more than ``MAX_IN_VALUES`` values in ``in``, NaN, a range
+    without bounds, a range or non-string value on tags / uri, a field of another form). Rules
+    that need the collection's attribute types are checked later, when the tree is compiled.
+    """
+    return _filter(message, 0)
+
+
+def _filter(message: pb.Filter, level: int) -> filters.Filter:
+    # Checked top-down as well as by the domain constructors, so that a deep message is refused
+    # before the recursion goes deep.
+    if level > filters.MAX_DEPTH:
+        raise InvalidArgument(f"filter nested deeper than {filters.MAX_DEPTH}")
+    kind = message.WhichOneof("kind")
+    if kind == "condition":
+        return _condition(message.condition)
+    if kind == "all_of":
+        return filters.AllOf(tuple(_filter(child, level + 1) for child in message.all_of.filters))
+    if kind == "any_of":
+        return filters.AnyOf(tuple(_filter(child, level + 1) for child in message.any_of.filters))
+    if kind == "not":
+        return filters.Not(_filter(getattr(message, "not"), level + 1))
+    raise InvalidArgument("filter: empty filter (set condition, all_of, any_of or not)")
+
+
+def _condition(cond: pb.Condition) -> filters.Condition:
+    where = f"filter on {cond.field!r}"
+    op = cond.WhichOneof("op")
+    if op == "eq":
+        return filters.Condition(cond.field, filters.Eq(_value(cond.eq, where)))
+    if op == "in":
+        values = getattr(cond, "in").values
+        if len(values) > filters.MAX_IN_VALUES:  # before converting them all
+            raise InvalidArgument(f"{where}: more than {filters.MAX_IN_VALUES} values in 'in'")
+        return filters.Condition(cond.field, filters.In(tuple(_value(v, where) for v in values)))
+    if op == "range":
+        rng = cond.range
+        bounds = {name: _value(getattr(rng, name), where) for name in ("gte", "gt", "lte", "lt") if rng.HasField(name)}
+        return filters.Condition(cond.field, filters.Range(**bounds))
+    raise InvalidArgument(f"{where}: set one of eq, in, range")
+
+
+def _value(value: pb.AttributeValue, where: str) -> filters.Value:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "bool_value":
+        return value.bool_value
+    raise InvalidArgument(f"{where}: a value has no type set")
+
+
+# ---------------------------------------------------------------------------------- metadata
+
+
+def meta_from_proto(message: pb.Metadata) -> ItemMeta:
+    attributes: dict[str, AttrValue] = {}
+    for name, value in message.attributes.items():
+        kind = value.WhichOneof("value")
+        if kind is None:
+            raise InvalidArgument(f"attribute {name!r} has no value set")
+        attributes[name] = getattr(value, kind)
+    return ItemMeta(message.uri, list(message.tags), attributes)
+
+
+def meta_to_proto(meta: ItemMeta) -> pb.Metadata:
+    message = pb.Metadata(uri=meta.uri, tags=meta.tags)
+    for name, value in meta.attributes.items():
+        target = message.attributes[name]
+        if isinstance(value, bool):
+            target.bool_value = value
+        elif isinstance(value, int):
+            target.int_value = value
+        elif isinstance(value, float):
+            target.double_value = value
+        else:
+            target.string_value = value
+    return message
+
+
+# ---------------------------------------------------------------------------------- writes and reads
+
+
+def upsert_from_proto(request: pb.UpsertRequest) -> tuple[list[str], Matrix, list[ItemMeta]]:
+    """Ids, vectors (layout checked; dimension and values are the engine's to check) and
+    metadata of an upsert batch."""
+    if not request.items:
+        raise InvalidArgument("upsert: empty batch")
+    ids = [item.id for item in request.items]
+    metas = [meta_from_proto(item.metadata) if item.HasField("metadata") else ItemMeta() for item in request.items]
+    return ids, matrix_from_proto(request.vectors, "vectors"), metas
+
+
+def get_response_to_proto(
+    requested: Sequence[str], vectors: dict[str, Matrix], metas: dict[str, ItemMeta], include_vectors: bool
+) -> pb.GetResponse:
+    """Found items in request order (with their vectors when asked), then the missing ids."""
+    reply = pb.GetResponse()
+    for item_id in requested:
+        if item_id in vectors:
+            item = reply.items.add(id=item_id, metadata=meta_to_proto(metas.get(item_id, ItemMeta())))
+            if include_vectors:
+                item.vector.extend(vectors[item_id].tolist())
+        else:
+            reply.missing_ids.append(item_id)
+    return reply
+
+
+# ---------------------------------------------------------------------------------- search
+
+
+def search_query_from_proto(request: pb.SearchRequest) -> SearchQuery:
+    return SearchQuery(
+        collection=request.collection,
+        target=VectorTarget(matrix_from_proto(request.queries, "queries")),
+        k=request.k,
+        ef=request.ef,
+        filter=filter_from_proto(request.filter) if request.HasField("filter") else None,
+        include_metadata=request.include_metadata,
+        include_vectors=request.include_vectors,
+        require_all_shards=request.require_all_shards,
+    )
+
+
+def search_by_id_query_from_proto(request: pb.SearchByIdRequest) -> SearchQuery:
+    return SearchQuery(
+        collection=request.collection,
+        target=ItemTarget(request.id),
+        k=request.k,
+        ef=request.ef,
+        filter=filter_from_proto(request.filter) if request.HasField("filter") else None,
+        include_metadata=request.include_metadata,
+        include_vectors=request.include_vectors,
+        require_all_shards=request.require_all_shards,
+    )
+
+
+def search_result_to_proto(result: SearchResult) -> pb.SearchResponse:
+    reply = pb.SearchResponse(partial=bool(result.failed), failed_shards=sorted(result.failed))
+    for row in result.hits:
+        query = reply.results.add()
+        for hit in row:
+            out = query.hits.add(id=hit.id, distance=hit.distance)
+            meta = result.metadata.get(hit.id)
+            if meta is not None:
+                out.metadata.CopyFrom(meta_to_proto(meta))
+            vector = result.vectors.get(hit.id)
+            if vector is not None:
+                out.vector.extend(vector.tolist())
+    return reply
+
+
+# ---------------------------------------------------------------------------------- admin
+
+
+def compact_response_to_proto(stats: dict[str, CollectionStats]) -> admin_pb.CompactResponse:
+    reply = admin_pb.CompactResponse()
+    for shard_id, s in stats.items():
+        reply.shards.add(shard_id=shard_id, count=s.count, graph_elements=s.graph_elements, delta_size=s.delta_size)
+    return reply
+
+
+def cluster_status_to_proto(ring_version: int, shards: Sequence[ShardHealth]) -> admin_pb.ClusterStatusResponse:
+    reply = admin_pb.ClusterStatusResponse(ring_version=ring_version)
+    for health in shards:
+        status = reply.shards.add(
+            shard_id=health.shard_id,
+            address=health.address,
+            weight=health.weight,
+            healthy=health.healthy,
+            error=health.error,
+        )
+        status.collection_counts.update(health.collection_counts)
+    return reply

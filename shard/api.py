@@ -1,0 +1,101 @@
+"""The shard interface: what the router and the engine know of a shard.
+
+One protocol, two implementations that the caller cannot tell apart:
+
+* ``shard.local.LocalShard`` calls the collections of a registry owned by this process
+  directly (the single-node shape): no messages, no second validation.
+* ``shard.remote.RemoteShard`` calls a shard process over gRPC (the distributed shape).
+
+Contract of every method:
+
+* Inputs and outputs are domain types (numpy arrays, ``core.vectors.Batch``, the dataclasses
+  of ``shard.types``); no protobuf crosses this interface.
+* Failures raise ``core.errors`` domain errors, the same class from both implementations:
+  ``NotFound`` (collection), ``InvalidArgument`` (nothing changed), ``AlreadyExists``,
+  ``OutOfRange`` (WAL position no longer kept), ``CorruptionError``, ``Unavailable`` (closing,
+  unreachable; ``DeadlineExceeded`` when ``timeout`` passed — a write may then have happened),
+  ``Internal`` (a bug on the other side).
+* ``timeout`` (seconds, None = no deadline) bounds remote calls; local calls run to completion
+  in the calling thread.
+* Writes are durable when they return (under the shard's fsync policy) and idempotent.
+* Thread-safety: every method may be called from any thread concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from core.spec import CollectionSpec
+from core.vectors import Batch, Matrix
+from shard.records import WalEntry
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+
+
+class ShardApi(Protocol):
+    def create_collection(self, spec: CollectionSpec, timeout: float | None = None) -> tuple[bool, CollectionSpec]:
+        """Creates the collection; (False, stored spec) when an identical one exists,
+        ``AlreadyExists`` when one with another spec does."""
+        ...
+
+    def drop_collection(self, name: str, timeout: float | None = None) -> bool:
+        """Drops the collection and its data; False when it did not exist."""
+        ...
+
+    def list_collections(self, timeout: float | None = None) -> list[CollectionSpec]:
+        """The collections on this shard, by name."""
+        ...
+
+    def upsert(self, collection: str, batch: Batch, timeout: float | None = None) -> WriteResult:
+        """Logs and applies the batch atomically (all of it or none after a crash)."""
+        ...
+
+    def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> WriteResult:
+        """Deletes the ids that exist (one atomic record); missing ids are ignored."""
+        ...
+
+    def get(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> Fetched:
+        """Current vectors of the ids (read-your-writes), request order; at most 10000 ids."""
+        ...
+
+    def search(
+        self,
+        collection: str,
+        queries: Matrix,
+        k: int,
+        ef: int = 0,
+        allow_ids: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> list[QueryHits]:
+        """Top-``k`` per query row, nearest first; restricted to ``allow_ids`` when given.
+        Sees every write acknowledged before the call; never waits for compaction."""
+        ...
+
+    def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:
+        """Counters of the collection."""
+        ...
+
+    def compact(self, collection: str, wait: bool, timeout: float | None = None) -> CompactResult | None:
+        """Folds the delta into the graph and snapshots it; with ``wait=False`` only schedules
+        it and returns None."""
+        ...
+
+    def read_wal(self, collection: str, from_seq: int, timeout: float | None = None) -> Iterator[WalEntry]:
+        """The logged operations from ``from_seq`` in order, up to the last one written when
+        the call began; ``OutOfRange`` when ``from_seq`` was already truncated."""
+        ...
+
+    def scan(
+        self,
+        collection: str,
+        ranges: Sequence[KeyRange] = (),
+        batch_size: int = 1024,
+        timeout: float | None = None,
+    ) -> Iterator[ScanBatch]:
+        """Every live item whose id hash is in one of ``ranges`` (all when empty), as of one
+        moment (``ScanBatch.applied_seq``), in batches of at most ``batch_size``."""
+        ...
+
+    def close(self) -> None:
+        """Releases what this handle holds (a channel); never the shard's data."""
+        ...

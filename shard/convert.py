@@ -1,0 +1,103 @@
+"""The one proto <-> domain conversion module of the internal shard API (shard_service.proto).
+
+The servicer (``shard/service.py``) and the remote client (``shard/remote.py``) use these and
+nothing else to cross the wire, so both sides agree by construction. Messages shared with the
+public API (specs, vectors) convert in ``vsproto/common.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shard import records
+from shard.records import WalEntry
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch
+from vsproto.common import matrix_from_proto, matrix_to_proto
+from vsproto.v1 import shard_service_pb2 as pb
+
+
+# ---------------------------------------------------------------------- search
+def hits_to_proto(hits: list[QueryHits]) -> pb.SearchResponse:
+    return pb.SearchResponse(results=[pb.QueryResult(ids=h.ids, distances=h.distances.tolist()) for h in hits])
+
+
+def hits_from_proto(reply: pb.SearchResponse) -> list[QueryHits]:
+    return [QueryHits(list(r.ids), np.asarray(r.distances, dtype=np.float32)) for r in reply.results]
+
+
+# ---------------------------------------------------------------------- get
+def fetched_to_proto(fetched: Fetched) -> pb.GetResponse:
+    return pb.GetResponse(ids=fetched.ids, vectors=matrix_to_proto(fetched.vectors), missing_ids=fetched.missing)
+
+
+def fetched_from_proto(reply: pb.GetResponse, dimension_hint: int = 0) -> Fetched:
+    if reply.ids:
+        vectors = matrix_from_proto(reply.vectors, "vectors")
+    else:
+        vectors = np.empty((0, max(dimension_hint, reply.vectors.dimension)), dtype=np.float32)
+    return Fetched(list(reply.ids), vectors, list(reply.missing_ids))
+
+
+# ---------------------------------------------------------------------- stats and compaction
+def stats_to_proto(stats: CollectionStats) -> pb.CollectionStats:
+    return pb.CollectionStats(
+        count=stats.count,
+        graph_elements=stats.graph_elements,
+        deleted=stats.deleted,
+        delta_size=stats.delta_size,
+        wal_bytes=stats.wal_bytes,
+        last_applied_seq=stats.last_applied_seq,
+        snapshot_seq=stats.snapshot_seq,
+        compactions=stats.compactions,
+        compacting=stats.compacting,
+    )
+
+
+def stats_from_proto(message: pb.CollectionStats) -> CollectionStats:
+    return CollectionStats(
+        count=message.count,
+        graph_elements=message.graph_elements,
+        deleted=message.deleted,
+        delta_size=message.delta_size,
+        wal_bytes=message.wal_bytes,
+        last_applied_seq=message.last_applied_seq,
+        snapshot_seq=message.snapshot_seq,
+        compactions=message.compactions,
+        compacting=message.compacting,
+    )
+
+
+def compacted_to_proto(result: CompactResult | None) -> pb.CompactResponse:
+    if result is None:
+        return pb.CompactResponse()
+    return pb.CompactResponse(snapshot_seq=result.snapshot_seq, rebuilt=result.rebuilt)
+
+
+def compacted_from_proto(reply: pb.CompactResponse, waited: bool) -> CompactResult | None:
+    return CompactResult(reply.snapshot_seq, reply.rebuilt) if waited else None
+
+
+# ---------------------------------------------------------------------- WAL and scans
+def wal_entry_to_proto(entry: WalEntry) -> pb.ReadWalResponse:
+    return pb.ReadWalResponse(seq=entry.seq, op=records.to_proto(entry.op))
+
+
+def wal_entry_from_proto(message: pb.ReadWalResponse) -> WalEntry:
+    return WalEntry(message.seq, records.from_proto(message.op))
+
+
+def ranges_to_proto(ranges: list[KeyRange]) -> list[pb.KeyRange]:
+    return [pb.KeyRange(start=r.start, end=r.end) for r in ranges]
+
+
+def ranges_from_proto(messages: list[pb.KeyRange]) -> list[KeyRange]:
+    return [KeyRange(m.start, m.end) for m in messages]
+
+
+def scan_batch_to_proto(batch: ScanBatch) -> pb.ScanItemsResponse:
+    return pb.ScanItemsResponse(ids=batch.ids, vectors=matrix_to_proto(batch.vectors), applied_seq=batch.applied_seq)
+
+
+def scan_batch_from_proto(message: pb.ScanItemsResponse) -> ScanBatch:
+    vectors = matrix_from_proto(message.vectors, "vectors") if message.ids else np.empty((0, 0), dtype=np.float32)
+    return ScanBatch(list(message.ids), vectors, message.applied_seq)

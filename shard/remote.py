@@ -1,0 +1,126 @@
+"""``RemoteShard``: the shard interface over gRPC, to a ``python -m shard`` process.
+
+One channel per shard, shared by every thread. Vectors travel packed. A failed call raises
+the domain error its status code maps to (``core.status``), so callers see the same errors as
+from an in-process ``LocalShard``; a call that outlives ``timeout`` raises ``DeadlineExceeded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from core import status
+from core.spec import CollectionSpec
+from core.vectors import Batch, Matrix
+from shard import convert
+from shard.records import WalEntry
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+from vsproto.common import matrix_to_proto, spec_from_proto, spec_to_proto
+from vsproto.v1 import shard_service_pb2 as pb
+from vsproto.v1 import shard_service_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class RemoteShard:
+    """Implements ``shard.api.ShardApi`` over a channel to ``address`` (host:port)."""
+
+    def __init__(self, address: str, max_message_mb: int = 64) -> None:
+        limit = max_message_mb << 20
+        self.address = address
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        self._stub = pb_grpc.ShardServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    @staticmethod
+    def _unary(call: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise status.from_rpc_error(exc) from None
+
+    @staticmethod
+    def _stream(responses: Iterator[Any], convert_one: Callable[[Any], T]) -> Iterator[T]:
+        try:
+            for message in responses:
+                yield convert_one(message)
+        except grpc.RpcError as exc:
+            raise status.from_rpc_error(exc) from None
+
+    # ------------------------------------------------------------------ collections
+    def create_collection(self, spec: CollectionSpec, timeout: float | None = None) -> tuple[bool, CollectionSpec]:
+        request = pb.CreateCollectionRequest(spec=spec_to_proto(spec))
+        reply = self._unary(self._stub.CreateCollection, request, timeout)
+        return reply.created, spec_from_proto(reply.spec)
+
+    def drop_collection(self, name: str, timeout: float | None = None) -> bool:
+        reply = self._unary(self._stub.DropCollection, pb.DropCollectionRequest(collection=name), timeout)
+        return bool(reply.dropped)
+
+    def list_collections(self, timeout: float | None = None) -> list[CollectionSpec]:
+        reply = self._unary(self._stub.ListCollections, pb.ListCollectionsRequest(), timeout)
+        return [spec_from_proto(s) for s in reply.collections]
+
+    # ------------------------------------------------------------------ writes and reads
+    def upsert(self, collection: str, batch: Batch, timeout: float | None = None) -> WriteResult:
+        request = pb.UpsertRequest(collection=collection, ids=batch.ids, vectors=matrix_to_proto(batch.vectors))
+        reply = self._unary(self._stub.Upsert, request, timeout)
+        return WriteResult(reply.seq, reply.upserted)
+
+    def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> WriteResult:
+        reply = self._unary(self._stub.Delete, pb.DeleteRequest(collection=collection, ids=ids), timeout)
+        return WriteResult(reply.seq, reply.deleted)
+
+    def get(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> Fetched:
+        reply = self._unary(self._stub.Get, pb.GetRequest(collection=collection, ids=ids), timeout)
+        return convert.fetched_from_proto(reply)
+
+    def search(
+        self,
+        collection: str,
+        queries: Matrix,
+        k: int,
+        ef: int = 0,
+        allow_ids: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> list[QueryHits]:
+        request = pb.SearchRequest(
+            collection=collection, queries=matrix_to_proto(queries), k=k, ef=ef, allow_ids=allow_ids or ()
+        )
+        return convert.hits_from_proto(self._unary(self._stub.Search, request, timeout))
+
+    # ------------------------------------------------------------------ maintenance and moves
+    def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:
+        reply = self._unary(self._stub.Stats, pb.StatsRequest(collection=collection), timeout)
+        return convert.stats_from_proto(reply.stats)
+
+    def compact(self, collection: str, wait: bool, timeout: float | None = None) -> CompactResult | None:
+        reply = self._unary(self._stub.Compact, pb.CompactRequest(collection=collection, wait=wait), timeout)
+        return convert.compacted_from_proto(reply, wait)
+
+    def read_wal(self, collection: str, from_seq: int, timeout: float | None = None) -> Iterator[WalEntry]:
+        request = pb.ReadWalRequest(collection=collection, from_seq=from_seq)
+        return self._stream(self._stub.ReadWal(request, timeout=timeout), convert.wal_entry_from_proto)
+
+    def scan(
+        self,
+        collection: str,
+        ranges: Sequence[KeyRange] = (),
+        batch_size: int = 1024,
+        timeout: float | None = None,
+    ) -> Iterator[ScanBatch]:
+        request = pb.ScanItemsRequest(
+            collection=collection, ranges=convert.ranges_to_proto(list(ranges)), batch_size=batch_size
+        )
+        return self._stream(self._stub.ScanItems(request, timeout=timeout), convert.scan_batch_from_proto)

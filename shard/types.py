@@ -1,0 +1,92 @@
+"""Domain types of the shard interface: what goes in and comes out of ``ShardApi`` calls.
+
+Plain frozen dataclasses over numpy arrays; no protobuf. Both implementations of the
+interface (in-process and over gRPC) produce exactly these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.vectors import Matrix
+
+_TOP = 1 << 64
+
+
+@dataclass(frozen=True)
+class QueryHits:
+    """One query's results, nearest first: ``ids[i]`` is at ``distances[i]`` (lower is closer)."""
+
+    ids: list[str]
+    distances: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A logged write: its WAL sequence number (0 when nothing was logged) and how many
+    distinct ids it wrote (upsert) or found and deleted (delete)."""
+
+    seq: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Vectors of the found ids (row i is ``ids[i]``, request order) and the missing ids."""
+
+    ids: list[str]
+    vectors: Matrix
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    count: int
+    graph_elements: int
+    deleted: int
+    delta_size: int
+    wal_bytes: int
+    last_applied_seq: int
+    snapshot_seq: int
+    compactions: int
+    compacting: bool
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    snapshot_seq: int
+    rebuilt: bool
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """An arc of the 64-bit id-hash ring (``core.keyhash``): the hashes clockwise after
+    ``start`` up to and including ``end``, wrapping past 2**64 - 1 when ``end <= start``;
+    ``start == end`` is the whole ring. A virtual node at position p owns (previous p, p]."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start < _TOP and 0 <= self.end < _TOP):
+            raise ValueError(f"key range bounds must be in [0, 2**64), got ({self.start}, {self.end}]")
+
+    def contains(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+        start, end = np.uint64(self.start), np.uint64(self.end)
+        if self.start == self.end:
+            return np.ones(len(hashes), dtype=bool)
+        if self.start < self.end:
+            return (hashes > start) & (hashes <= end)
+        return (hashes > start) | (hashes <= end)
+
+
+@dataclass(frozen=True)
+class ScanBatch:
+    """Live items streamed by a scan, with the applied seq its point-in-time view was taken at."""
+
+    ids: list[str]
+    vectors: Matrix
+    applied_seq: int

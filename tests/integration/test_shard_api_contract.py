@@ -1,0 +1,203 @@
+"""One contract, two implementations: every test runs against ``LocalShard`` (a registry in
+this process, direct calls) and ``RemoteShard`` (a real ``python -m shard`` process over a
+loopback socket), and both must answer alike — the same results and the same domain errors."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, OutOfRange, Unavailable
+from core.keyhash import stable_hash64
+from core.spec import CollectionSpec, Metric, make_spec
+from core.vectors import Batch, prepare_batch
+from router.ring import HashRing, ShardNode
+from shard import records
+from shard.api import ShardApi
+from shard.collection import CollectionOptions
+from shard.local import LocalShard
+from shard.registry import Registry
+from shard.remote import RemoteShard
+from shard.types import KeyRange
+from testkit.datasets import clustered
+from testkit.shardproc import ShardProcess
+
+DIM = 8
+
+
+@pytest.fixture(params=["local", "remote"])
+def shard(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShardApi]:
+    if request.param == "local":
+        registry = Registry(tmp_path / "local", CollectionOptions(compact_age_s=3600))
+        registry.open()
+        yield LocalShard(registry)
+        registry.close()
+    else:
+        proc = ShardProcess(tmp_path / "remote", "--compact-age-s", "3600")
+        proc.start()
+        remote = RemoteShard(proc.address)
+        yield remote
+        remote.close()
+        proc.kill()
+
+
+def spec(name: str = "c", metric: Metric = Metric.L2) -> CollectionSpec:
+    return make_spec(name, DIM, metric.value)
+
+
+def batch(ids: list[str], vectors: np.ndarray, metric: Metric = Metric.L2) -> Batch:
+    return prepare_batch(ids, vectors, spec(metric=metric))
+
+
+def test_collections_create_list_drop(shard: ShardApi) -> None:
+    created, stored = shard.create_collection(spec())
+    assert created and stored == spec() and stored.m == 16  # defaults filled in
+    assert shard.create_collection(spec()) == (False, spec())
+    with pytest.raises(AlreadyExists):
+        shard.create_collection(make_spec("c", DIM + 1, Metric.L2.value))
+    shard.create_collection(spec("b", Metric.COSINE))
+    assert [s.name for s in shard.list_collections()] == ["b", "c"]
+    assert shard.drop_collection("c") is True
+    assert shard.drop_collection("c") is False
+    assert [s.name for s in shard.list_collections()] == ["b"]
+
+
+def test_writes_reads_and_search(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(300, DIM, seed=3)
+    ids = [f"i{n}" for n in range(300)]
+    first = shard.upsert("c", batch(ids, data))
+    assert (first.seq, first.count) == (1, 300)
+    fetched = shard.get("c", ["i5", "nope", "i0"])
+    assert fetched.ids == ["i5", "i0"] and fetched.missing == ["nope"]
+    np.testing.assert_array_equal(fetched.vectors, data[[5, 0]])
+    hits = shard.search("c", data[:4], 3)
+    assert [h.ids[0] for h in hits] == ["i0", "i1", "i2", "i3"]
+    assert all(h.distances[0] == 0 and list(h.distances) == sorted(h.distances) for h in hits)
+    allowed = shard.search("c", data[:1], 5, allow_ids=["i7", "i9", "zz"])[0]
+    assert sorted(allowed.ids) == ["i7", "i9"]
+    deleted = shard.delete("c", ["i0", "i1", "missing"])
+    assert (deleted.seq, deleted.count) == (2, 2)
+    assert shard.delete("c", ["missing"]).seq == 0
+    assert shard.get("c", ["i0"]).missing == ["i0"]
+    assert "i0" not in shard.search("c", data[:1], 5)[0].ids
+    result = shard.compact("c", wait=True)
+    assert result is not None and result.snapshot_seq == 2
+    stats = shard.stats("c")
+    assert (stats.count, stats.graph_elements, stats.delta_size, stats.last_applied_seq) == (298, 298, 0, 2)
+    assert shard.compact("c", wait=False) is None
+
+
+def test_cosine_batches_are_stored_normalised(shard: ShardApi) -> None:
+    shard.create_collection(spec("n", Metric.COSINE))
+    vectors = np.arange(1, 17, dtype=np.float32).reshape(2, DIM)
+    shard.upsert("n", batch(["a", "b"], vectors, Metric.COSINE))
+    got = shard.get("n", ["a", "b"]).vectors
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+
+
+def test_read_wal_streams_domain_entries(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(20, DIM, seed=4)
+    shard.upsert("c", batch([f"w{n}" for n in range(20)], data))
+    shard.delete("c", ["w3"])
+    entries = list(shard.read_wal("c", 1))
+    assert [e.seq for e in entries] == [1, 2]
+    upsert, delete = entries[0].op, entries[1].op
+    assert isinstance(upsert, records.UpsertOp) and upsert.ids == [f"w{n}" for n in range(20)]
+    np.testing.assert_array_equal(upsert.vectors, data)
+    assert isinstance(delete, records.DeleteOp) and delete.ids == ["w3"]
+    assert [e.seq for e in shard.read_wal("c", 2)] == [2]
+
+
+def test_read_wal_before_what_is_kept_is_out_of_range(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    for n in range(4):  # two snapshots are kept; the log before the older one is truncated
+        shard.upsert("c", batch([f"t{n}"], clustered(1, DIM, seed=n)))
+        shard.compact("c", wait=True)
+    with pytest.raises(OutOfRange, match="first_available_seq"):
+        list(shard.read_wal("c", 1))
+
+
+def test_scan_streams_a_point_in_time_view_by_key_range(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(500, DIM, seed=5)
+    ids = [f"s{n}" for n in range(500)]
+    shard.upsert("c", batch(ids[:300], data[:300]))
+    shard.compact("c", wait=True)  # graph items and delta items both scanned
+    shard.upsert("c", batch(ids[300:], data[300:]))
+    shard.delete("c", ["s1", "s400"])
+    live = {i: data[n] for n, i in enumerate(ids) if i not in ("s1", "s400")}
+    scanned = list(shard.scan("c", batch_size=64))
+    assert all(len(b.ids) <= 64 for b in scanned)
+    assert {b.applied_seq for b in scanned} == {3}
+    got = {i: v for b in scanned for i, v in zip(b.ids, b.vectors, strict=True)}
+    assert got.keys() == live.keys()
+    for item, vector in got.items():
+        np.testing.assert_array_equal(vector, live[item])
+    # The arcs one shard owns on a ring select exactly the ids the ring gives it.
+    ring = HashRing([ShardNode("a"), ShardNode("b")], vnodes_per_weight=8)
+    points = sorted((stable_hash64(f"{s}#{i}"), s) for s in "ab" for i in range(8))
+    # the virtual node at p owns the arc (previous point, p]
+    owned_by_a = [KeyRange(points[i - 1][0], p) for i, (p, owner) in enumerate(points) if owner == "a"]
+    in_a = {i for b in shard.scan("c", owned_by_a) for i in b.ids}
+    assert in_a == {i for i in live if ring.owner(i) == "a"}
+
+
+def test_unknown_collection_is_not_found_everywhere(shard: ShardApi) -> None:
+    one = batch(["x"], np.ones((1, DIM), dtype=np.float32))
+    for call in (
+        lambda: shard.upsert("nope", one),
+        lambda: shard.delete("nope", ["x"]),
+        lambda: shard.get("nope", ["x"]),
+        lambda: shard.search("nope", np.ones((1, DIM), dtype=np.float32), 1),
+        lambda: shard.stats("nope"),
+        lambda: shard.compact("nope", wait=True),
+        lambda: list(shard.read_wal("nope", 1)),
+        lambda: list(shard.scan("nope")),
+    ):
+        with pytest.raises(NotFound):
+            call()
+
+
+def test_bad_requests_are_invalid_argument_and_change_nothing(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    shard.upsert("c", batch(["a"], np.ones((1, DIM), dtype=np.float32)))
+    query = np.ones((1, DIM), dtype=np.float32)
+    for call in (
+        lambda: shard.search("c", query, 0),
+        lambda: shard.search("c", query, 10_001),
+        lambda: shard.search("c", query, 1, ef=10_001),
+        lambda: shard.search("c", np.ones((1, DIM + 1), dtype=np.float32), 1),
+        lambda: shard.search("c", np.full((1, DIM), np.nan, dtype=np.float32), 1),
+        lambda: shard.search("c", query, 1, allow_ids=["x" * 257]),
+        lambda: shard.get("c", []),
+        lambda: shard.get("c", [f"g{n}" for n in range(10_001)]),
+        lambda: shard.delete("c", [""]),
+        lambda: list(shard.scan("c", batch_size=70_000)),
+    ):
+        with pytest.raises(InvalidArgument):
+            call()
+    assert shard.stats("c").last_applied_seq == 1
+
+
+def test_remote_errors_are_unavailable_when_the_shard_is_gone(tmp_path: Path) -> None:
+    proc = ShardProcess(tmp_path / "gone")
+    proc.start()
+    remote = RemoteShard(proc.address)
+    remote.create_collection(spec())
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            remote.stats("c", timeout=0.3)
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    proc.kill()
+    with pytest.raises(Unavailable):
+        remote.stats("c", timeout=2)
+    remote.close()
