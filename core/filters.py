@@ -210,8 +210,8 @@ def _check_depth(children: tuple[Filter, ...]) -> int:
 
 
 @dataclass(frozen=True)
-class AllOf:
-    """Every filter of ``filters`` matches (an empty ``AllOf`` matches every item).
+class _Group:
+    """Shared shape of ``AllOf`` and ``AnyOf``: a tuple of child filters.
 
     Raises InvalidArgument on construction if the tree would be deeper than ``MAX_DEPTH``."""
 
@@ -232,25 +232,13 @@ class AllOf:
 
 
 @dataclass(frozen=True)
-class AnyOf:
-    """At least one filter of ``filters`` matches (an empty ``AnyOf`` matches no item).
+class AllOf(_Group):
+    """Every filter of ``filters`` matches (an empty ``AllOf`` matches every item)."""
 
-    Raises InvalidArgument on construction if the tree would be deeper than ``MAX_DEPTH``."""
 
-    filters: tuple[Filter, ...]
-    _depth: int = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "filters", tuple(self.filters))
-        object.__setattr__(self, "_depth", _check_depth(self.filters))
-
-    def depth(self) -> int:
-        """The number of edges on the longest path from this node to a leaf."""
-        return self._depth
-
-    def size(self) -> int:
-        """The number of nodes of this tree."""
-        return 1 + sum(child.size() for child in self.filters)
+@dataclass(frozen=True)
+class AnyOf(_Group):
+    """At least one filter of ``filters`` matches (an empty ``AnyOf`` matches no item)."""
 
 
 @dataclass(frozen=True)
