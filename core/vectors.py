@@ -110,6 +110,25 @@ class Batch:
         return Batch([self.ids[p] for p in positions], np.ascontiguousarray(self.vectors[list(positions)]))
 
 
+@dataclass(frozen=True)
+class Queries:
+    """Validated query rows for one collection: finite, the collection's dimension, prepared
+    for its metric (normalised for cosine), C-contiguous float32. Only :func:`prepare_queries`
+    makes one, so shards search it without checking again."""
+
+    vectors: Matrix
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+def prepare_queries(matrix: Matrix, spec: CollectionSpec, what: str = "queries") -> Queries:
+    """Checks query rows for ``spec``'s collection (:func:`check_matrix`; zero vectors are
+    refused for cosine) and prepares them for its metric."""
+    checked = check_matrix(matrix, spec.dimension, what)
+    return Queries(np.ascontiguousarray(prepare_for_metric(checked, spec.metric, what), dtype=np.float32))
+
+
 def prepare_batch(ids: Sequence[str], vectors: Matrix, spec: CollectionSpec, what: str = "vectors") -> Batch:
     """Validates a write for ``spec``'s collection: ids (1..256 UTF-8 bytes, non-empty batch),
     one row per id, rows as :func:`check_matrix` wants them; prepares the rows for the metric

@@ -39,7 +39,7 @@ from core.errors import (
     ShardsUnavailable,
 )
 from core.spec import CollectionSpec
-from core.vectors import Batch, Matrix
+from core.vectors import Batch, Matrix, Queries
 from router.merge import Hit, merge_batches
 from router.ring import HashRing
 from router.topology import Topology
@@ -103,6 +103,12 @@ class Router:
         parallel on the shared fan-out pool (blocking calls on long-lived threads: grpcio's
         ``.future()`` starts a thread per call on an idle channel, which costs more than the
         call itself)."""
+        if len(args) == 1:  # one shard: no pool, no second deadline
+            ((only, only_arg),) = args.items()
+            try:
+                return {only: call(self.shards[only], only_arg)}, {}
+            except DomainError as exc:
+                return {}, {only: exc}
         (first, first_arg), *rest = args.items()
         deadline = time.monotonic() + timeout
         calls = {s: _FANOUT.submit(call, self.shards[s], a) for s, a in rest}
@@ -196,7 +202,7 @@ class Router:
     def search(
         self,
         collection: str,
-        queries: Matrix,
+        queries: Queries,
         k: int,
         ef: int,
         timeout: float,
@@ -237,8 +243,8 @@ class Router:
 def _as_hits(found: QueryHits) -> list[Hit]:
     """One shard's sorted hits as ``Hit`` objects, equal distances ordered by id (the merge's
     tie rule), without a merge."""
-    distances = found.distances
-    hits = [Hit(i, d) for i, d in zip(found.ids, distances.tolist(), strict=True)]
-    if len(distances) > 1 and bool((distances[1:] == distances[:-1]).any()):
+    distances = found.distances.tolist()
+    hits = [Hit(i, d) for i, d in zip(found.ids, distances, strict=True)]
+    if len(set(distances)) < len(distances):  # a tie: order it as the merge would
         hits.sort(key=lambda h: (h.distance, h.id))
     return hits

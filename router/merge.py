@@ -16,14 +16,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Hit", "merge_batches", "merge_top_k"]
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result: an id and its distance to the query (lower is closer)."""
+class Hit(NamedTuple):
+    """One search result: an id and its distance to the query (lower is closer). A named tuple:
+    immutable, and cheap to make by the thousand on the search path."""
 
     id: str
     distance: float

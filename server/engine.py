@@ -31,7 +31,7 @@ from core import status
 from core.errors import DomainError, InvalidArgument, NotFound
 from core.spec import MAX_GET_IDS, CollectionSpec
 from core.spec import MAX_K as SHARD_MAX_K
-from core.vectors import Matrix, check_matrix, prepare_batch, prepare_for_metric, validate_ids
+from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from router.fanout import Router, SearchOutcome
 from router.topology import Topology
 from server.filters import compile_filter
@@ -152,10 +152,9 @@ class Engine:
         exclude = None
         if isinstance(query.target, ItemTarget):
             exclude = query.target.item_id
-            queries = self._stored_vector(query.collection, exclude, remaining)
+            queries = prepare_queries(self._stored_vector(query.collection, exclude, remaining), spec)
         else:
-            queries = check_matrix(query.target.vectors, spec.dimension, "queries")
-            prepare_for_metric(queries, spec.metric, "queries")  # a zero vector is refused before any work
+            queries = prepare_queries(query.target.vectors, spec)
         timeout = self._timeout(remaining)
         want = query.k + (1 if exclude is not None else 0)
         if query.filter is None:
@@ -175,7 +174,7 @@ class Engine:
             raise NotFound(f"item {item_id!r} does not exist in {collection!r}")
         return vectors[item_id][None, :]
 
-    def _filtered(self, query: SearchQuery, queries: Matrix, k: int, timeout: float) -> tuple[SearchOutcome, str]:
+    def _filtered(self, query: SearchQuery, queries: Queries, k: int, timeout: float) -> tuple[SearchOutcome, str]:
         collection, ef, require_all = query.collection, query.ef, query.require_all_shards
         assert query.filter is not None
         clause = compile_filter(query.filter, collection, self.metadata.attribute_types(collection))

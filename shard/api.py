@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from core.spec import CollectionSpec
-from core.vectors import Batch, Matrix
+from core.vectors import Batch, Queries
 from shard.records import WalEntry
 from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
 
@@ -61,13 +61,14 @@ class ShardApi(Protocol):
     def search(
         self,
         collection: str,
-        queries: Matrix,
+        queries: Queries,
         k: int,
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[QueryHits]:
-        """Top-``k`` per query row, nearest first; restricted to ``allow_ids`` when given.
+        """Top-``k`` per query row (validated by ``core.vectors.prepare_queries``), nearest
+        first; restricted to ``allow_ids`` when given.
         Sees every write acknowledged before the call; never waits for compaction."""
         ...
 

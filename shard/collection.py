@@ -32,7 +32,7 @@ import numpy.typing as npt
 from core.errors import CorruptionError, InvalidArgument, Unavailable
 from core.keyhash import key_hashes
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
-from core.vectors import Batch, Matrix, check_matrix, prepare_batch, prepare_for_metric, validate_ids
+from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from shard import exact, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fsutil import atomic_write, fsync_dir
@@ -295,15 +295,20 @@ class Collection:
         return found, matrix[: len(found)], missing
 
     def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
-        """Top-k per query over graph + delta layers, nearest first. ``queries`` are checked
-        (dimension, finite) and prepared for the metric here."""
-        checked = check_matrix(queries, self.spec.dimension, "queries")
+        """Top-k per query over graph + delta layers, nearest first; ``queries`` are checked
+        and prepared for the metric first (see :meth:`search_queries`)."""
+        return self.search_queries(prepare_queries(queries, self.spec), k, ef, allow_ids)
+
+    def search_queries(
+        self, queries: Queries, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None
+    ) -> list[QueryHits]:
+        """Top-k per query over graph + delta layers, nearest first, for validated queries."""
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
         if not 0 <= ef <= MAX_EF:
             raise InvalidArgument(f"ef must be in 0..{MAX_EF} (0 = collection default), got {ef}")
         ef = ef or self.spec.ef_search
-        prepared = np.ascontiguousarray(prepare_for_metric(checked, self.spec.metric, "queries"), dtype=np.float32)
+        prepared = queries.vectors
         view_seq = self._applied_seq  # read before the layers (see module docstring)
         view = self._view
         if allow_ids:

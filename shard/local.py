@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from core.spec import CollectionSpec
-from core.vectors import Batch, Matrix
+from core.vectors import Batch, Queries
 from shard.records import WalEntry
 from shard.registry import Registry
 from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
@@ -45,13 +45,13 @@ class LocalShard:
     def search(
         self,
         collection: str,
-        queries: Matrix,
+        queries: Queries,
         k: int,
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[QueryHits]:
-        return self.registry.get(collection).search(queries, k, ef, allow_ids)
+        return self.registry.get(collection).search_queries(queries, k, ef, allow_ids)
 
     def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:
         return self.registry.get(collection).stats()

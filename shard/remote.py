@@ -14,7 +14,7 @@ import grpc
 
 from core import status
 from core.spec import CollectionSpec
-from core.vectors import Batch, Matrix
+from core.vectors import Batch, Queries
 from shard import convert
 from shard.records import WalEntry
 from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
@@ -89,14 +89,14 @@ class RemoteShard:
     def search(
         self,
         collection: str,
-        queries: Matrix,
+        queries: Queries,
         k: int,
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[QueryHits]:
         request = pb.SearchRequest(
-            collection=collection, queries=matrix_to_proto(queries), k=k, ef=ef, allow_ids=allow_ids or ()
+            collection=collection, queries=matrix_to_proto(queries.vectors), k=k, ef=ef, allow_ids=allow_ids or ()
         )
         return convert.hits_from_proto(self._unary(self._stub.Search, request, timeout))
 

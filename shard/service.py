@@ -18,7 +18,7 @@ import grpc
 
 from core.errors import InvalidArgument
 from core.status import handled, handled_stream
-from core.vectors import prepare_batch
+from core.vectors import prepare_batch, prepare_queries
 from shard import convert
 from shard.local import LocalShard
 from vsproto.common import matrix_from_proto, spec_from_proto, spec_to_proto
@@ -65,8 +65,8 @@ class ShardServicer(pb_grpc.ShardServiceServicer):
 
     @handled
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Any:
-        self._shard.spec(request.collection)  # NOT_FOUND before the query is looked at
-        queries = matrix_from_proto(request.queries, "queries")
+        spec = self._shard.spec(request.collection)  # NOT_FOUND before the query is looked at
+        queries = prepare_queries(matrix_from_proto(request.queries, "queries"), spec)
         hits = self._shard.search(request.collection, queries, request.k, request.ef, request.allow_ids or None)
         return convert.hits_to_proto(hits)
 

@@ -15,7 +15,7 @@ import pytest
 
 from core.errors import InvalidArgument, NotFound, ShardsUnavailable
 from core.spec import CollectionSpec, Metric, make_spec
-from core.vectors import Batch, prepare_batch
+from core.vectors import Batch, Queries, prepare_batch, prepare_queries
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
 from testkit.datasets import data_and_queries
@@ -51,6 +51,10 @@ def batch(ids: list[str], vectors: np.ndarray) -> Batch:
     return prepare_batch(ids, vectors, spec("c"))
 
 
+def q(vectors: np.ndarray) -> Queries:
+    return prepare_queries(vectors, spec("c"))
+
+
 def load(router: Router) -> tuple[np.ndarray, np.ndarray, list[str]]:
     data, queries = data_and_queries(N, 100, DIM, seed=5)
     ids = [f"item-{i}" for i in range(N)]
@@ -73,7 +77,7 @@ def test_writes_land_on_the_ring_owner_and_search_matches_brute_force(
         assert proc.client.stats("c").count == len(mine)
         assert 0.25 * N < len(mine) < 0.42 * N
         assert set(proc.client.get("c", mine[:50])) == set(mine[:50])
-    outcome = router.search("c", queries, 10, ef=0, timeout=5)
+    outcome = router.search("c", q(queries), 10, ef=0, timeout=5)
     assert not outcome.partial
     truth = exact_top_k(data, queries, 10, "l2")
     found = [[h.id for h in hits] for hits in outcome.results]
@@ -85,20 +89,20 @@ def test_writes_land_on_the_ring_owner_and_search_matches_brute_force(
     assert set(got) == {"item-1", "item-2"}
     np.testing.assert_array_equal(got["item-1"], data[1])
     assert router.delete("c", ["item-1", "nope"], timeout=5) == 1
-    assert all(h.id != "item-1" for h in router.search("c", data[1:2], 5, 0, timeout=5).results[0])
+    assert all(h.id != "item-1" for h in router.search("c", q(data[1:2]), 5, 0, timeout=5).results[0])
 
 
 def test_dead_shard_gives_partial_results_naming_it(cluster: tuple[list[ShardProcess], Router]) -> None:
     procs, router = cluster
     data, queries, ids = load(router)
     procs[1].kill(signal.SIGKILL)
-    outcome = router.search("c", queries[:5], 10, 0, timeout=3)
+    outcome = router.search("c", q(queries[:5]), 10, 0, timeout=3)
     assert outcome.partial and list(outcome.failed) == ["shard-1"]
     survivors = {x for x, o in zip(ids, router.ring.owners(ids), strict=True) if o != "shard-1"}
     for hits in outcome.results:
         assert len(hits) == 10 and {h.id for h in hits} <= survivors
     with pytest.raises(ShardsUnavailable) as info:
-        router.search("c", queries[:5], 10, 0, timeout=3, require_all=True)
+        router.search("c", q(queries[:5]), 10, 0, timeout=3, require_all=True)
     assert list(info.value.failed) == ["shard-1"]
     dead_owned = [x for x, o in zip(ids, router.ring.owners(ids), strict=True) if o == "shard-1"]
     with pytest.raises(ShardsUnavailable):
@@ -112,7 +116,7 @@ def test_a_hung_shard_cannot_hold_a_search_past_its_deadline(cluster: tuple[list
     procs[2].proc.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
-        outcome = router.search("c", queries[:3], 10, 0, timeout=0.5)
+        outcome = router.search("c", q(queries[:3]), 10, 0, timeout=0.5)
         took = time.monotonic() - started
         assert list(outcome.failed) == ["shard-2"] and "DEADLINE_EXCEEDED" in outcome.failed["shard-2"]
         assert took < 1.5, f"search took {took:.2f}s with a 0.5s deadline"
@@ -124,9 +128,11 @@ def test_a_hung_shard_cannot_hold_a_search_past_its_deadline(cluster: tuple[list
 def test_bad_requests_raise_client_errors(cluster: tuple[list[ShardProcess], Router]) -> None:
     _, router = cluster
     with pytest.raises(NotFound):
-        router.search("missing", np.ones((1, DIM), dtype=np.float32), 5, 0, timeout=3)
+        router.search("missing", q(np.ones((1, DIM), dtype=np.float32)), 5, 0, timeout=3)
     router.create_collection(spec("c"), timeout=5)
-    with pytest.raises(InvalidArgument):
-        router.search("c", np.ones((1, DIM + 1), dtype=np.float32), 5, 0, timeout=3)
+    with pytest.raises(InvalidArgument):  # a wrong-dimension query cannot even be built
+        router.search("c", q(np.ones((1, DIM + 1), dtype=np.float32)), 5, 0, timeout=3)
+    with pytest.raises(InvalidArgument):  # the shards' own refusal reaches the caller as it is
+        router.search("c", q(np.ones((1, DIM), dtype=np.float32)), 20_000, 0, timeout=3)
     with pytest.raises(InvalidArgument):  # a NaN batch cannot even be built: it never reaches a shard
         router.upsert("c", batch(["a"], np.full((1, DIM), np.nan, dtype=np.float32)), timeout=3)

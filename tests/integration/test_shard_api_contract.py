@@ -14,7 +14,7 @@ import pytest
 from core.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, OutOfRange, Unavailable
 from core.keyhash import stable_hash64
 from core.spec import CollectionSpec, Metric, make_spec
-from core.vectors import Batch, prepare_batch
+from core.vectors import Batch, Queries, prepare_batch, prepare_queries
 from router.ring import HashRing, ShardNode
 from shard import records
 from shard.api import ShardApi
@@ -53,6 +53,10 @@ def batch(ids: list[str], vectors: np.ndarray, metric: Metric = Metric.L2) -> Ba
     return prepare_batch(ids, vectors, spec(metric=metric))
 
 
+def q(vectors: np.ndarray) -> Queries:
+    return prepare_queries(vectors, spec())
+
+
 def test_collections_create_list_drop(shard: ShardApi) -> None:
     created, stored = shard.create_collection(spec())
     assert created and stored == spec() and stored.m == 16  # defaults filled in
@@ -75,16 +79,16 @@ def test_writes_reads_and_search(shard: ShardApi) -> None:
     fetched = shard.get("c", ["i5", "nope", "i0"])
     assert fetched.ids == ["i5", "i0"] and fetched.missing == ["nope"]
     np.testing.assert_array_equal(fetched.vectors, data[[5, 0]])
-    hits = shard.search("c", data[:4], 3)
+    hits = shard.search("c", q(data[:4]), 3)
     assert [h.ids[0] for h in hits] == ["i0", "i1", "i2", "i3"]
     assert all(h.distances[0] == 0 and list(h.distances) == sorted(h.distances) for h in hits)
-    allowed = shard.search("c", data[:1], 5, allow_ids=["i7", "i9", "zz"])[0]
+    allowed = shard.search("c", q(data[:1]), 5, allow_ids=["i7", "i9", "zz"])[0]
     assert sorted(allowed.ids) == ["i7", "i9"]
     deleted = shard.delete("c", ["i0", "i1", "missing"])
     assert (deleted.seq, deleted.count) == (2, 2)
     assert shard.delete("c", ["missing"]).seq == 0
     assert shard.get("c", ["i0"]).missing == ["i0"]
-    assert "i0" not in shard.search("c", data[:1], 5)[0].ids
+    assert "i0" not in shard.search("c", q(data[:1]), 5)[0].ids
     result = shard.compact("c", wait=True)
     assert result is not None and result.snapshot_seq == 2
     stats = shard.stats("c")
@@ -154,7 +158,7 @@ def test_unknown_collection_is_not_found_everywhere(shard: ShardApi) -> None:
         lambda: shard.upsert("nope", one),
         lambda: shard.delete("nope", ["x"]),
         lambda: shard.get("nope", ["x"]),
-        lambda: shard.search("nope", np.ones((1, DIM), dtype=np.float32), 1),
+        lambda: shard.search("nope", q(np.ones((1, DIM), dtype=np.float32)), 1),
         lambda: shard.stats("nope"),
         lambda: shard.compact("nope", wait=True),
         lambda: list(shard.read_wal("nope", 1)),
@@ -167,13 +171,11 @@ def test_unknown_collection_is_not_found_everywhere(shard: ShardApi) -> None:
 def test_bad_requests_are_invalid_argument_and_change_nothing(shard: ShardApi) -> None:
     shard.create_collection(spec())
     shard.upsert("c", batch(["a"], np.ones((1, DIM), dtype=np.float32)))
-    query = np.ones((1, DIM), dtype=np.float32)
+    query = q(np.ones((1, DIM), dtype=np.float32))
     for call in (
         lambda: shard.search("c", query, 0),
         lambda: shard.search("c", query, 10_001),
         lambda: shard.search("c", query, 1, ef=10_001),
-        lambda: shard.search("c", np.ones((1, DIM + 1), dtype=np.float32), 1),
-        lambda: shard.search("c", np.full((1, DIM), np.nan, dtype=np.float32), 1),
         lambda: shard.search("c", query, 1, allow_ids=["x" * 257]),
         lambda: shard.get("c", []),
         lambda: shard.get("c", [f"g{n}" for n in range(10_001)]),
@@ -183,6 +185,17 @@ def test_bad_requests_are_invalid_argument_and_change_nothing(shard: ShardApi) -
         with pytest.raises(InvalidArgument):
             call()
     assert shard.stats("c").last_applied_seq == 1
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [np.ones((1, DIM + 1), np.float32), np.full((1, DIM), np.nan, np.float32), np.zeros((0, DIM), np.float32)],
+)
+def test_queries_are_validated_before_any_shard_sees_them(rows: np.ndarray) -> None:
+    with pytest.raises(InvalidArgument):
+        q(rows)
+    with pytest.raises(InvalidArgument, match="zero vector"):
+        prepare_queries(np.zeros((1, DIM), np.float32), spec("z", Metric.COSINE))
 
 
 def test_remote_errors_are_unavailable_when_the_shard_is_gone(tmp_path: Path) -> None:
