@@ -6,6 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY vsproto ./vsproto
+COPY core ./core
 COPY shard ./shard
 COPY router ./router
 COPY server ./server
