@@ -61,7 +61,7 @@ def measure(tree: Path, data: Path, batch: int, passes: int, efs: list[int], n_q
     server = ServerProcess(args)  # not started: no port is served, no refresher runs
     search = SearchServicer(server.engine)
     admin = AdminServicer(server.topology, server.engine)
-    context = _Context()
+    context: Any = _Context()  # duck-typed grpc.ServicerContext
     spec = types_pb.CollectionSpec(name="cost", dimension=dim, metric=types_pb.METRIC_COSINE)
     search.CreateCollection(pb.CreateCollectionRequest(spec=spec), context)
 
@@ -162,19 +162,19 @@ def run_child(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def ab_report(results: list[dict[str, Any]], command: str, before_sha: str) -> str:
-    def median(variant: str, key: Any) -> float:
-        return statistics.median(key(r) for r in results if r["variant"] == variant)
+def figures(result: dict[str, Any]) -> dict[str, float]:
+    """The figures of one run, by label (microseconds; lower is cheaper)."""
+    out = {"upsert, us per item": float(result["upsert_us_per_item"])}
+    for ef, search in result["search"].items():
+        out[f"Search ef={ef}, us per query"] = search["us_per_query"]
+        out[f"Search ef={ef}, us per query outside hnswlib"] = search["us_per_query"] - search["hnswlib_us_per_query"]
+    return out
 
-    rows = [("upsert, us per item", lambda r: r["upsert_us_per_item"])]
-    for ef in results[0]["search"]:
-        rows.append((f"Search ef={ef}, us per query", lambda r, ef=ef: r["search"][ef]["us_per_query"]))
-        rows.append(
-            (
-                f"Search ef={ef}, us per query outside hnswlib",
-                lambda r, ef=ef: r["search"][ef]["us_per_query"] - r["search"][ef]["hnswlib_us_per_query"],
-            )
-        )
+
+def ab_report(results: list[dict[str, Any]], command: str, before_sha: str) -> str:
+    def median(variant: str, label: str) -> float:
+        return statistics.median(figures(r)[label] for r in results if r["variant"] == variant)
+
     lines = [
         f"# Server cost per request, in process: this checkout (after) vs {before_sha[:9]} (before)",
         "",
@@ -185,8 +185,8 @@ def ab_report(results: list[dict[str, Any]], command: str, before_sha: str) -> s
         "| figure | before | after | after / before |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for label, key in rows:
-        before, after = median("before", key), median("after", key)
+    for label in figures(results[0]):
+        before, after = median("before", label), median("after", label)
         lines.append(f"| {label} | {before:.1f} | {after:.1f} | {after / before:.3f} |")
     return "\n".join(lines) + "\n"
 
