@@ -22,10 +22,11 @@ negation. ``In(())`` matches nothing, an empty ``AllOf`` everything, an empty ``
 Rules that do not depend on a collection are enforced by the constructors, so every node that
 exists is well formed; a violation is ``InvalidArgument`` (a client error) with the message the
 public API reports: a field of another form, more than ``MAX_IN_VALUES`` values in ``In``, a
-``Range`` without bounds, ``Range`` on tags or uri, a non-string value for tags or uri, NaN, or
-a tree deeper than ``MAX_DEPTH``. Rules that need the collection's stored attribute types (the
-attribute exists, values have its type, ``Range`` only on int and double) are checked where the
-tree is evaluated against a collection.
+``Range`` without bounds, ``Range`` on tags or uri, a non-string value for tags or uri, NaN, a
+string that cannot be stored (``core.text.check_text``), or a tree deeper than ``MAX_DEPTH``,
+with more than ``MAX_NODES`` nodes or more than ``MAX_VALUES`` values in all. Rules that need
+the collection's stored attribute types (the attribute exists, values have its type, ``Range``
+only on int and double) are checked where the tree is evaluated against a collection.
 
 Nodes are frozen dataclasses whose children are tuples, so a tree is immutable, hashable and
 safe to share between threads.
@@ -38,12 +39,18 @@ import math
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from core import limits
 from core.errors import InvalidArgument
+from core.text import check_text, quote
 
-MAX_DEPTH = 32
+MAX_DEPTH = limits.MAX_FILTER_DEPTH
 """The deepest nesting allowed: ``depth()`` of a tree is at most this."""
-MAX_IN_VALUES = 10_000
+MAX_IN_VALUES = limits.MAX_FILTER_VALUES
 """The most values one ``In`` may list."""
+MAX_NODES = limits.MAX_FILTER_NODES
+"""The most nodes of one tree: ``size()`` is at most this."""
+MAX_VALUES = limits.MAX_FILTER_VALUES
+"""The most values of all the conditions of one tree together: ``value_count()`` is at most this."""
 
 TAGS = "tags"
 URI = "uri"
@@ -165,7 +172,7 @@ class Condition:
     op: Op
 
     def __post_init__(self) -> None:
-        where = f"filter on {self.field!r}"
+        where = f"filter on {quote(self.field)}"
         op = self.op
         if isinstance(op, In) and len(op.values) > MAX_IN_VALUES:
             raise InvalidArgument(f"{where}: more than {MAX_IN_VALUES} values in 'in'")
@@ -187,6 +194,8 @@ class Condition:
                 raise InvalidArgument(f"{where}: NaN is not a filter value")
             if text_field and not isinstance(value, str):
                 raise InvalidArgument(f"{where}: values must be strings, got {value_type_name(value)}")
+            if isinstance(value, str):
+                check_text(value, f"{where}: value", limits.MAX_FILTER_STRING_BYTES)
 
     @property
     def attribute(self) -> str | None:
@@ -201,34 +210,54 @@ class Condition:
         """1: the number of nodes of this tree."""
         return 1
 
+    def value_count(self) -> int:
+        """The number of values this condition lists (eq: 1, in: its list, range: its bounds)."""
+        if isinstance(self.op, Eq):
+            return 1
+        if isinstance(self.op, In):
+            return len(self.op.values)
+        return len(self.op.items())
 
-def _check_depth(children: tuple[Filter, ...]) -> int:
+
+def _check_shape(children: tuple[Filter, ...]) -> tuple[int, int, int]:
+    """(depth, size, value count) of a node over ``children``; InvalidArgument past the bounds."""
     depth = 1 + max((child.depth() for child in children), default=0)
     if depth > MAX_DEPTH:
         raise InvalidArgument(f"filter nested deeper than {MAX_DEPTH}")
-    return depth
+    size = 1 + sum(child.size() for child in children)
+    if size > MAX_NODES:
+        raise InvalidArgument(f"filter has more than {MAX_NODES} nodes")
+    values = sum(child.value_count() for child in children)
+    if values > MAX_VALUES:
+        raise InvalidArgument(f"filter lists more than {MAX_VALUES} values in all")
+    return depth, size, values
 
 
 @dataclass(frozen=True)
 class _Group:
     """Shared shape of ``AllOf`` and ``AnyOf``: a tuple of child filters.
 
-    Raises InvalidArgument on construction if the tree would be deeper than ``MAX_DEPTH``."""
+    Raises InvalidArgument on construction if the tree would break ``MAX_DEPTH``, ``MAX_NODES``
+    or ``MAX_VALUES``."""
 
     filters: tuple[Filter, ...]
-    _depth: int = dataclasses.field(init=False, repr=False, compare=False)
+    _shape: tuple[int, int, int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", tuple(self.filters))
-        object.__setattr__(self, "_depth", _check_depth(self.filters))
+        object.__setattr__(self, "_shape", _check_shape(self.filters))
 
     def depth(self) -> int:
         """The number of edges on the longest path from this node to a leaf."""
-        return self._depth
+        return self._shape[0]
 
     def size(self) -> int:
         """The number of nodes of this tree."""
-        return 1 + sum(child.size() for child in self.filters)
+        return self._shape[1]
+
+    def value_count(self) -> int:
+        """The number of values of all the conditions of this tree."""
+        return self._shape[2]
 
 
 @dataclass(frozen=True)
@@ -244,21 +273,26 @@ class AnyOf(_Group):
 @dataclass(frozen=True)
 class Not:
     """``filter`` does not match (so an item without an attribute matches ``Not`` of a condition
-    on it). Raises InvalidArgument on construction if the tree would be deeper than ``MAX_DEPTH``."""
+    on it). Raises InvalidArgument on construction if the tree would break ``MAX_DEPTH``,
+    ``MAX_NODES`` or ``MAX_VALUES``."""
 
     filter: Filter
-    _depth: int = dataclasses.field(init=False, repr=False, compare=False)
+    _shape: tuple[int, int, int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_depth", _check_depth((self.filter,)))
+        object.__setattr__(self, "_shape", _check_shape((self.filter,)))
 
     def depth(self) -> int:
         """The number of edges on the longest path from this node to a leaf."""
-        return self._depth
+        return self._shape[0]
 
     def size(self) -> int:
         """The number of nodes of this tree."""
-        return 1 + self.filter.size()
+        return self._shape[1]
+
+    def value_count(self) -> int:
+        """The number of values of all the conditions of this tree."""
+        return self._shape[2]
 
 
 Filter: TypeAlias = Condition | AllOf | AnyOf | Not

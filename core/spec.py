@@ -8,12 +8,13 @@ import re
 from dataclasses import asdict, dataclass
 
 from core.errors import InvalidArgument
+from core.limits import MAX_BATCH_ITEMS
+from core.text import quote
 
 MAX_DIMENSION = 16384
 MAX_K = 10_000
 MAX_EF = 10_000
-MAX_ID_BYTES = 256
-MAX_GET_IDS = 10_000
+MAX_GET_IDS = MAX_BATCH_ITEMS
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_EF_SEARCH = 64
@@ -56,9 +57,10 @@ class CollectionSpec:
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
-            f"invalid collection name {name!r}: 1..128 characters from [A-Za-z0-9_.-], not starting with '.' or '-'"
+            f"invalid collection name {quote(name)}: "
+            "1..128 characters from [A-Za-z0-9_.-], not starting with '.' or '-'"
         )
     return name
 

@@ -71,16 +71,46 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
     context.abort(code, str(exc))
 
 
+class MalformedRequest:
+    """Stands in for a request message whose bytes did not parse (see ``vsproto.handlers``)."""
+
+    def __init__(self, message_type: str, reason: str) -> None:
+        self.message_type = message_type
+        self.reason = reason
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"the request is not a valid {self.message_type} message ({self.reason}: "
+            "bad bytes, invalid UTF-8 in a string field, or nesting too deep)"
+        )
+
+
+def check_parsed(request: Any) -> Any:
+    """``request``, or InvalidArgument when it is a :class:`MalformedRequest`."""
+    if isinstance(request, MalformedRequest):
+        raise request.error()
+    return request
+
+
+def parsed_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    """The messages of a client stream, InvalidArgument at the first that did not parse."""
+    for request in requests:
+        yield check_parsed(request)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handled(method: F) -> F:
-    """Wraps a unary servicer method: domain errors become their status (see :func:`abort`)."""
+    """Wraps a unary (or client-streaming) servicer method: domain errors become their status
+    (see :func:`abort`); a request (or stream message) that did not parse is INVALID_ARGUMENT."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            if isinstance(request, Iterator):
+                return method(self, parsed_stream(request), context)
+            return method(self, check_parsed(request), context)
         except Exception as exc:
             abort(context, exc, method.__name__)
 
@@ -93,7 +123,7 @@ def handled_stream(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from method(self, request, context)
+            yield from method(self, check_parsed(request), context)
         except Exception as exc:
             abort(context, exc, method.__name__)
 

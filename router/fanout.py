@@ -34,6 +34,7 @@ from core.errors import (
     AlreadyExists,
     DeadlineExceeded,
     DomainError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ShardsUnavailable,
@@ -47,6 +48,10 @@ from shard.api import ShardApi
 from shard.remote import RemoteShard
 from shard.types import CollectionStats, QueryHits
 
+NO_SHARDS = (
+    "the cluster has no shards: register one (python -m server --register-shard ID=HOST:PORT, or "
+    "--local-shard DIR for a single node) before creating or using collections"
+)
 LOCAL_PREFIX = "local:"
 """Topology address prefix of a shard that lives inside a server process (single-node shape)."""
 A = TypeVar("A")
@@ -139,8 +144,14 @@ class Router:
             raise NotFound(f"collection {collection!r} does not exist")
         raise ShardsUnavailable({s: status.describe(e) for s, e in errors.items()})
 
+    def require_shards(self) -> None:
+        """FailedPrecondition when the topology has no shard (nothing can be stored or searched)."""
+        if not self.shards:
+            raise FailedPrecondition(NO_SHARDS)
+
     def _group(self, ids: Sequence[str]) -> dict[str, list[int]]:
-        """Positions of ``ids`` by owning shard."""
+        """Positions of ``ids`` by owning shard (FailedPrecondition when there is none)."""
+        self.require_shards()
         if len(self.ring.shards) == 1:  # no hashing needed
             return {self.ring.shards[0]: list(range(len(ids)))}
         groups: dict[str, list[int]] = defaultdict(list)
@@ -148,10 +159,18 @@ class Router:
             groups[owner].append(position)
         return groups
 
+    def probe(self, timeout: float) -> dict[str, str]:
+        """Asks every shard in parallel for its collections (a cheap call) with ``timeout``;
+        returns the shards that failed, by id, with the reason (empty: all answered)."""
+        _, errors = self._call(lambda shard, _: shard.list_collections(timeout), dict.fromkeys(self.shards), timeout)
+        return {s: status.describe(e) for s, e in sorted(errors.items())}
+
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec, timeout: float) -> tuple[bool, CollectionSpec]:
         """Creates the collection on every shard (idempotent); created is True if any shard
-        created it, and the spec is the stored one (defaults filled)."""
+        created it, and the spec is the stored one (defaults filled). FailedPrecondition when
+        the topology has no shard."""
+        self.require_shards()
         replies, errors = self._call(
             lambda shard, s: shard.create_collection(s, timeout), dict.fromkeys(self.shards, spec), timeout
         )
@@ -169,6 +188,7 @@ class Router:
     def compact(self, collection: str, wait: bool, timeout: float) -> dict[str, CollectionStats]:
         """Compacts ``collection`` on every shard in parallel (waiting for each when ``wait``),
         then returns each shard's stats. Raises ``ShardsUnavailable`` if any shard failed."""
+        self.require_shards()
         targets = dict.fromkeys(self.shards, collection)
         _, errors = self._call(lambda shard, c: shard.compact(c, wait, timeout), targets, timeout)
         self._check(errors, collection)
@@ -214,6 +234,7 @@ class Router:
         With ``allow_ids``, results are restricted to those ids: each is sent only to its
         owning shard, and shards that own none of them are not asked at all.
         """
+        self.require_shards()
         if allow_ids is not None and not allow_ids:
             return SearchOutcome([[] for _ in range(len(queries))])
         if allow_ids is None:

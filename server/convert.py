@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core import filters
+from core import filters, limits
 from core.errors import InvalidArgument
+from core.text import quote
 from core.vectors import Matrix
 from server.metadata import AttrValue, ItemMeta
 from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
@@ -28,43 +29,63 @@ def filter_from_proto(message: pb.Filter) -> filters.Filter:
 
     Raises InvalidArgument for a filter (or a sub-filter) with no kind set, a condition with no
     op set, a value with no type set, and every rule the domain tree enforces (``core/filters.py``:
-    nesting deeper than ``MAX_DEPTH``, more than ``MAX_IN_VALUES`` values in ``in``, NaN, a range
-    without bounds, a range or non-string value on tags / uri, a field of another form). Rules
+    nesting deeper than ``MAX_DEPTH``, more than ``MAX_NODES`` nodes or ``MAX_VALUES`` values,
+    NaN, a string that cannot be stored, a range without bounds, a range or non-string value on
+    tags / uri, a field of another form). Depth, nodes and values are also counted top-down
+    while converting, so an oversized message is refused before most of it is converted. Rules
     that need the collection's attribute types are checked later, when the tree is compiled.
     """
-    return _filter(message, 0)
+    return _filter(message, 0, _Budget())
 
 
-def _filter(message: pb.Filter, level: int) -> filters.Filter:
-    # Checked top-down as well as by the domain constructors, so that a deep message is refused
-    # before the recursion goes deep.
+class _Budget:
+    """Nodes and values converted so far, against the bounds of ``core/filters.py``."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.values = 0
+
+    def take(self, nodes: int, values: int) -> None:
+        self.nodes += nodes
+        self.values += values
+        if self.nodes > filters.MAX_NODES:
+            raise InvalidArgument(f"filter has more than {filters.MAX_NODES} nodes")
+        if self.values > filters.MAX_VALUES:
+            raise InvalidArgument(f"filter lists more than {filters.MAX_VALUES} values in all")
+
+
+def _filter(message: pb.Filter, level: int, budget: _Budget) -> filters.Filter:
     if level > filters.MAX_DEPTH:
         raise InvalidArgument(f"filter nested deeper than {filters.MAX_DEPTH}")
+    budget.take(1, 0)
     kind = message.WhichOneof("kind")
     if kind == "condition":
-        return _condition(message.condition)
-    if kind == "all_of":
-        return filters.AllOf(tuple(_filter(child, level + 1) for child in message.all_of.filters))
-    if kind == "any_of":
-        return filters.AnyOf(tuple(_filter(child, level + 1) for child in message.any_of.filters))
+        return _condition(message.condition, budget)
+    if kind in ("all_of", "any_of"):
+        children = getattr(message, kind).filters
+        converted = tuple(_filter(child, level + 1, budget) for child in children)
+        return filters.AllOf(converted) if kind == "all_of" else filters.AnyOf(converted)
     if kind == "not":
-        return filters.Not(_filter(getattr(message, "not"), level + 1))
+        return filters.Not(_filter(getattr(message, "not"), level + 1, budget))
     raise InvalidArgument("filter: empty filter (set condition, all_of, any_of or not)")
 
 
-def _condition(cond: pb.Condition) -> filters.Condition:
-    where = f"filter on {cond.field!r}"
+def _condition(cond: pb.Condition, budget: _Budget) -> filters.Condition:
+    where = f"filter on {quote(cond.field)}"
     op = cond.WhichOneof("op")
     if op == "eq":
+        budget.take(0, 1)
         return filters.Condition(cond.field, filters.Eq(_value(cond.eq, where)))
     if op == "in":
         values = getattr(cond, "in").values
         if len(values) > filters.MAX_IN_VALUES:  # before converting them all
             raise InvalidArgument(f"{where}: more than {filters.MAX_IN_VALUES} values in 'in'")
+        budget.take(0, len(values))
         return filters.Condition(cond.field, filters.In(tuple(_value(v, where) for v in values)))
     if op == "range":
         rng = cond.range
         bounds = {name: _value(getattr(rng, name), where) for name in ("gte", "gt", "lte", "lt") if rng.HasField(name)}
+        budget.take(0, len(bounds))
         return filters.Condition(cond.field, filters.Range(**bounds))
     raise InvalidArgument(f"{where}: set one of eq, in, range")
 
@@ -118,6 +139,8 @@ def upsert_from_proto(request: pb.UpsertRequest) -> tuple[list[str], Matrix, lis
     metadata of an upsert batch."""
     if not request.items:
         raise InvalidArgument("upsert: empty batch")
+    if len(request.items) > limits.MAX_BATCH_ITEMS:  # before converting them all
+        raise InvalidArgument(f"upsert: {len(request.items)} items, at most {limits.MAX_BATCH_ITEMS} per message")
     ids = [item.id for item in request.items]
     metas = [meta_from_proto(item.metadata) if item.HasField("metadata") else ItemMeta() for item in request.items]
     return ids, matrix_from_proto(request.vectors, "vectors"), metas

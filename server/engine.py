@@ -27,21 +27,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core import status
-from core.errors import DomainError, InvalidArgument, NotFound
-from core.spec import MAX_GET_IDS, CollectionSpec
+from core import limits, status
+from core.errors import DomainError, InvalidArgument, NotFound, ResourceExhausted
 from core.spec import MAX_K as SHARD_MAX_K
+from core.spec import CollectionSpec, validate_name
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from router.fanout import Router, SearchOutcome
 from router.topology import Topology
 from server.filters import compile_filter
 from server.metadata import ItemMeta, MetadataStore
-from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth
+from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
 from shard.api import ShardApi
 from shard.remote import RemoteShard
 from shard.types import CollectionStats
 
-MAX_K = 1000
+MAX_K = limits.MAX_K
 SPEC_TTL_S = 5.0
 COMPACT_TIMEOUT_S = 3600.0  # a waited compaction with no client deadline
 
@@ -55,6 +55,9 @@ class EngineOptions:
     allow_list_small: int = 2_000
     allow_list_selectivity: float = 0.02
     oversample: float = 2.0
+    # The largest reply the server may send (its --max-message-mb): a Get or Search whose vectors
+    # alone would exceed it is RESOURCE_EXHAUSTED before any work.
+    max_reply_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
 
 
 class Engine:
@@ -70,6 +73,8 @@ class Engine:
         NOT_FOUND meanwhile)."""
         now = time.monotonic()
         cached = self._specs.get(name)
+        if cached is None:
+            validate_name(name)  # a name no collection can have is refused before any SQL
         if cached is not None and now - cached[0] < SPEC_TTL_S:
             return cached[1]
         spec = self.metadata.spec(name)
@@ -83,8 +88,10 @@ class Engine:
 
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec, remaining: float | None = None) -> tuple[bool, CollectionSpec]:
+        router = self.router
+        router.require_shards()  # before the metadata row: a cluster without shards changes nothing
         created, stored = self.metadata.create_collection(spec)
-        self.router.create_collection(stored, self._timeout(remaining))  # idempotent: repairs a half-done create
+        router.create_collection(stored, self._timeout(remaining))  # idempotent: repairs a half-done create
         return created, stored
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
@@ -118,7 +125,7 @@ class Engine:
         spec = self.spec(collection)
         if len(metas) != len(ids):
             raise InvalidArgument(f"{len(ids)} ids but {len(metas)} metadata entries")
-        batch = prepare_batch(ids, vectors, spec)
+        batch = prepare_batch(ids, vectors, spec, max_items=limits.MAX_BATCH_ITEMS)
         last = {item: i for i, item in enumerate(ids)}
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
@@ -128,27 +135,53 @@ class Engine:
 
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:
         self.spec(collection)
-        id_list = list(dict.fromkeys(validate_ids(ids)))
+        id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
         deleted = self.router.delete(collection, id_list, self._timeout(remaining))
         self.metadata.delete(collection, id_list)
         return deleted
 
     # ------------------------------------------------------------------ reads
     def get(
-        self, collection: str, ids: Sequence[str], remaining: float | None = None
+        self, collection: str, ids: Sequence[str], remaining: float | None = None, include_vectors: bool = False
     ) -> tuple[dict[str, Matrix], dict[str, ItemMeta]]:
-        """Vectors (the shards are the truth for existence) and metadata of the ids."""
-        self.spec(collection)
-        id_list = validate_ids(ids)
-        if len(id_list) > MAX_GET_IDS:
-            raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
+        """Vectors (the shards are the truth for existence) and metadata of the ids (at most
+        ``limits.MAX_BATCH_ITEMS``). ``include_vectors`` only sizes the reply: when the vectors
+        alone would not fit in one, ResourceExhausted before any work."""
+        spec = self.spec(collection)
+        id_list = validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)
+        if include_vectors:
+            self._check_reply_size(len(id_list), spec.dimension, "Get")
         vectors = self.router.get(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
         return vectors, self.metadata.fetch(collection, list(vectors))
 
+    def _check_reply_size(self, rows: int, dimension: int, what: str) -> None:
+        size = rows * dimension * 4
+        if size > self.options.max_reply_bytes:
+            raise ResourceExhausted(
+                f"{what}: {rows} vectors of dimension {dimension} are {size} bytes, more than one reply may "
+                f"carry ({self.options.max_reply_bytes}); ask for fewer, or without vectors"
+            )
+
     def search(self, query: SearchQuery, remaining: float | None = None) -> SearchResult:
+        """The k nearest items to each query. Bounds (``core/limits.py``), checked before any
+        work: k in 1..MAX_K, at most MAX_QUERIES queries and MAX_RESULT_HITS queries x k, and
+        with vectors included, a reply that fits ``max_reply_bytes``."""
         if not 1 <= query.k <= MAX_K:
             raise InvalidArgument(f"k must be in 1..{MAX_K}, got {query.k}")
         spec = self.spec(query.collection)
+        if isinstance(query.target, VectorTarget):
+            n_queries = len(query.target.vectors)
+            if n_queries > limits.MAX_QUERIES:
+                raise InvalidArgument(f"{n_queries} queries, at most {limits.MAX_QUERIES} per Search")
+            if n_queries * query.k > limits.MAX_RESULT_HITS:
+                raise InvalidArgument(
+                    f"{n_queries} queries x k={query.k} = {n_queries * query.k} results, "
+                    f"at most {limits.MAX_RESULT_HITS} per Search"
+                )
+        else:
+            n_queries = 1
+        if query.include_vectors:
+            self._check_reply_size(n_queries * query.k, spec.dimension, "Search")
         exclude = None
         if isinstance(query.target, ItemTarget):
             exclude = query.target.item_id

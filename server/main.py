@@ -4,6 +4,11 @@ Reads the shard topology from the metadata database (see router/topology.py; reg
 with ``--register-shard ID=HOST:PORT`` or through the database), serves SearchService and
 AdminService plus gRPC health and reflection. Stateless: run as many as you like against one
 database. Every flag has a ``VS_SERVER_<FLAG>`` environment variable. SIGTERM drains.
+
+gRPC health: ``""`` (the process) and ``vectorsearch.v1.AdminService`` are SERVING while the
+process serves; ``vectorsearch.v1.SearchService`` is SERVING only while the topology has shards
+and every shard answered the last probe (every ``--health-interval-s``), NOT_SERVING otherwise
+(point readiness checks at it). AdminService.ClusterStatus names each shard's state.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from server.service import AdminServicer, SearchServicer
 from shard.collection import CollectionOptions
 from shard.local import LocalShard
 from shard.registry import Registry
-from vsproto.v1 import admin_service_pb2, admin_service_pb2_grpc, search_service_pb2, search_service_pb2_grpc
+from vsproto.handlers import add_servicer
+from vsproto.v1 import admin_service_pb2, search_service_pb2
 
 log = logging.getLogger("server")
 SEARCH = search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -86,6 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    p.add_argument(
+        "--health-interval-s",
+        type=float,
+        default=float(_env("health_interval_s", "2")),
+        help="how often every shard is probed for the SearchService health status",
+    )
+    p.add_argument("--health-probe-timeout-s", type=float, default=float(_env("health_probe_timeout_s", "1")))
 
 
 class ServerProcess:
@@ -120,6 +133,7 @@ class ServerProcess:
                 allow_list_max=args.allow_list_max,
                 allow_list_small=args.allow_list_small,
                 allow_list_selectivity=args.allow_list_selectivity,
+                max_reply_bytes=args.max_message_mb << 20,
             ),
         )
         limit = args.max_message_mb << 20
@@ -127,9 +141,13 @@ class ServerProcess:
             futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
-        search_service_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.engine), self.server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.topology, self.engine), self.server
+        add_servicer(
+            self.server, SearchServicer(self.engine), search_service_pb2.DESCRIPTOR.services_by_name["SearchService"]
+        )
+        add_servicer(
+            self.server,
+            AdminServicer(self.topology, self.engine),
+            admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -143,12 +161,15 @@ class ServerProcess:
         self.address = f"{args.listen.rsplit(':', 1)[0]}:{self.port}"
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="topology", daemon=True)
+        self._health_problem: str | None = None
 
     def start(self) -> None:
         self.server.start()
-        for name in ("", SEARCH, ADMIN):
+        for name in ("", ADMIN):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._update_search_health()
         self._refresher.start()
+        threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         if self.args.ready_file:
             tmp = Path(self.args.ready_file + ".tmp")
             tmp.write_text(self.address)
@@ -159,6 +180,33 @@ class ServerProcess:
             len(self.engine.router.shards),
             self.ring_version,
         )
+
+    def _update_search_health(self) -> None:
+        """SearchService is SERVING only while the topology has shards and every one of them
+        answered the last probe; otherwise NOT_SERVING, with the reason logged once per change.
+        The process itself ("") and AdminService stay SERVING: adding or repairing shards goes
+        through them."""
+        router = self.engine.router
+        if not router.shards:
+            problem = "no shards in the topology"
+        else:
+            failed = router.probe(self.args.health_probe_timeout_s)
+            problem = "; ".join(f"{s}: {reason}" for s, reason in failed.items())
+        serving = health_pb2.HealthCheckResponse.NOT_SERVING if problem else health_pb2.HealthCheckResponse.SERVING
+        self.health.set(SEARCH, serving)
+        if problem != self._health_problem:
+            if problem:
+                log.warning("SearchService NOT_SERVING: %s", problem)
+            else:
+                log.info("SearchService SERVING: every shard answers")
+            self._health_problem = problem
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.args.health_interval_s):
+            try:
+                self._update_search_health()
+            except Exception:
+                log.exception("health probe failed")
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(2.0):

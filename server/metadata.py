@@ -23,20 +23,21 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from core import schema
+from core import limits, schema
 from core.errors import AlreadyExists, InvalidArgument, NotFound
 from core.schema import attr_types as attr_types
 from core.schema import collections as collections
 from core.schema import items as items
 from core.spec import CollectionSpec
+from core.text import check_text, quote
 
 COMPONENT = schema.METADATA
 SCHEMA_VERSION = schema.METADATA_VERSION
-MAX_TAGS = 64
-MAX_TAG_BYTES = 256
-MAX_URI_BYTES = 4096
-MAX_ATTRIBUTES = 64
-_ATTR_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+SQL_CHUNK = 1_000
+"""Ids per SQL statement: an IN list (or a fetch's three) of this many stays far below SQLite's
+32,766 and Postgres' 65,535 bound parameters, so a batch of any size the API accepts works."""
+_ATTR_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 AttrValue = str | int | float | bool
 # one-letter stored type of an attribute value (vs_attr_types.vtype, and the value column of vs_item_attrs)
@@ -65,20 +66,31 @@ def value_type(value: AttrValue) -> str:
 
 
 def validate_meta(item_id: str, meta: ItemMeta) -> None:
-    if len(meta.uri.encode()) > MAX_URI_BYTES:
-        raise InvalidArgument(f"item {item_id!r}: uri longer than {MAX_URI_BYTES} bytes")
-    if len(meta.tags) > MAX_TAGS:
-        raise InvalidArgument(f"item {item_id!r}: more than {MAX_TAGS} tags")
+    """Checks one item's metadata against the limits of ``core/limits.py``: every string storable
+    (``core.text.check_text``: no NUL, valid UTF-8, bounded length), attribute names matching
+    ``[A-Za-z0-9_]{1,64}`` in full, ints within int64, no NaN. InvalidArgument otherwise."""
+    item = f"item {quote(item_id)}"
+    check_text(meta.uri, f"{item}: uri", limits.MAX_URI_BYTES)
+    if len(meta.tags) > limits.MAX_TAGS:
+        raise InvalidArgument(f"{item}: more than {limits.MAX_TAGS} tags")
     for tag in meta.tags:
-        if not tag or len(tag.encode()) > MAX_TAG_BYTES:
-            raise InvalidArgument(f"item {item_id!r}: tags must be 1..{MAX_TAG_BYTES} bytes")
-    if len(meta.attributes) > MAX_ATTRIBUTES:
-        raise InvalidArgument(f"item {item_id!r}: more than {MAX_ATTRIBUTES} attributes")
+        check_text(tag, f"{item}: tag", limits.MAX_TAG_BYTES, allow_empty=False)
+    if len(meta.attributes) > limits.MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{item}: more than {limits.MAX_ATTRIBUTES} attributes")
     for name, value in meta.attributes.items():
-        if not _ATTR_NAME.match(name):
-            raise InvalidArgument(f"item {item_id!r}: attribute name {name!r} must match [A-Za-z0-9_]{{1,64}}")
-        if isinstance(value, float) and value != value:
-            raise InvalidArgument(f"item {item_id!r}: attribute {name!r} is NaN")
+        if not _ATTR_NAME.fullmatch(name):
+            raise InvalidArgument(f"{item}: attribute name {quote(name)} must match [A-Za-z0-9_]{{1,64}}")
+        if isinstance(value, str):
+            check_text(value, f"{item}: attribute {name!r}", limits.MAX_ATTRIBUTE_STRING_BYTES)
+        elif isinstance(value, float) and value != value:
+            raise InvalidArgument(f"{item}: attribute {name!r} is NaN")
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidArgument(f"{item}: attribute {name!r} is outside the int64 range")
+
+
+def _chunks(ids: Sequence[str], size: int = SQL_CHUNK) -> Iterable[list[str]]:
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
 
 
 def _insert(engine: Engine, table: sa.Table) -> Any:
@@ -149,12 +161,18 @@ class MetadataStore:
         with the types already fixed for the collection. Returns the new name -> type pairs."""
         known = self.attribute_types(collection)
         new: dict[str, str] = {}
+        limit = limits.MAX_COLLECTION_ATTRIBUTES
         for item_id, meta in metas:
             validate_meta(item_id, meta)
             for name, value in meta.attributes.items():
                 vtype = value_type(value)
                 fixed = known.get(name) or new.get(name)
                 if fixed is None:
+                    if len(known) + len(new) >= limit:
+                        raise InvalidArgument(
+                            f"item {quote(item_id)}: attribute {name!r} would be the collection's "
+                            f"{limit + 1}th attribute name (at most {limit})"
+                        )
                     new[name] = vtype
                 elif fixed != vtype:
                     raise InvalidArgument(
@@ -170,9 +188,8 @@ class MetadataStore:
         with self.engine.begin() as conn:
             if new_types:
                 conn.execute(
-                    _insert(self.engine, attr_types)
-                    .values([{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()])
-                    .on_conflict_do_nothing()
+                    _insert(self.engine, attr_types).on_conflict_do_nothing(),
+                    [{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()],
                 )
                 stored = self._types_in(conn, collection, list(new_types))
                 clash = {n for n, t in new_types.items() if stored.get(n) != t}
@@ -191,7 +208,8 @@ class MetadataStore:
                 # A collection that has never had tags (attributes) has none to replace: skip the
                 # delete and its thousand-parameter IN list.
                 if conn.execute(sa.select(table.c.item_id).where(table.c.collection == collection).limit(1)).first():
-                    conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(ids)))
+                    for chunk in _chunks(ids):
+                        conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
             tag_rows = [
                 {"collection": collection, "item_id": i, "tag": t} for i, m in batch for t in dict.fromkeys(m.tags)
             ]
@@ -203,53 +221,37 @@ class MetadataStore:
 
     @staticmethod
     def _types_in(conn: sa.Connection, collection: str, names: list[str]) -> dict[str, str]:
-        rows = conn.execute(
-            sa.select(attr_types.c.name, attr_types.c.vtype).where(
-                attr_types.c.collection == collection, attr_types.c.name.in_(names)
-            )
-        ).all()
-        return {r.name: r.vtype for r in rows}
+        out: dict[str, str] = {}
+        for chunk in _chunks(names):
+            rows = conn.execute(
+                sa.select(attr_types.c.name, attr_types.c.vtype).where(
+                    attr_types.c.collection == collection, attr_types.c.name.in_(chunk)
+                )
+            ).all()
+            out.update((r.name, r.vtype) for r in rows)
+        return out
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
+        """Deletes the metadata of ``ids`` in one transaction (any number of ids)."""
         with self.engine.begin() as conn:
-            for table in (tags, attrs, items):
-                conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(list(ids))))
+            for chunk in _chunks(ids):
+                for table in (tags, attrs, items):
+                    conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
 
     def fetch(self, collection: str, ids: Sequence[str]) -> dict[str, ItemMeta]:
-        """Metadata of the ids that have any, in ONE round trip."""
-        if not ids:
-            return {}
-        id_list = list(dict.fromkeys(ids))
-        null_text = sa.cast(sa.null(), sa.Text)
-        null_int = sa.cast(sa.null(), sa.BigInteger)
-        null_double = sa.cast(sa.null(), sa.Float(precision=53))
-        null_bool = sa.cast(sa.null(), sa.Boolean)
-        q_items = sa.select(
-            sa.literal("u").label("kind"),
-            items.c.item_id,
-            items.c.uri.label("k"),
-            null_text.label("vtype"),
-            null_text.label("s"),
-            null_int.label("i"),
-            null_double.label("d"),
-            null_bool.label("b"),
-        ).where(items.c.collection == collection, items.c.item_id.in_(id_list))
-        q_tags = sa.select(
-            sa.literal("t"), tags.c.item_id, tags.c.tag, null_text, null_text, null_int, null_double, null_bool
-        ).where(tags.c.collection == collection, tags.c.item_id.in_(id_list))
-        q_attrs = sa.select(
-            sa.literal("a"), attrs.c.item_id, attrs.c.name, attrs.c.vtype, attrs.c.s, attrs.c.i, attrs.c.d, attrs.c.b
-        ).where(attrs.c.collection == collection, attrs.c.item_id.in_(id_list))
+        """Metadata of the ids that have any: one round trip per ``SQL_CHUNK`` ids (a UNION ALL of
+        the three tables), all in one read transaction."""
         out: dict[str, ItemMeta] = {}
         with self.engine.connect() as conn:
-            for row in conn.execute(sa.union_all(q_items, q_tags, q_attrs)):
-                meta = out.setdefault(row.item_id, ItemMeta())
-                if row.kind == "u":
-                    meta.uri = row.k
-                elif row.kind == "t":
-                    meta.tags.append(row.k)
-                else:
-                    meta.attributes[row.k] = _attr_value(row.vtype, row.s, row.i, row.d, row.b)
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for row in conn.execute(_fetch_query(collection, chunk)):
+                    meta = out.setdefault(row.item_id, ItemMeta())
+                    if row.kind == "u":
+                        meta.uri = row.k
+                    elif row.kind == "t":
+                        meta.tags.append(row.k)
+                    else:
+                        meta.attributes[row.k] = _attr_value(row.vtype, row.s, row.i, row.d, row.b)
         for meta in out.values():
             meta.tags.sort()
         return out
@@ -271,16 +273,42 @@ class MetadataStore:
 
     def which_match(self, collection: str, ids: Sequence[str], clause: sa.ColumnElement[bool]) -> set[str]:
         """The subset of ``ids`` whose metadata matches (one query)."""
-        if not ids:
-            return set()
+        out: set[str] = set()
         with self.engine.connect() as conn:
-            return set(
-                conn.execute(
-                    sa.select(items.c.item_id).where(
-                        items.c.collection == collection, items.c.item_id.in_(list(ids)), clause
-                    )
-                ).scalars()
-            )
+            for chunk in _chunks(ids):
+                out.update(
+                    conn.execute(
+                        sa.select(items.c.item_id).where(
+                            items.c.collection == collection, items.c.item_id.in_(chunk), clause
+                        )
+                    ).scalars()
+                )
+        return out
+
+
+def _fetch_query(collection: str, ids: list[str]) -> sa.CompoundSelect[Any]:
+    """The uri, tags and attributes of ``ids`` as one UNION ALL (kind u / t / a per row)."""
+    null_text = sa.cast(sa.null(), sa.Text)
+    null_int = sa.cast(sa.null(), sa.BigInteger)
+    null_double = sa.cast(sa.null(), sa.Float(precision=53))
+    null_bool = sa.cast(sa.null(), sa.Boolean)
+    q_items = sa.select(
+        sa.literal("u").label("kind"),
+        items.c.item_id,
+        items.c.uri.label("k"),
+        null_text.label("vtype"),
+        null_text.label("s"),
+        null_int.label("i"),
+        null_double.label("d"),
+        null_bool.label("b"),
+    ).where(items.c.collection == collection, items.c.item_id.in_(ids))
+    q_tags = sa.select(
+        sa.literal("t"), tags.c.item_id, tags.c.tag, null_text, null_text, null_int, null_double, null_bool
+    ).where(tags.c.collection == collection, tags.c.item_id.in_(ids))
+    q_attrs = sa.select(
+        sa.literal("a"), attrs.c.item_id, attrs.c.name, attrs.c.vtype, attrs.c.s, attrs.c.i, attrs.c.d, attrs.c.b
+    ).where(attrs.c.collection == collection, attrs.c.item_id.in_(ids))
+    return sa.union_all(q_items, q_tags, q_attrs)
 
 
 _TYPE_NAMES = {STRING: "string", INT: "int", DOUBLE: "double", BOOL: "bool"}

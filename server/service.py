@@ -81,7 +81,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @handled
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Any:
-        vectors, metas = self.engine.get(request.collection, request.ids, context.time_remaining())
+        vectors, metas = self.engine.get(
+            request.collection, request.ids, context.time_remaining(), request.include_vectors
+        )
         return convert.get_response_to_proto(request.ids, vectors, metas, request.include_vectors)
 
     @handled

@@ -27,7 +27,8 @@ from shard.local import LocalShard
 from shard.registry import Registry
 from shard.service import ShardServicer
 from shard.wal import FsyncPolicy, WalOptions
-from vsproto.v1 import shard_service_pb2, shard_service_pb2_grpc
+from vsproto.handlers import add_servicer
+from vsproto.v1 import shard_service_pb2
 
 log = logging.getLogger("shard")
 SERVICE_NAME = shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
@@ -85,7 +86,9 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    shard_service_pb2_grpc.add_ShardServiceServicer_to_server(ShardServicer(LocalShard(registry)), server)
+    add_servicer(
+        server, ShardServicer(LocalShard(registry)), shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"]
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.errors import AlreadyExists, NotFound, Unavailable
 from core.spec import CollectionSpec, validate_name
+from core.text import quote
 from shard.collection import Collection, CollectionOptions
 from shard.fsutil import fsync_dir
 from shard.types import CompactResult
@@ -89,7 +90,7 @@ class Registry:
     def get(self, name: str) -> Collection:
         collection = self._collections.get(name)
         if collection is None:
-            raise NotFound(f"collection {name!r} does not exist on this shard")
+            raise NotFound(f"collection {quote(name)} does not exist on this shard")
         return collection
 
     def list(self) -> list[CollectionSpec]:

@@ -12,10 +12,13 @@ from testkit.procutil import REPO, read_tail, tree_env, wait_for_ready_file
 
 
 class SingleNodeProcess:
-    """``root`` is the source tree the server runs from (default: this checkout)."""
+    """``root`` is the source tree the server runs from (default: this checkout). With
+    ``local_shard=False`` the server owns no shard (and has none unless ``extra_args`` register
+    some): a server of a cluster, or one with no shards at all."""
 
-    def __init__(self, workdir: Path, *extra_args: str, root: Path = REPO) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, root: Path = REPO, local_shard: bool = True) -> None:
         self.workdir = workdir
+        self.local_shard = local_shard
         self.extra_args = list(extra_args)
         self.root = root
         self.log_path = workdir / "server.log"
@@ -36,8 +39,7 @@ class SingleNodeProcess:
             "127.0.0.1:0",
             "--ready-file",
             str(ready),
-            "--local-shard",
-            str(self.workdir / "shard"),
+            *(("--local-shard", str(self.workdir / "shard")) if self.local_shard else ()),
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
