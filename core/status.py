@@ -63,8 +63,11 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.DomainError:
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
-    """Ends the call with the status of ``exc``; a non-domain error is logged as a bug."""
+    """Ends the call with the status of ``exc``; a non-domain error is logged as a bug, unless
+    the client had already gone away (one info line, see :func:`client_gone`)."""
     code = to_code(exc)
+    if code is None and client_gone(context, method, exc):
+        context.abort(grpc.StatusCode.CANCELLED, "the client went away")
     if code is None:
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
@@ -115,6 +118,15 @@ def handled(method: F) -> F:
             abort(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+def client_gone(context: grpc.ServicerContext, method: str, exc: BaseException) -> bool:
+    """True (after one info line) when the call already ended on the client's side: it
+    cancelled, disconnected or its deadline passed. Such a failure is not a server error."""
+    if context.is_active():
+        return False
+    log.info("%s: the client went away (cancelled, disconnected or past its deadline): %s", method, type(exc).__name__)
+    return True
 
 
 def handled_stream(method: F) -> F:

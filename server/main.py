@@ -31,7 +31,7 @@ from router.fanout import LOCAL_PREFIX, Router
 from router.topology import TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
 from server.metadata import MetadataStore
-from server.service import AdminServicer, SearchServicer
+from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
 from shard.collection import CollectionOptions
 from shard.local import LocalShard
 from shard.registry import Registry
@@ -93,6 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
     p.add_argument(
+        "--max-streams",
+        type=int,
+        default=int(_env("max_streams", str(DEFAULT_MAX_STREAMS))),
+        help="client streams (UpsertStream) served at once; more are RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
         "--health-interval-s",
         type=float,
         default=float(_env("health_interval_s", "2")),
@@ -138,11 +144,15 @@ class ServerProcess:
         )
         limit = args.max_message_mb << 20
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="rpc"),
+            # one thread per stream slot on top of the workers for unary calls: idle streams can
+            # never starve Search or Health (threads are started only when needed)
+            futures.ThreadPoolExecutor(max_workers=args.workers + args.max_streams, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         add_servicer(
-            self.server, SearchServicer(self.engine), search_service_pb2.DESCRIPTOR.services_by_name["SearchService"]
+            self.server,
+            SearchServicer(self.engine, args.max_streams),
+            search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
         )
         add_servicer(
             self.server,

@@ -8,13 +8,15 @@ INTERNAL, and the process keeps serving. Conversions live in ``server/convert.py
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
 from core import status
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, ResourceExhausted
 from core.status import handled
 from router.topology import TopologyStore
 from server import convert
@@ -25,10 +27,39 @@ from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import search_service_pb2_grpc as pb_grpc
 
+DEFAULT_MAX_STREAMS = 1_024
+
+
+class StreamSlots:
+    """A bound on the client streams served at once. The server's thread pool has one thread per
+    slot on top of the threads for unary calls (``server/main.py``), so streams held open, even
+    idle ones, can never take the threads Search, Get and Health need. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """A slot for the duration of the block; ResourceExhausted at once when none is free."""
+        with self._lock:
+            if self._used >= self.limit:
+                raise ResourceExhausted(
+                    f"{self.limit} client streams are open on this server, the most it serves; retry"
+                )
+            self._used += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._used -= 1
+
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self.engine = engine
+        self.streams = StreamSlots(max_streams)
 
     @handled
     def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext) -> Any:
@@ -59,6 +90,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @handled
     def UpsertStream(self, request_iterator: Iterator[pb.UpsertRequest], context: grpc.ServicerContext) -> Any:
+        with self.streams.hold():
+            return self._upsert_stream(request_iterator, context)
+
+    def _upsert_stream(self, request_iterator: Iterator[pb.UpsertRequest], context: grpc.ServicerContext) -> Any:
         total = 0
         collection = ""
         for request in request_iterator:
@@ -71,7 +106,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 code = status.to_code(exc)
                 if code is None:
                     raise
-                context.abort(code, f"{exc} (after {total} items were upserted)")
+                # the same status, with how much of the stream was written
+                raise status.from_code(code, f"{exc} (after {total} items were upserted)") from exc
         return pb.UpsertResponse(upserted=total)
 
     @handled
