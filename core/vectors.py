@@ -124,13 +124,12 @@ def validate_ids(ids: Sequence[str], what: str = "ids", max_items: int | None = 
     return out
 
 
-def last_wins(ids: list[str], matrix: Matrix) -> tuple[list[str], Matrix]:
-    """De-duplicates a batch keeping each id's last occurrence (documented upsert semantics)."""
+def last_positions(ids: Sequence[str]) -> list[int] | None:
+    """The positions of each id's last occurrence, in order; None when every id is unique."""
     positions = {item: i for i, item in enumerate(ids)}
     if len(positions) == len(ids):
-        return ids, matrix
-    keep = sorted(positions.values())
-    return [ids[i] for i in keep], matrix[keep]
+        return None
+    return sorted(positions.values())
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,12 @@ class Batch:
 
     ids: list[str]
     vectors: Matrix
+    # One opaque payload per id, stored with its vector in one log record (None: no payloads).
+    payloads: list[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if self.payloads is not None and len(self.payloads) != len(self.ids):
+            raise InvalidArgument(f"{len(self.ids)} ids but {len(self.payloads)} payloads")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,7 +157,8 @@ class Batch:
         """The sub-batch at ``positions`` (still valid: a subset of a valid batch)."""
         if len(positions) == len(self.ids):
             return self
-        return Batch([self.ids[p] for p in positions], np.ascontiguousarray(self.vectors[list(positions)]))
+        payloads = None if self.payloads is None else [self.payloads[p] for p in positions]
+        return Batch([self.ids[p] for p in positions], np.ascontiguousarray(self.vectors[list(positions)]), payloads)
 
 
 @dataclass(frozen=True)
@@ -175,12 +181,20 @@ def prepare_queries(matrix: Matrix, spec: CollectionSpec, what: str = "queries")
 
 
 def prepare_batch(
-    ids: Sequence[str], vectors: Matrix, spec: CollectionSpec, what: str = "vectors", max_items: int | None = None
+    ids: Sequence[str],
+    vectors: Matrix,
+    spec: CollectionSpec,
+    what: str = "vectors",
+    max_items: int | None = None,
+    payloads: Sequence[bytes] | None = None,
 ) -> Batch:
     """Validates a write for ``spec``'s collection: ids (:func:`validate_ids`, at most
-    ``max_items``), one row per id, rows as :func:`check_matrix` wants them; prepares the rows
-    for the metric (:func:`prepare_for_metric`) and keeps each id's last occurrence."""
+    ``max_items``), one row per id, rows as :func:`check_matrix` wants them, and no payloads
+    or one per id; prepares the rows for the metric (:func:`prepare_for_metric`) and keeps
+    each id's last occurrence (with its payload)."""
     id_list = validate_ids(ids, max_items=max_items)
+    if payloads is not None and len(payloads) != len(id_list):
+        raise InvalidArgument(f"{len(id_list)} ids but {len(payloads)} payloads")
     vectors = check_matrix(vectors, spec.dimension, what)
     if len(id_list) != vectors.shape[0]:
         hint = ""
@@ -188,5 +202,9 @@ def prepare_batch(
             hint = " (float64 bytes read as float32? declare element_type FLOAT64 and rows in Vectors)"
         raise InvalidArgument(f"{len(id_list)} ids but {vectors.shape[0]} vectors{hint}")
     prepared = prepare_for_metric(vectors, spec.metric, what)
-    id_list, prepared = last_wins(id_list, prepared)
-    return Batch(id_list, np.ascontiguousarray(prepared, dtype=np.float32))
+    keep = last_positions(id_list)
+    payload_list = None if payloads is None else list(payloads)
+    if keep is not None:
+        id_list, prepared = [id_list[i] for i in keep], prepared[keep]
+        payload_list = None if payload_list is None else [payload_list[i] for i in keep]
+    return Batch(id_list, np.ascontiguousarray(prepared, dtype=np.float32), payload_list)

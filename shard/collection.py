@@ -37,7 +37,7 @@ from shard import exact, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
-from shard.types import CollectionStats, CompactResult, KeyRange, QueryHits, ScanBatch, WriteResult
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
 from shard.wal import FsyncPolicy, Wal, WalOptions
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Collection:
 
     def upsert_batch(self, batch: Batch) -> WriteResult:
         """Logs and applies an already validated batch (see ``core.vectors.Batch``)."""
-        op = records.UpsertOp(batch.ids, batch.vectors)
+        op = records.UpsertOp(batch.ids, batch.vectors, batch.payloads)
         payload = records.encode(op)
         with self._write_lock:
             wal = self._check_open()
@@ -211,7 +211,7 @@ class Collection:
         active = view.active
         if isinstance(op, records.UpsertOp):
             existed = sum(1 for item in op.ids if self._supersede(item, seq, view))
-            active.append(op.ids, op.vectors, seq)
+            active.append(op.ids, op.vectors, seq, op.payloads)
             self._live += len(op.ids) - existed
         else:
             for item in op.ids:
@@ -269,11 +269,18 @@ class Collection:
 
     def get(self, ids: Sequence[str]) -> tuple[list[str], Matrix, list[str]]:
         """Returns (found ids, their vectors, missing ids), in request order."""
+        fetched = self.fetch(ids)
+        return fetched.ids, fetched.vectors, fetched.missing
+
+    def fetch(self, ids: Sequence[str]) -> Fetched:
+        """The found ids in request order with their vectors and payloads, and the missing ids.
+        Each id's vector and payload come from one view, so from one write."""
         id_list = validate_ids(ids)
         if len(id_list) > MAX_GET_IDS:
             raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
         view = self._view
         found: list[str] = []
+        payloads: list[bytes] = []
         missing: list[str] = []
         matrix = np.empty((len(id_list), self.spec.dimension), dtype=np.float32)
         graph_rows: list[int] = []
@@ -286,13 +293,15 @@ class Collection:
             layer, position = where
             if isinstance(layer, Delta):
                 matrix[len(found)] = layer.vector(position)
+                payloads.append(layer.payloads[position])
             else:
                 graph_rows.append(len(found))
                 graph_labels.append(position)
+                payloads.append(layer.label_payloads[position])
             found.append(item)
         if graph_labels and view.graph is not None:
             matrix[graph_rows] = view.graph.vectors(graph_labels)  # one hnswlib call for the batch
-        return found, matrix[: len(found)], missing
+        return Fetched(found, matrix[: len(found)], missing, payloads)
 
     def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
         """Top-k per query over graph + delta layers, nearest first; ``queries`` are checked
@@ -439,20 +448,29 @@ class Collection:
             raise InvalidArgument(f"batch_size must be in 1..{MAX_SCAN_BATCH}, got {batch_size}")
         view_seq = self._applied_seq  # before the layers (see the module docstring)
         view = self._view
-        layers: list[tuple[list[str], Callable[[npt.NDArray[np.intp]], Matrix]]] = []
+        layers: list[tuple[list[str], Callable[[npt.NDArray[np.intp]], Matrix], list[bytes]]] = []
         graph = view.graph
         if graph is not None and graph.live:
             labels = np.fromiter(graph.label_of.values(), dtype=np.int64, count=graph.live)
             labels = labels[graph.shadow_seq[labels] > view_seq]
-            layers.append((graph.ids_of(labels).tolist(), _rows_of_graph(graph, labels)))
+            label_list = labels.tolist()
+            payloads = [graph.label_payloads[label] for label in label_list]
+            layers.append((graph.ids_of(labels).tolist(), _rows_of_graph(graph, labels), payloads))
         for layer in (view.sealed, view.active):
             if layer is None or not layer.rows:
                 continue
             rows = layer.rows  # before the blocks (see delta.py)
             visible = np.concatenate([b.visible(view_seq) for b in layer.blocks(rows)])
             positions = np.flatnonzero(visible)
-            layers.append(([layer.ids[p] for p in positions.tolist()], _rows_of_delta(layer, positions)))
-        for ids, rows_of in layers:
+            position_list = positions.tolist()
+            layers.append(
+                (
+                    [layer.ids[p] for p in position_list],
+                    _rows_of_delta(layer, positions),
+                    [layer.payloads[p] for p in position_list],
+                )
+            )
+        for ids, rows_of, payloads in layers:
             keep = np.arange(len(ids))
             if ranges:
                 hashes = key_hashes(ids)
@@ -462,7 +480,8 @@ class Collection:
                 keep = np.flatnonzero(mask)
             for lo in range(0, len(keep), batch_size):
                 chunk = keep[lo : lo + batch_size]
-                yield ScanBatch([ids[i] for i in chunk.tolist()], rows_of(chunk), view_seq)
+                positions = chunk.tolist()
+                yield ScanBatch([ids[i] for i in positions], rows_of(chunk), view_seq, [payloads[i] for i in positions])
 
     # ================================================================== compaction
     def needs_compaction(self, now: float | None = None) -> bool:
@@ -543,8 +562,10 @@ class Collection:
         threads = self.options.build_threads
         if rebuild:
             label_ids: list[str] = []
+            label_payloads: list[bytes] = []
             if graph is not None:
                 label_ids = [item for item in graph.label_of if item not in sealed.index]
+                label_payloads = [graph.label_payloads[graph.label_of[item]] for item in label_ids]
             index = new_index(self.spec, len(label_ids) + live_count)
             if graph is not None:
                 for lo in range(0, len(label_ids), _BUILD_CHUNK):
@@ -556,24 +577,26 @@ class Collection:
             private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count)
             index = private.index
             label_ids = private.label_ids
+            label_payloads = private.label_payloads
             for label in replaced:
                 index.mark_deleted(label)
                 label_ids[label] = ""
+                label_payloads[label] = b""
         first_new = len(label_ids)
-        for ids, vectors in _live_chunks(sealed, seal_seq):
+        for ids, vectors, payloads in _live_chunks(sealed, seal_seq):
             base = len(label_ids)
             index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
             label_ids.extend(ids)
+            label_payloads.extend(payloads)
         if rebuild:
-            return Graph(index, label_ids, {item: label for label, item in enumerate(label_ids)}, seal_seq), (
-                graph is not None
-            )
+            label_of_new = {item: label for label, item in enumerate(label_ids)}
+            return Graph(index, label_ids, label_of_new, seal_seq, label_payloads), graph is not None
         assert graph is not None
         label_of = dict(graph.label_of)
         for item in sealed.index:
             label_of.pop(item, None)
         label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
-        return Graph(index, label_ids, label_of, seal_seq), False
+        return Graph(index, label_ids, label_of, seal_seq, label_payloads), False
 
     # ================================================================== introspection
     def stats(self) -> CollectionStats:
@@ -614,16 +637,21 @@ def _rows_of_delta(layer: Delta, rows: npt.NDArray[np.intp]) -> Callable[[npt.ND
     return gather
 
 
-def _live_chunks(sealed: Delta, seal_seq: int) -> Iterator[tuple[list[str], Matrix]]:
-    """The rows of a sealed delta that were live at ``seal_seq``, block by block (views when a
-    whole block is live, so folding does not copy the delta)."""
+def _live_chunks(sealed: Delta, seal_seq: int) -> Iterator[tuple[list[str], Matrix, list[bytes]]]:
+    """The rows of a sealed delta that were live at ``seal_seq``, block by block, with their
+    payloads (vector views when a whole block is live, so folding does not copy the delta)."""
     for block in sealed.blocks():
         visible = block.visible(seal_seq)
+        start, end = block.start, block.start + len(visible)
         if visible.all():
-            yield sealed.ids[block.start : block.start + len(visible)], block.vectors
+            yield sealed.ids[start:end], block.vectors, sealed.payloads[start:end]
         elif visible.any():
-            rows = np.flatnonzero(visible)
-            yield [sealed.ids[block.start + r] for r in rows.tolist()], block.vectors[rows]
+            rows = (np.flatnonzero(visible) + start).tolist()
+            yield (
+                [sealed.ids[r] for r in rows],
+                block.vectors[np.asarray(rows) - start],
+                [sealed.payloads[r] for r in rows],
+            )
 
 
 def _merge(parts: list[tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]], k: int, nq: int) -> list[QueryHits]:

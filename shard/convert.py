@@ -7,8 +7,13 @@ public API (specs, vectors) convert in ``vsproto/common.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from core.errors import Internal, InvalidArgument
+from core.spec import CollectionSpec
+from core.vectors import Batch, prepare_batch
 from shard import records
 from shard.records import WalEntry
 from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch
@@ -27,7 +32,12 @@ def hits_from_proto(reply: pb.SearchResponse) -> list[QueryHits]:
 
 # ---------------------------------------------------------------------- get
 def fetched_to_proto(fetched: Fetched) -> pb.GetResponse:
-    return pb.GetResponse(ids=fetched.ids, vectors=matrix_to_proto(fetched.vectors), missing_ids=fetched.missing)
+    return pb.GetResponse(
+        ids=fetched.ids,
+        vectors=matrix_to_proto(fetched.vectors),
+        missing_ids=fetched.missing,
+        payloads=fetched.payloads if any(fetched.payloads) else (),
+    )
 
 
 def fetched_from_proto(reply: pb.GetResponse, dimension_hint: int = 0) -> Fetched:
@@ -35,7 +45,16 @@ def fetched_from_proto(reply: pb.GetResponse, dimension_hint: int = 0) -> Fetche
         vectors = matrix_from_proto(reply.vectors, "vectors")
     else:
         vectors = np.empty((0, max(dimension_hint, reply.vectors.dimension)), dtype=np.float32)
-    return Fetched(list(reply.ids), vectors, list(reply.missing_ids))
+    return Fetched(list(reply.ids), vectors, list(reply.missing_ids), _payloads(reply.payloads, len(reply.ids)))
+
+
+def _payloads(messages: Sequence[bytes], count: int) -> list[bytes]:
+    """One payload per id: the message's (a shard sends none when no item has one)."""
+    if not messages:
+        return [b""] * count
+    if len(messages) != count:
+        raise Internal(f"the shard sent {len(messages)} payloads for {count} ids")
+    return list(messages)
 
 
 # ---------------------------------------------------------------------- stats and compaction
@@ -95,9 +114,29 @@ def ranges_from_proto(messages: list[pb.KeyRange]) -> list[KeyRange]:
 
 
 def scan_batch_to_proto(batch: ScanBatch) -> pb.ScanItemsResponse:
-    return pb.ScanItemsResponse(ids=batch.ids, vectors=matrix_to_proto(batch.vectors), applied_seq=batch.applied_seq)
+    return pb.ScanItemsResponse(
+        ids=batch.ids,
+        vectors=matrix_to_proto(batch.vectors),
+        applied_seq=batch.applied_seq,
+        payloads=batch.payloads if any(batch.payloads) else (),
+    )
 
 
 def scan_batch_from_proto(message: pb.ScanItemsResponse) -> ScanBatch:
     vectors = matrix_from_proto(message.vectors, "vectors") if message.ids else np.empty((0, 0), dtype=np.float32)
-    return ScanBatch(list(message.ids), vectors, message.applied_seq)
+    return ScanBatch(list(message.ids), vectors, message.applied_seq, _payloads(message.payloads, len(message.ids)))
+
+
+# ---------------------------------------------------------------------- writes
+def upsert_to_proto(collection: str, batch: Batch) -> pb.UpsertRequest:
+    return pb.UpsertRequest(
+        collection=collection, ids=batch.ids, vectors=matrix_to_proto(batch.vectors), payloads=batch.payloads or ()
+    )
+
+
+def upsert_from_proto(request: pb.UpsertRequest, spec: CollectionSpec) -> Batch:
+    """The validated batch of an upsert request (``core.vectors.prepare_batch``)."""
+    if not request.ids:
+        raise InvalidArgument("upsert: empty batch")
+    payloads = list(request.payloads) if request.payloads else None
+    return prepare_batch(request.ids, matrix_from_proto(request.vectors, "vectors"), spec, payloads=payloads)

@@ -44,6 +44,8 @@ class Delta:
         self._blocks: list[tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
         self.rows = 0
         self.ids: list[str] = []
+        # payloads[row]: the row's payload (b"" when it has none); extended before ``rows`` grows.
+        self.payloads: list[bytes] = []
         # id -> its newest row in this delta, or TOMBSTONE when deleted here.
         self.index: dict[str, int] = {}
         # id -> seq of the first operation on it in this delta (used to shadow older layers).
@@ -54,8 +56,9 @@ class Delta:
         return len(self.index)
 
     # ------------------------------------------------------------------ writer side
-    def append(self, ids: list[str], vectors: Matrix, seq: int) -> None:
-        """Appends one row per id (ids unique). The caller has already killed older rows."""
+    def append(self, ids: list[str], vectors: Matrix, seq: int, payloads: list[bytes] | None = None) -> None:
+        """Appends one row per id (ids unique), with its payload (None: none). The caller has
+        already killed older rows."""
         count = len(ids)
         start = self.rows
         done = 0
@@ -75,6 +78,7 @@ class Delta:
             row_seq[offset : offset + take] = seq
             done += take
         self.ids.extend(ids)
+        self.payloads.extend(payloads if payloads is not None else [b""] * count)
         self.rows = start + count  # publish the rows only after their data is in place
         index = self.index
         first = self.first_seq

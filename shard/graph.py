@@ -77,10 +77,16 @@ class Graph:
     label_ids: list[str]
     label_of: dict[str, int]
     applied_seq: int
+    # label -> the item's payload (b"": none); left empty when constructed: no item has one
+    label_payloads: list[bytes] = field(default_factory=list)
     shadow_seq: npt.NDArray[np.int64] = field(init=False)
     shadowed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.label_payloads:
+            self.label_payloads = [b""] * len(self.label_ids)
+        elif len(self.label_payloads) != len(self.label_ids):
+            raise ValueError(f"{len(self.label_payloads)} payloads for {len(self.label_ids)} labels")
         self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
         self._mapped: tuple[Matrix, npt.NDArray[np.int64]] | None = None

@@ -39,8 +39,7 @@ class LocalShard:
         return self.registry.get(collection).delete_ids(ids)
 
     def get(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> Fetched:
-        found, vectors, missing = self.registry.get(collection).get(ids)
-        return Fetched(found, vectors, missing)
+        return self.registry.get(collection).fetch(ids)
 
     def search(
         self,

@@ -27,8 +27,11 @@ FORMAT_V2 = 2
 
 @dataclass(frozen=True)
 class UpsertOp:
+    """``ids[i]`` takes row i of ``vectors`` and ``payloads[i]`` (None: no item has a payload)."""
+
     ids: list[str]
     vectors: Matrix
+    payloads: list[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,10 @@ def to_proto(op: Op) -> wal_pb2.WalOp:
     """The format-2 message of ``op`` (also what ShardService.ReadWal streams)."""
     if isinstance(op, UpsertOp):
         upsert = wal_pb2.WalUpsert(
-            ids=op.ids, dimension=op.vectors.shape[1], vectors=np.ascontiguousarray(op.vectors, dtype="<f4").tobytes()
+            ids=op.ids,
+            dimension=op.vectors.shape[1],
+            vectors=np.ascontiguousarray(op.vectors, dtype="<f4").tobytes(),
+            payloads=op.payloads or (),
         )
         return wal_pb2.WalOp(upsert=upsert)
     return wal_pb2.WalOp(delete=wal_pb2.WalDelete(ids=op.ids))
@@ -91,8 +97,12 @@ def from_proto(message: wal_pb2.WalOp) -> Op:
     """The operation of a format-2 message (``CorruptionError`` when it holds none)."""
     kind = message.WhichOneof("op")
     if kind == "upsert":
-        ids = list(message.upsert.ids)
-        return UpsertOp(ids, _rows(message.upsert.vectors, message.upsert.dimension, len(ids)))
+        upsert = message.upsert
+        ids = list(upsert.ids)
+        payloads = list(upsert.payloads) or None
+        if payloads is not None and len(payloads) != len(ids):
+            raise CorruptionError(f"write-ahead log upsert of {len(ids)} ids has {len(payloads)} payloads")
+        return UpsertOp(ids, _rows(upsert.vectors, upsert.dimension, len(ids)), payloads)
     if kind == "delete":
         return DeleteOp(list(message.delete.ids))
     raise CorruptionError("write-ahead log record of format 2 holds no operation")

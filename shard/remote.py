@@ -74,8 +74,7 @@ class RemoteShard:
 
     # ------------------------------------------------------------------ writes and reads
     def upsert(self, collection: str, batch: Batch, timeout: float | None = None) -> WriteResult:
-        request = pb.UpsertRequest(collection=collection, ids=batch.ids, vectors=matrix_to_proto(batch.vectors))
-        reply = self._unary(self._stub.Upsert, request, timeout)
+        reply = self._unary(self._stub.Upsert, convert.upsert_to_proto(collection, batch), timeout)
         return WriteResult(reply.seq, reply.upserted)
 
     def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> WriteResult:

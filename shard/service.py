@@ -16,9 +16,8 @@ from typing import Any
 
 import grpc
 
-from core.errors import InvalidArgument
 from core.status import handled, handled_stream
-from core.vectors import prepare_batch, prepare_queries
+from core.vectors import prepare_queries
 from shard import convert
 from shard.local import LocalShard
 from vsproto.common import matrix_from_proto, spec_from_proto, spec_to_proto
@@ -47,10 +46,7 @@ class ShardServicer(pb_grpc.ShardServiceServicer):
 
     @handled
     def Upsert(self, request: pb.UpsertRequest, context: grpc.ServicerContext) -> Any:
-        spec = self._shard.spec(request.collection)
-        if not request.ids:
-            raise InvalidArgument("upsert: empty batch")
-        batch = prepare_batch(request.ids, matrix_from_proto(request.vectors, "vectors"), spec)
+        batch = convert.upsert_from_proto(request, self._shard.spec(request.collection))
         result = self._shard.upsert(request.collection, batch)
         return pb.UpsertResponse(seq=result.seq, upserted=result.count)
 

@@ -1,7 +1,9 @@
 """Atomic, checksummed snapshots of a graph layer.
 
 A snapshot is a directory ``snap-{applied_seq:020d}`` under ``snapshots/`` holding
-``graph.hnsw`` (hnswlib's own format), ``ids.bin`` (label -> id) and ``MANIFEST.json``. It is
+``graph.hnsw`` (hnswlib's own format), ``ids.bin`` (label -> id), ``payloads.bin`` (label ->
+the item's payload; written only when some item has one, absent in snapshots written before
+payloads existed) and ``MANIFEST.json``. It is
 written into a temporary directory, every file and the directory are fsynced, and the
 directory is renamed into place, so a crash leaves either no snapshot or a complete one.
 
@@ -31,10 +33,13 @@ from shard.graph import Graph, new_index
 FORMAT = 1
 GRAPH_FILE = "graph.hnsw"
 IDS_FILE = "ids.bin"
+PAYLOADS_FILE = "payloads.bin"
 MANIFEST = "MANIFEST.json"
 _PREFIX = "snap-"
 _IDS_HEADER = struct.Struct("<4sIQ")
 _IDS_MAGIC = b"VSID"
+_PAYLOADS_HEADER = struct.Struct("<4sQ")
+_PAYLOADS_MAGIC = b"VSPL"
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,25 @@ def decode_ids(data: bytes) -> list[str]:
     return [blob[s:e].decode() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
+def encode_payloads(payloads: list[bytes]) -> bytes:
+    """Label -> payload: a header, the lengths (uint32 each), then the payloads back to back."""
+    lengths = np.fromiter((len(b) for b in payloads), dtype="<u4", count=len(payloads))
+    return _PAYLOADS_HEADER.pack(_PAYLOADS_MAGIC, len(payloads)) + lengths.tobytes() + b"".join(payloads)
+
+
+def decode_payloads(data: bytes) -> list[bytes]:
+    magic, count = _PAYLOADS_HEADER.unpack_from(data)
+    if magic != _PAYLOADS_MAGIC:
+        raise CorruptionError("payloads file has a bad header")
+    start = _PAYLOADS_HEADER.size
+    lengths = np.frombuffer(data, dtype="<u4", count=count, offset=start).astype(np.int64)
+    ends = np.cumsum(lengths) + start + 4 * count
+    if (ends[-1] if count else start) != len(data):
+        raise CorruptionError("payloads file length does not match its index")
+    starts = ends - lengths
+    return [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
 def _manifest_checksum(body: dict[str, object]) -> int:
     return crc32c(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -91,8 +115,12 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
     tmp.mkdir()
     graph.index.save_index(str(tmp / GRAPH_FILE))
     (tmp / IDS_FILE).write_bytes(encode_ids(graph.label_ids))
+    names = [GRAPH_FILE, IDS_FILE]
+    if any(graph.label_payloads):
+        (tmp / PAYLOADS_FILE).write_bytes(encode_payloads(graph.label_payloads))
+        names.append(PAYLOADS_FILE)
     files = {}
-    for name in (GRAPH_FILE, IDS_FILE):
+    for name in names:
         path = tmp / name
         fsync_file(path)
         files[name] = {"size": path.stat().st_size, "crc32c": _file_crc(path)}
@@ -154,7 +182,7 @@ def verify(info: SnapshotInfo, spec: CollectionSpec) -> dict[str, object]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise CorruptionError(f"snapshot {info.path}: manifest lists no files")
-    for name in (GRAPH_FILE, IDS_FILE):
+    for name in (GRAPH_FILE, IDS_FILE, *(n for n in files if n not in (GRAPH_FILE, IDS_FILE))):
         meta = files.get(name)
         path = info.path / name
         if not isinstance(meta, dict) or not path.exists():
@@ -176,7 +204,12 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
     if index.element_count != len(label_ids):
         raise CorruptionError(f"snapshot {info.path}: graph holds {index.element_count} elements")
     label_of = {item: label for label, item in enumerate(label_ids) if item}
-    graph = Graph(index, label_ids, label_of, info.applied_seq)
+    payloads: list[bytes] = []
+    if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]
+        payloads = decode_payloads((info.path / PAYLOADS_FILE).read_bytes())
+        if len(payloads) != len(label_ids):
+            raise CorruptionError(f"snapshot {info.path}: payloads file holds {len(payloads)} labels")
+    graph = Graph(index, label_ids, label_of, info.applied_seq, payloads)
     graph.attach_file(info.path / GRAPH_FILE)
     return graph
 

@@ -6,7 +6,7 @@ interface (in-process and over gRPC) produce exactly these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,9 @@ class Fetched:
     ids: list[str]
     vectors: Matrix
     missing: list[str]
+    # payloads[i] is ids[i]'s payload (b"": none), read at the same moment as its vector;
+    # both implementations always give one per found id.
+    payloads: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,5 @@ class ScanBatch:
     ids: list[str]
     vectors: Matrix
     applied_seq: int
+    # payloads[i] is ids[i]'s payload (b"": none).
+    payloads: list[bytes] = field(default_factory=list)

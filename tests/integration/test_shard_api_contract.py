@@ -118,6 +118,30 @@ def test_read_wal_streams_domain_entries(shard: ShardApi) -> None:
     assert [e.seq for e in shard.read_wal("c", 2)] == [2]
 
 
+def test_payloads_are_stored_read_and_streamed_with_their_vectors(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(40, DIM, seed=8)
+    ids = [f"m{n}" for n in range(40)]
+    payloads = [b"" if n % 5 == 0 else f"meta-{n}".encode() for n in range(40)]
+    shard.upsert("c", prepare_batch(ids, data, spec(), payloads=payloads))
+    fetched = shard.get("c", ["m3", "missing", "m5"])
+    assert fetched.ids == ["m3", "m5"] and fetched.payloads == [b"meta-3", b""]
+    shard.compact("c", wait=True)
+    shard.upsert("c", prepare_batch(["m3"], data[:1], spec(), payloads=[b"meta-3-again"]))
+    shard.upsert("c", batch(["m4"], data[:1]))  # rewritten without a payload
+    assert shard.get("c", ["m3", "m4", "m6"]).payloads == [b"meta-3-again", b"", b"meta-6"]
+    scanned = {i: p for b in shard.scan("c") for i, p in zip(b.ids, b.payloads, strict=True)}
+    assert scanned["m3"] == b"meta-3-again" and scanned["m4"] == b"" and scanned["m7"] == b"meta-7"
+    assert len(scanned) == 40
+    entries = list(shard.read_wal("c", 1))
+    first = entries[0].op
+    assert isinstance(first, records.UpsertOp) and first.payloads == payloads
+    last = entries[-1].op
+    assert isinstance(last, records.UpsertOp) and last.payloads is None
+    with pytest.raises(InvalidArgument, match="payloads"):
+        shard.upsert("c", Batch(["x", "y"], np.ascontiguousarray(data[:2]), [b"only one"]))
+
+
 def test_read_wal_before_what_is_kept_is_out_of_range(shard: ShardApi) -> None:
     shard.create_collection(spec())
     for n in range(4):  # two snapshots are kept; the log before the older one is truncated

@@ -1,6 +1,6 @@
 """No starvation: a thousand idle client streams held open leave Search and Health answering,
 streams beyond the server's bound are refused at once with RESOURCE_EXHAUSTED, and a client
-that goes away mid-stream is one line in the log at info level, not an ERROR traceback."""
+that goes away mid-stream leaves no ERROR in the log."""
 
 from __future__ import annotations
 
@@ -88,13 +88,15 @@ def test_a_thousand_idle_streams_leave_search_and_health_answering(tmp_path: Pat
         gone: queue.Queue[pb.UpsertRequest | None] = queue.Queue()
         call = stub.UpsertStream.future(idle_stream(gone), timeout=60)
         gone.put(pb.UpsertRequest(collection="c", items=[pb.ItemMetadata(id="gone")], vectors=one))
-        time.sleep(0.5)
-        call.cancel()
-        deadline = time.monotonic() + 10
-        while "went away" not in server.log_tail(100_000) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60  # the handler runs once its first batch is written
+        while not stub.Get(pb.GetRequest(collection="c", ids=["gone"]), timeout=10).items:
+            assert time.monotonic() < deadline, "the stream's first batch was not written"
             time.sleep(0.1)
+        call.cancel()
+        time.sleep(2.0)
+        # Whether the handler sees the cancellation or an end of stream is grpcio's race; either
+        # way nothing is logged as an error (the info line itself: tests/unit/test_status.py).
         log = server.log_tail(100_000)
-        assert "went away" in log and " INFO " in log.split("went away")[0].rsplit("\n", 1)[-1]
         assert "Traceback" not in log and " ERROR " not in log
     finally:
         for gate in gates:

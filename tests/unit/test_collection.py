@@ -294,3 +294,66 @@ def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(tmp_path:
     _, vectors, _ = col.get(["g0", "g100"])
     np.testing.assert_array_equal(vectors, np.stack([data[1000], data[100]]))
     col.close()
+
+
+def payload_of(col: Collection, item: str) -> bytes:
+    fetched = col.fetch([item])
+    assert fetched.ids == [item]
+    return fetched.payloads[0]
+
+
+def test_payloads_travel_with_their_vectors_through_compaction_and_recovery(tmp_path: Path) -> None:
+    from core.vectors import prepare_batch
+
+    col = make(tmp_path)
+    data = clustered(600, 8, seed=11)
+    ids = [f"p{i}" for i in range(600)]
+    expected: dict[str, bytes] = {}
+
+    def write(rows: range, tag: bytes) -> None:
+        payloads = [b"" if i % 7 == 0 else tag + str(i).encode() for i in rows]
+        col.upsert_batch(prepare_batch([ids[i] for i in rows], data[list(rows)], col.spec, payloads=payloads))
+        expected.update(zip((ids[i] for i in rows), payloads, strict=True))
+
+    def scanned() -> dict[str, bytes]:
+        return {i: p for b in col.scan() for i, p in zip(b.ids, b.payloads, strict=True)}
+
+    write(range(0, 300), b"first-")
+    col.upsert(["bare"], data[:1])  # a write without payloads
+    expected["bare"] = b""
+    assert payload_of(col, "p1") == b"first-1" and payload_of(col, "p7") == b"" and payload_of(col, "bare") == b""
+    col.compact()  # the first graph
+    assert payload_of(col, "p2") == b"first-2" and scanned() == expected
+    write(range(290, 400), b"second-")  # replaces a few graph items, adds new ones
+    assert payload_of(col, "p295") == b"second-295" and payload_of(col, "p50") == b"first-50"
+    assert not col.compact().rebuilt  # the incremental fold: replaced labels drop their payload
+    assert payload_of(col, "p295") == b"second-295" and payload_of(col, "p351") == b"second-351"
+    assert scanned() == expected
+    col.delete([f"p{i}" for i in range(0, 200)])  # past the tombstone ratio: the next fold rebuilds
+    for i in range(0, 200):
+        expected.pop(f"p{i}")
+    write(range(400, 450), b"third-")
+    assert col.compact().rebuilt  # payloads carried from the old graph into the rebuilt one
+    assert scanned() == expected
+    write(range(450, 480), b"fourth-")  # only in the log after the last snapshot
+    col = reopen(col)  # snapshot (with payloads.bin) + log replay
+    assert scanned() == expected
+    assert payload_of(col, "p460") == b"fourth-460" and payload_of(col, "p250") == b"first-250"
+    np.testing.assert_array_equal(col.fetch(["p420", "p220"]).vectors, data[[420, 220]])
+    col.close()
+
+
+def test_duplicate_ids_keep_the_payload_of_their_last_occurrence(tmp_path: Path) -> None:
+    from core.vectors import prepare_batch
+
+    col = make(tmp_path)
+    data = clustered(3, 8, seed=12)
+    batch = prepare_batch(["a", "b", "a"], data, col.spec, payloads=[b"a-first", b"b", b"a-last"])
+    assert batch.ids == ["b", "a"] and batch.payloads == [b"b", b"a-last"]
+    col.upsert_batch(batch)
+    fetched = col.fetch(["a", "b"])
+    assert fetched.payloads == [b"a-last", b"b"]
+    np.testing.assert_array_equal(fetched.vectors[0], data[2])
+    with pytest.raises(InvalidArgument, match="payloads"):
+        prepare_batch(["a", "b"], data[:2], col.spec, payloads=[b"x"])
+    col.close()
