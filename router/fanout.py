@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from core import status
 from core.errors import (
@@ -59,6 +59,13 @@ R = TypeVar("R")
 # Shared by every Router of the process (routers are rebuilt on topology changes); threads are
 # created on demand and reused.
 _FANOUT = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fanout")
+
+
+class StoredItem(NamedTuple):
+    """One item as its shard holds it: the vector and the opaque payload (b"": none)."""
+
+    vector: Matrix
+    payload: bytes
 
 
 @dataclass
@@ -210,12 +217,20 @@ class Router:
         return sum(r.count for r in replies.values())
 
     def get(self, collection: str, ids: Sequence[str], timeout: float) -> dict[str, Matrix]:
+        """The vectors of the ids that exist, by id."""
+        return {item: stored.vector for item, stored in self.fetch(collection, ids, timeout).items()}
+
+    def fetch(self, collection: str, ids: Sequence[str], timeout: float) -> dict[str, StoredItem]:
+        """The vector and payload of each id that exists, by id: each pair read by its shard at
+        one moment, so from one write."""
         groups = {s: [ids[p] for p in positions] for s, positions in self._group(ids).items()}
         replies, errors = self._call(lambda shard, i: shard.get(collection, i, timeout), groups, timeout)
         self._check(errors, collection)
-        found: dict[str, Matrix] = {}
+        found: dict[str, StoredItem] = {}
         for fetched in replies.values():
-            found.update(zip(fetched.ids, fetched.vectors, strict=True))
+            payloads = fetched.payloads or [b""] * len(fetched.ids)
+            for item, vector, payload in zip(fetched.ids, fetched.vectors, payloads, strict=True):
+                found[item] = StoredItem(vector, payload)
         return found
 
     # ------------------------------------------------------------------ search

@@ -27,14 +27,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core import limits, status
+from core import faults, limits, status
 from core.errors import DomainError, InvalidArgument, NotFound, ResourceExhausted
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec, validate_name
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from router.fanout import Router, SearchOutcome
+from router.fanout import Router, SearchOutcome, StoredItem
 from router.topology import Topology
-from server.filters import compile_filter
+from server import payload
+from server.filters import compile_filter, matches
 from server.metadata import ItemMeta, MetadataStore
 from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
 from shard.api import ShardApi
@@ -121,15 +122,22 @@ class Engine:
         metas: Sequence[ItemMeta],
         remaining: float | None = None,
     ) -> int:
-        """Writes items (vector + metadata); the last duplicate id wins, for metadata too."""
+        """Writes items (vector + metadata); the last duplicate id wins, for metadata too.
+
+        Each item's metadata travels in its shard payload, in the same log record as its vector
+        (``server/payload.py``): once the shard has the write, readers see the new pair, and
+        never one without the other. The SQL rows (the filter index) follow after it."""
         spec = self.spec(collection)
         if len(metas) != len(ids):
             raise InvalidArgument(f"{len(ids)} ids but {len(metas)} metadata entries")
-        batch = prepare_batch(ids, vectors, spec, max_items=limits.MAX_BATCH_ITEMS)
+        batch = prepare_batch(
+            ids, vectors, spec, max_items=limits.MAX_BATCH_ITEMS, payloads=[payload.encode(m) for m in metas]
+        )
         last = {item: i for i, item in enumerate(ids)}
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
         self.router.upsert(collection, batch, self._timeout(remaining))
+        faults.point("after_shard_write")
         self.metadata.upsert(collection, items, new_types)
         return len(batch)
 
@@ -137,6 +145,7 @@ class Engine:
         self.spec(collection)
         id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
         deleted = self.router.delete(collection, id_list, self._timeout(remaining))
+        faults.point("after_shard_delete")
         self.metadata.delete(collection, id_list)
         return deleted
 
@@ -151,8 +160,23 @@ class Engine:
         id_list = validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)
         if include_vectors:
             self._check_reply_size(len(id_list), spec.dimension, "Get")
-        vectors = self.router.get(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
-        return vectors, self.metadata.fetch(collection, list(vectors))
+        stored = self.router.fetch(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
+        return {item: s.vector for item, s in stored.items()}, self._metadata_of(collection, stored)
+
+    def _metadata_of(self, collection: str, stored: dict[str, StoredItem]) -> dict[str, ItemMeta]:
+        """Each item's metadata from its payload, read with its vector; items written before
+        payloads existed (empty payload) take theirs from SQL."""
+        out: dict[str, ItemMeta] = {}
+        legacy: list[str] = []
+        for item, s in stored.items():
+            meta = payload.decode(s.payload)
+            if meta is None:
+                legacy.append(item)
+            else:
+                out[item] = meta
+        if legacy:
+            out.update(self.metadata.fetch(collection, legacy))
+        return out
 
     def _check_reply_size(self, rows: int, dimension: int, what: str) -> None:
         size = rows * dimension * 4
@@ -195,10 +219,24 @@ class Engine:
             strategy = "graph"
         else:
             outcome, strategy = self._filtered(query, queries, want, timeout)
-        hits = [[h for h in row if h.id != exclude][: query.k] for row in outcome.results]
-        ids = list(dict.fromkeys(h.id for row in hits for h in row))
-        metadata = self.metadata.fetch(query.collection, ids) if query.include_metadata else {}
-        vectors = self.router.get(query.collection, ids, timeout) if query.include_vectors and ids else {}
+        rows = [[h for h in row if h.id != exclude] for row in outcome.results]
+        metadata: dict[str, ItemMeta] = {}
+        vectors: dict[str, Matrix] = {}
+        if query.filter is not None or query.include_metadata or query.include_vectors:
+            ids = list(dict.fromkeys(h.id for row in rows for h in row[: query.k + 1]))
+            stored = self.router.fetch(query.collection, ids, timeout) if ids else {}
+            metadata = self._metadata_of(query.collection, stored)
+            if query.filter is not None:
+                # The filter was planned on the SQL index; the item's own metadata, read with its
+                # vector, has the last word (the index may lag a write, never lead it).
+                flt = query.filter
+                rows = [[h for h in row if h.id in metadata and matches(flt, metadata[h.id])] for row in rows]
+            if query.include_vectors:
+                vectors = {item: s.vector for item, s in stored.items()}
+        hits = [row[: query.k] for row in rows]
+        kept = {h.id for row in hits for h in row}
+        metadata = {i: m for i, m in metadata.items() if i in kept} if query.include_metadata else {}
+        vectors = {i: v for i, v in vectors.items() if i in kept}
         return SearchResult(hits, outcome.failed, metadata, vectors, strategy)
 
     def _stored_vector(self, collection: str, item_id: str, remaining: float | None) -> Matrix:

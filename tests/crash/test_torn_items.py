@@ -1,0 +1,167 @@
+"""No torn item, with clients that never retry: a single-node server (metadata in the real
+Postgres) dies at random between the moment a write is durable on its shard and the moment its
+SQL rows commit (fault point ``after_shard_write`` / ``after_shard_delete``, as abrupt as
+SIGKILL), over and over. Writers own disjoint ids, write each id's vector as a pure function of
+(id, write number) with the write number in its metadata, and stop at their first failure.
+
+After every restart, for every id: Get shows the vector and the metadata of one single write
+(never a new vector with old metadata, never a vector without its metadata), that write is the
+last acknowledged one or the one in flight when the server died, and a filtered search returns
+only items whose own metadata matches, each with its own vector.
+
+``VS_TORN_CYCLES`` sets the number of crash cycles (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from testkit.serverproc import SingleNodeProcess
+from tests.pg import fresh_schema_url
+from vsproto.v1 import search_service_pb2 as pb
+from vsproto.v1 import search_service_pb2_grpc as pb_grpc
+from vsproto.v1 import types_pb2
+
+DIM = 8
+WRITERS = 2
+IDS_PER_WRITER = 60
+BATCH = 6
+CYCLES = int(os.environ.get("VS_TORN_CYCLES", "20"))
+DELETED = -1
+
+
+def vector_for(item: str, write: int) -> np.ndarray:
+    seed = [write, *item.encode()]
+    row = np.random.default_rng(seed).standard_normal(DIM)
+    return (row / np.linalg.norm(row)).astype(np.float32)  # cosine: stored normalised
+
+
+@dataclass
+class Writer:
+    ids: list[str]
+    acked: dict[str, int] = field(default_factory=dict)  # id -> write number, or DELETED
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+
+def run_writer(writer: Writer, stub: pb_grpc.SearchServiceStub, rng: random.Random, first_write: int) -> None:
+    """Writes until the first failure (never retrying); records acknowledged and in-flight writes."""
+    write = first_write
+    while True:
+        write += 1
+        chosen = rng.sample(writer.ids, BATCH)
+        delete = rng.random() < 0.2
+        state = DELETED if delete else write
+        writer.in_flight = dict.fromkeys(chosen, state)
+        try:
+            if delete:
+                stub.Delete(pb.DeleteRequest(collection="items", ids=chosen), timeout=10)
+            else:
+                matrix = np.stack([vector_for(item, write) for item in chosen])
+                request = pb.UpsertRequest(
+                    collection="items",
+                    vectors=types_pb2.Vectors(dimension=DIM, packed=matrix.tobytes(), rows=len(chosen)),
+                )
+                for item in chosen:
+                    entry = request.items.add(id=item)
+                    entry.metadata.uri = f"s3://bucket/{item}/{write}"
+                    entry.metadata.tags.extend([f"write-{write}", f"parity-{write % 2}"])
+                    entry.metadata.attributes["write"].int_value = write
+                stub.Upsert(request, timeout=10)
+        except grpc.RpcError:
+            return  # the server died: this write may or may not have landed, and is never retried
+        writer.acked.update(writer.in_flight)
+        writer.in_flight = {}
+
+
+def check(stub: pb_grpc.SearchServiceStub, writers: list[Writer]) -> int:
+    """Every id shows one write's (vector, metadata), the acknowledged or the in-flight one.
+    Settles each writer's in-flight write: what the store shows is what it holds from now on."""
+    present = 0
+    for writer in writers:
+        got = stub.Get(pb.GetRequest(collection="items", ids=writer.ids, include_vectors=True), timeout=30)
+        found = {item.id: item for item in got.items}
+        for item_id in writer.ids:
+            allowed = {writer.acked.get(item_id, DELETED)}
+            if item_id in writer.in_flight:
+                allowed.add(writer.in_flight[item_id])
+            item = found.get(item_id)
+            if item is None:
+                assert DELETED in allowed, f"{item_id}: acknowledged write {allowed} is missing"
+                writer.acked[item_id] = DELETED
+                continue
+            present += 1
+            assert item.metadata.attributes["write"].HasField("int_value"), f"{item_id}: a vector without metadata"
+            write = item.metadata.attributes["write"].int_value
+            assert write in allowed, f"{item_id}: shows write {write}, expected one of {allowed}"
+            np.testing.assert_allclose(item.vector, vector_for(item_id, write), atol=1e-6, err_msg=f"{item_id}: torn")
+            assert item.metadata.uri == f"s3://bucket/{item_id}/{write}", f"{item_id}: torn uri"
+            assert sorted(item.metadata.tags) == sorted([f"write-{write}", f"parity-{write % 2}"])
+            writer.acked[item_id] = write
+        writer.in_flight = {}
+    # a filtered search returns only items whose own metadata matches, each with its own vector
+    query = types_pb2.Vectors(dimension=DIM, packed=vector_for("q", 0).tobytes())
+    flt = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="parity-1")))
+    reply = stub.Search(
+        pb.SearchRequest(
+            collection="items", queries=query, k=20, filter=flt, include_metadata=True, include_vectors=True
+        ),
+        timeout=30,
+    )
+    for hit in reply.results[0].hits:
+        assert "parity-1" in hit.metadata.tags, f"{hit.id}: returned for a filter its metadata does not match"
+        write = hit.metadata.attributes["write"].int_value
+        np.testing.assert_allclose(hit.vector, vector_for(hit.id, write), atol=1e-6)
+    return present
+
+
+@pytest.mark.timeout(900)
+def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VS_FAULTS", "after_shard_write:0.15,after_shard_delete:0.15")
+    database = fresh_schema_url()
+    writers = [Writer([f"w{w}-{j}" for j in range(IDS_PER_WRITER)]) for w in range(WRITERS)]
+    rng = random.Random(20261202)
+    deaths = 0
+    for cycle in range(CYCLES):
+        server = SingleNodeProcess(tmp_path / "node", "--database-url", database)
+        channel = grpc.insecure_channel(server.start())
+        stub = pb_grpc.SearchServiceStub(channel)
+        try:
+            if cycle == 0:
+                spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+                stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
+            else:
+                check(stub, writers)
+            threads = [
+                threading.Thread(
+                    target=run_writer, args=(w, stub, random.Random(rng.random()), (cycle * 10 + i) * 1000)
+                )
+                for i, w in enumerate(writers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+            assert server.proc is not None
+            deaths += server.proc.wait(timeout=60) != 0  # the writers stop only when it died
+        finally:
+            channel.close()
+            server.stop()
+    server = SingleNodeProcess(tmp_path / "node", "--database-url", database)
+    channel = grpc.insecure_channel(server.start())
+    try:
+        present = check(pb_grpc.SearchServiceStub(channel), writers)
+    finally:
+        channel.close()
+        server.stop()
+    assert deaths == CYCLES, "every cycle ends with the server dying at a fault point"
+    assert present > 0
