@@ -219,24 +219,23 @@ class Engine:
             strategy = "graph"
         else:
             outcome, strategy = self._filtered(query, queries, want, timeout)
-        rows = [[h for h in row if h.id != exclude] for row in outcome.results]
-        metadata: dict[str, ItemMeta] = {}
-        vectors: dict[str, Matrix] = {}
-        if query.filter is not None or query.include_metadata or query.include_vectors:
-            ids = list(dict.fromkeys(h.id for row in rows for h in row[: query.k + 1]))
-            stored = self.router.fetch(query.collection, ids, timeout) if ids else {}
-            metadata = self._metadata_of(query.collection, stored)
-            if query.filter is not None:
-                # The filter was planned on the SQL index; the item's own metadata, read with its
-                # vector, has the last word (the index may lag a write, never lead it).
-                flt = query.filter
-                rows = [[h for h in row if h.id in metadata and matches(flt, metadata[h.id])] for row in rows]
-            if query.include_vectors:
-                vectors = {item: s.vector for item, s in stored.items()}
+        rows = outcome.results
+        if exclude is not None:
+            rows = [[h for h in row if h.id != exclude] for row in rows]
+        if query.filter is None and not query.include_metadata and not query.include_vectors:
+            return SearchResult([row[: query.k] for row in rows], outcome.failed, {}, {}, strategy)
+        ids = list(dict.fromkeys(h.id for row in rows for h in row))
+        stored = self.router.fetch(query.collection, ids, timeout) if ids else {}
+        metadata = self._metadata_of(query.collection, stored)
+        if query.filter is not None:
+            # The filter was planned on the SQL index; the item's own metadata, read with its
+            # vector, has the last word (the index may lag a write, never lead it).
+            flt = query.filter
+            rows = [[h for h in row if h.id in metadata and matches(flt, metadata[h.id])] for row in rows]
         hits = [row[: query.k] for row in rows]
         kept = {h.id for row in hits for h in row}
         metadata = {i: m for i, m in metadata.items() if i in kept} if query.include_metadata else {}
-        vectors = {i: v for i, v in vectors.items() if i in kept}
+        vectors = {i: s.vector for i, s in stored.items() if i in kept} if query.include_vectors else {}
         return SearchResult(hits, outcome.failed, metadata, vectors, strategy)
 
     def _stored_vector(self, collection: str, item_id: str, remaining: float | None) -> Matrix:

@@ -69,6 +69,8 @@ def validate_meta(item_id: str, meta: ItemMeta) -> None:
     """Checks one item's metadata against the limits of ``core/limits.py``: every string storable
     (``core.text.check_text``: no NUL, valid UTF-8, bounded length), attribute names matching
     ``[A-Za-z0-9_]{1,64}`` in full, ints within int64, no NaN. InvalidArgument otherwise."""
+    if not meta.uri and not meta.tags and not meta.attributes:
+        return
     item = f"item {quote(item_id)}"
     check_text(meta.uri, f"{item}: uri", limits.MAX_URI_BYTES)
     if len(meta.tags) > limits.MAX_TAGS:
