@@ -199,6 +199,13 @@ class Router:
         targets = dict.fromkeys(self.shards, collection)
         _, errors = self._call(lambda shard, c: shard.compact(c, wait, timeout), targets, timeout)
         self._check(errors, collection)
+        return self.stats(collection, timeout)
+
+    def stats(self, collection: str, timeout: float) -> dict[str, CollectionStats]:
+        """Every shard's stats of ``collection``, by shard id. Raises ``ShardsUnavailable`` if any
+        shard failed (a count from some shards only would be wrong, not approximate)."""
+        self.require_shards()
+        targets = dict.fromkeys(self.shards, collection)
         replies, errors = self._call(lambda shard, c: shard.stats(c, timeout), targets, timeout)
         self._check(errors, collection)
         return dict(sorted(replies.items()))

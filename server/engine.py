@@ -103,9 +103,13 @@ class Engine:
     def list_collections(self) -> list[CollectionSpec]:
         return self.metadata.list_collections()
 
-    def describe_collection(self, name: str) -> tuple[CollectionSpec, int]:
-        """The spec and the item count (items with metadata rows) of a collection."""
-        return self.metadata.spec(name), self.metadata.count(name)
+    def describe_collection(self, name: str, remaining: float | None = None) -> tuple[CollectionSpec, int]:
+        """The spec and the item count of a collection, counted by its shards (the store of
+        record for items: the SQL index may lag a write that crashed before its commit).
+        ShardsUnavailable when a shard does not answer."""
+        spec = self.spec(name)
+        stats = self.router.stats(name, self._timeout(remaining))
+        return spec, sum(s.count for s in stats.values())
 
     def compact(self, collection: str, wait: bool, remaining: float | None = None) -> dict[str, CollectionStats]:
         """Folds every shard's delta into its graph (see AdminService.Compact)."""

@@ -77,7 +77,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @handled
     def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: grpc.ServicerContext) -> Any:
-        spec, count = self.engine.describe_collection(request.collection)
+        spec, count = self.engine.describe_collection(request.collection, context.time_remaining())
         return pb.DescribeCollectionResponse(spec=spec_to_proto(spec), count=count)
 
     def _upsert(self, request: pb.UpsertRequest, collection: str, context: grpc.ServicerContext) -> int:

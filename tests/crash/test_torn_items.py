@@ -7,7 +7,8 @@ SIGKILL), over and over. Writers own disjoint ids, write each id's vector as a p
 After every restart, for every id: Get shows the vector and the metadata of one single write
 (never a new vector with old metadata, never a vector without its metadata), that write is the
 last acknowledged one or the one in flight when the server died, and a filtered search returns
-only items whose own metadata matches, each with its own vector.
+only items whose own metadata matches, each with its own vector; Describe counts exactly the
+items present.
 
 ``VS_TORN_CYCLES`` sets the number of crash cycles (default 20).
 """
@@ -106,6 +107,8 @@ def check(stub: pb_grpc.SearchServiceStub, writers: list[Writer]) -> int:
             assert sorted(item.metadata.tags) == sorted([f"write-{write}", f"parity-{write % 2}"])
             writer.acked[item_id] = write
         writer.in_flight = {}
+    described = stub.DescribeCollection(pb.DescribeCollectionRequest(collection="items"), timeout=30)
+    assert described.count == present, "Describe counts what the store holds"
     # a filtered search returns only items whose own metadata matches, each with its own vector
     query = types_pb2.Vectors(dimension=DIM, packed=vector_for("q", 0).tobytes())
     flt = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="parity-1")))
