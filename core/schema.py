@@ -24,8 +24,9 @@ TOPOLOGY = "topology"
 """Component of the cluster topology tables (``vs_cluster``, ``vs_shards``)."""
 TOPOLOGY_VERSION = 1
 METADATA = "metadata"
-"""Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``, ``vs_attr_types``)."""
-METADATA_VERSION = 1
+"""Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``,
+``vs_attr_types``, ``vs_pending_writes``)."""
+METADATA_VERSION = 2  # 2: vs_pending_writes
 COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION}
 """Every component and the schema version of it this code writes."""
 
@@ -102,17 +103,33 @@ attr_types = sa.Table(
     sa.Column("vtype", sa.String(1), nullable=False),
 )
 
+# A write whose SQL index rows are not committed yet: inserted before the shard write, deleted in
+# the transaction that commits the rows. One left behind (a crash or failure in between) tells a
+# server which items to re-read from their shards to repair the index (server/engine.py).
+pending_writes = sa.Table(
+    "vs_pending_writes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("collection", sa.String(128), nullable=False),
+    sa.Column("ids", sa.Text, nullable=False),  # JSON list of item ids
+    sa.Column("created_at", sa.Float, nullable=False),  # unix time
+    sa.Index("vs_pending_writes_by_age", "created_at"),
+)
+
 
 def migrate_component(conn: sa.Connection, component: str, version: int) -> None:
     """Creates every missing table of the schema (idempotent) and records ``component`` at
-    ``version`` if it has no row yet; raises SchemaTooNew if the database holds a newer version
-    of it. An older recorded version is left as it is (there is no upgrade step yet)."""
+    ``version``; raises SchemaTooNew if the database holds a newer version of it. Every upgrade
+    so far only added tables, which ``create_all`` does, so an older version is raised to
+    ``version`` after it."""
     metadata.create_all(conn)
     current = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.component == component)).scalar()
     if current is None:
         conn.execute(schema_version.insert().values(component=component, version=version))
     elif current > version:
         raise SchemaTooNew(f"the {component} schema is at version {current}, this code knows {version}; upgrade")
+    elif current < version:
+        conn.execute(schema_version.update().where(schema_version.c.component == component).values(version=version))
 
 
 def make_engine(url: str) -> Engine:

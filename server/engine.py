@@ -22,6 +22,8 @@ topology) at any time and each call uses the one it read first.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -41,6 +43,8 @@ from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, Vec
 from shard.api import ShardApi
 from shard.remote import RemoteShard
 from shard.types import CollectionStats
+
+log = logging.getLogger(__name__)
 
 MAX_K = limits.MAX_K
 SPEC_TTL_S = 5.0
@@ -140,18 +144,50 @@ class Engine:
         last = {item: i for i, item in enumerate(ids)}
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
+        marker = self.metadata.begin_write(collection, batch.ids)
         self.router.upsert(collection, batch, self._timeout(remaining))
         faults.point("after_shard_write")
-        self.metadata.upsert(collection, items, new_types)
+        self.metadata.upsert(collection, items, new_types, marker)
         return len(batch)
 
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:
         self.spec(collection)
         id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
+        marker = self.metadata.begin_write(collection, id_list)
         deleted = self.router.delete(collection, id_list, self._timeout(remaining))
         faults.point("after_shard_delete")
-        self.metadata.delete(collection, id_list)
+        self.metadata.delete(collection, id_list, marker)
         return deleted
+
+    def repair_index(self, older_than_s: float, timeout: float = 30.0) -> int:
+        """Repairs the SQL index rows of every write whose commit did not follow its shard write
+        (a crash, a timeout or an error in between), oldest first: the items are re-read from
+        their shards and their rows rewritten to match (``MetadataStore.repair``). Only markers
+        older than ``older_than_s`` are taken, so writes still in flight are left to finish.
+        Returns how many were repaired; a marker whose shards do not answer stays for the next
+        round. Safe to run on any number of servers at once."""
+        repaired = 0
+        for marker, collection, ids in self.metadata.pending(older_than_s):
+            try:
+                read = functools.partial(self._read_for_repair, collection, ids, timeout)
+                self.metadata.repair(marker, collection, read)
+                repaired += 1
+            except NotFound:
+                self.metadata.forget(marker)  # the collection was dropped
+            except DomainError as exc:
+                log.warning("index repair of %s (%d ids) postponed: %s", collection, len(ids), status.describe(exc))
+        return repaired
+
+    def _read_for_repair(
+        self, collection: str, ids: list[str], timeout: float
+    ) -> tuple[dict[str, ItemMeta], list[str]]:
+        stored = self.router.fetch(collection, ids, timeout)
+        present: dict[str, ItemMeta] = {}
+        for item, s in stored.items():
+            meta = payload.decode(s.payload)
+            if meta is not None:  # an item from before payloads: its SQL rows are its truth
+                present[item] = meta
+        return present, [item for item in ids if item not in stored]
 
     # ------------------------------------------------------------------ reads
     def get(

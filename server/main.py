@@ -104,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=float(_env("health_interval_s", "2")),
         help="how often every shard is probed for the SearchService health status",
     )
+    p.add_argument(
+        "--repair-after-s",
+        type=float,
+        default=float(_env("repair_after_s", "60")),
+        help="repair the index rows of a write whose commit has not followed its shard write after this long",
+    )
+    p.add_argument("--repair-interval-s", type=float, default=float(_env("repair_interval_s", "10")))
     p.add_argument("--health-probe-timeout-s", type=float, default=float(_env("health_probe_timeout_s", "1")))
 
 
@@ -180,6 +187,7 @@ class ServerProcess:
         self._update_search_health()
         self._refresher.start()
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
+        threading.Thread(target=self._repair_loop, name="index-repair", daemon=True).start()
         if self.args.ready_file:
             tmp = Path(self.args.ready_file + ".tmp")
             tmp.write_text(self.address)
@@ -217,6 +225,19 @@ class ServerProcess:
                 self._update_search_health()
             except Exception:
                 log.exception("health probe failed")
+
+    def _repair_loop(self) -> None:
+        """Repairs SQL index rows of writes that failed between their shard write and their
+        commit (``Engine.repair_index``): once at start, then every ``--repair-interval-s``."""
+        while True:
+            try:
+                repaired = self.engine.repair_index(self.args.repair_after_s)
+                if repaired:
+                    log.info("repaired the index rows of %d interrupted writes", repaired)
+            except Exception:
+                log.exception("index repair failed; retrying later")
+            if self._stop.wait(self.args.repair_interval_s):
+                return
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(2.0):

@@ -14,8 +14,10 @@ Thread-safety: every method uses its own connection/transaction from the engine'
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from core.errors import AlreadyExists, InvalidArgument, NotFound
 from core.schema import attr_types as attr_types
 from core.schema import collections as collections
 from core.schema import items as items
+from core.schema import pending_writes as pending_writes
 from core.spec import CollectionSpec
 from core.text import check_text, quote
 
@@ -138,7 +141,7 @@ class MetadataStore:
 
     def drop_collection(self, name: str) -> bool:
         with self.engine.begin() as conn:
-            for table in (tags, attrs, items, attr_types):
+            for table in (tags, attrs, items, attr_types, pending_writes):
                 conn.execute(table.delete().where(table.c.collection == name))
             return bool(conn.execute(collections.delete().where(collections.c.name == name)).rowcount)
 
@@ -184,10 +187,92 @@ class MetadataStore:
         return new
 
     # ------------------------------------------------------------------ items
-    def upsert(self, collection: str, batch: Sequence[tuple[str, ItemMeta]], new_types: dict[str, str]) -> None:
-        """Replaces the metadata of the given items in one transaction."""
-        ids = [item_id for item_id, _ in batch]
+    # ------------------------------------------------------------------ pending writes
+    def begin_write(self, collection: str, ids: Sequence[str]) -> int:
+        """Records that a write of ``ids`` is going to the shards; returns the marker that the
+        commit of its index rows (``upsert`` / ``delete``) removes. A marker left behind is
+        repaired by :meth:`repair`."""
         with self.engine.begin() as conn:
+            row = conn.execute(
+                pending_writes.insert()
+                .values(collection=collection, ids=json.dumps(list(ids)), created_at=time.time())
+                .returning(pending_writes.c.id)
+            ).scalar_one()
+        return int(row)
+
+    def pending(self, older_than_s: float, limit: int = 100) -> list[tuple[int, str, list[str]]]:
+        """Markers older than ``older_than_s`` seconds, oldest first: (marker, collection, ids)."""
+        cutoff = time.time() - older_than_s
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(pending_writes.c.id, pending_writes.c.collection, pending_writes.c.ids)
+                .where(pending_writes.c.created_at <= cutoff)
+                .order_by(pending_writes.c.created_at)
+                .limit(limit)
+            ).all()
+        return [(int(r.id), r.collection, list(json.loads(r.ids))) for r in rows]
+
+    def forget(self, marker: int) -> None:
+        """Removes a marker without repairing (its collection is gone)."""
+        with self.engine.begin() as conn:
+            conn.execute(pending_writes.delete().where(pending_writes.c.id == marker))
+
+    def repair(self, marker: int, collection: str, read: Callable[[], tuple[dict[str, ItemMeta], list[str]]]) -> None:
+        """Rewrites the index rows of a marker's items to what their shards hold and removes the
+        marker, in one transaction. ``read`` fetches (metadata of the items present, ids absent)
+        from the shards; it runs after the collection's index is locked against concurrent
+        commits (Postgres: an exclusive advisory lock that writers take shared; SQLite: the
+        database write lock), so a write that commits after the repair also reached its shard
+        after ``read`` saw it, and no repair can overwrite newer rows with older ones."""
+        with self.engine.begin() as conn:
+            self._lock_index(conn, collection, exclusive=True)
+            conn.execute(pending_writes.delete().where(pending_writes.c.id == marker))
+            present, absent = read()
+            # An attribute whose type another write fixed meanwhile is left out of the index (the
+            # item's own metadata, on its shard, still has it; filters re-check against that).
+            known = self._types_in_all(conn, collection)
+            new_types: dict[str, str] = {}
+            items_ok = []
+            for item_id, meta in present.items():
+                kept: dict[str, AttrValue] = {}
+                for name, value in meta.attributes.items():
+                    vtype = value_type(value)
+                    if (known.get(name) or new_types.setdefault(name, vtype)) == vtype:
+                        kept[name] = value
+                items_ok.append((item_id, ItemMeta(meta.uri, meta.tags, kept)))
+            if new_types:
+                conn.execute(
+                    _insert(self.engine, attr_types).on_conflict_do_nothing(),
+                    [{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()],
+                )
+            self._delete_rows(conn, collection, absent)
+            if items_ok:
+                self._write_rows(conn, collection, items_ok)
+
+    def _lock_index(self, conn: sa.Connection, collection: str, exclusive: bool) -> None:
+        if self.engine.dialect.name == "postgresql":
+            function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            conn.execute(sa.text(f"SELECT {function}(hashtext(:name))"), {"name": f"vs-index:{collection}"})
+
+    def _types_in_all(self, conn: sa.Connection, collection: str) -> dict[str, str]:
+        rows = conn.execute(
+            sa.select(attr_types.c.name, attr_types.c.vtype).where(attr_types.c.collection == collection)
+        ).all()
+        return {r.name: r.vtype for r in rows}
+
+    # ------------------------------------------------------------------ items
+    def upsert(
+        self,
+        collection: str,
+        batch: Sequence[tuple[str, ItemMeta]],
+        new_types: dict[str, str],
+        marker: int | None = None,
+    ) -> None:
+        """Replaces the metadata of the given items in one transaction, removing ``marker``."""
+        with self.engine.begin() as conn:
+            self._lock_index(conn, collection, exclusive=False)
+            if marker is not None:
+                conn.execute(pending_writes.delete().where(pending_writes.c.id == marker))
             if new_types:
                 conn.execute(
                     _insert(self.engine, attr_types).on_conflict_do_nothing(),
@@ -199,27 +284,29 @@ class MetadataStore:
                     raise InvalidArgument(
                         f"attributes {sorted(clash)} were just given another type by a concurrent write"
                     )
-            # The items upsert comes first: it takes the write lock (SQLite) or the rows' locks
-            # (Postgres), so the checks below see every earlier committed write of these items.
-            upsert = _insert(self.engine, items)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=[items.c.collection, items.c.item_id], set_={"uri": upsert.excluded.uri}
-            )
-            conn.execute(upsert, [{"collection": collection, "item_id": i, "uri": m.uri} for i, m in batch])
-            for table in (tags, attrs):
-                # A collection that has never had tags (attributes) has none to replace: skip the
-                # delete and its thousand-parameter IN list.
-                if conn.execute(sa.select(table.c.item_id).where(table.c.collection == collection).limit(1)).first():
-                    for chunk in _chunks(ids):
-                        conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
-            tag_rows = [
-                {"collection": collection, "item_id": i, "tag": t} for i, m in batch for t in dict.fromkeys(m.tags)
-            ]
-            if tag_rows:
-                conn.execute(tags.insert(), tag_rows)
-            attr_rows = [_attr_row(collection, i, n, v) for i, m in batch for n, v in m.attributes.items()]
-            if attr_rows:
-                conn.execute(attrs.insert(), attr_rows)
+            self._write_rows(conn, collection, batch)
+
+    def _write_rows(self, conn: sa.Connection, collection: str, batch: Sequence[tuple[str, ItemMeta]]) -> None:
+        ids = [item_id for item_id, _ in batch]
+        # The items upsert comes first: it takes the write lock (SQLite) or the rows' locks
+        # (Postgres), so the checks below see every earlier committed write of these items.
+        upsert = _insert(self.engine, items)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[items.c.collection, items.c.item_id], set_={"uri": upsert.excluded.uri}
+        )
+        conn.execute(upsert, [{"collection": collection, "item_id": i, "uri": m.uri} for i, m in batch])
+        for table in (tags, attrs):
+            # A collection that has never had tags (attributes) has none to replace: skip the
+            # delete and its thousand-parameter IN list.
+            if conn.execute(sa.select(table.c.item_id).where(table.c.collection == collection).limit(1)).first():
+                for chunk in _chunks(ids):
+                    conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
+        tag_rows = [{"collection": collection, "item_id": i, "tag": t} for i, m in batch for t in dict.fromkeys(m.tags)]
+        if tag_rows:
+            conn.execute(tags.insert(), tag_rows)
+        attr_rows = [_attr_row(collection, i, n, v) for i, m in batch for n, v in m.attributes.items()]
+        if attr_rows:
+            conn.execute(attrs.insert(), attr_rows)
 
     @staticmethod
     def _types_in(conn: sa.Connection, collection: str, names: list[str]) -> dict[str, str]:
@@ -233,12 +320,18 @@ class MetadataStore:
             out.update((r.name, r.vtype) for r in rows)
         return out
 
-    def delete(self, collection: str, ids: Sequence[str]) -> None:
-        """Deletes the metadata of ``ids`` in one transaction (any number of ids)."""
+    def delete(self, collection: str, ids: Sequence[str], marker: int | None = None) -> None:
+        """Deletes the metadata of ``ids`` in one transaction (any number of ids), removing ``marker``."""
         with self.engine.begin() as conn:
-            for chunk in _chunks(ids):
-                for table in (tags, attrs, items):
-                    conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
+            self._lock_index(conn, collection, exclusive=False)
+            if marker is not None:
+                conn.execute(pending_writes.delete().where(pending_writes.c.id == marker))
+            self._delete_rows(conn, collection, ids)
+
+    def _delete_rows(self, conn: sa.Connection, collection: str, ids: Sequence[str]) -> None:
+        for chunk in _chunks(ids):
+            for table in (tags, attrs, items):
+                conn.execute(table.delete().where(table.c.collection == collection, table.c.item_id.in_(chunk)))
 
     def fetch(self, collection: str, ids: Sequence[str]) -> dict[str, ItemMeta]:
         """Metadata of the ids that have any: one round trip per ``SQL_CHUNK`` ids (a UNION ALL of
