@@ -1,7 +1,9 @@
-"""No torn item, with clients that never retry: a single-node server (metadata in the real
-Postgres) dies at random between the moment a write is durable on its shard and the moment its
-SQL rows commit (fault point ``after_shard_write`` / ``after_shard_delete``, as abrupt as
-SIGKILL), over and over. Writers own disjoint ids, write each id's vector as a pure function of
+"""No torn item, with clients that never retry: a single-node server (server and shard in one
+process; metadata in the real Postgres, or SQLite) dies at random between the moment a write is
+durable on its shard and the moment its SQL rows commit (fault point ``after_shard_write`` /
+``after_shard_delete``, as abrupt as SIGKILL), and every other cycle also from a SIGKILL at a
+random moment, while compactions are started over and over, so deaths land mid-write,
+mid-commit and mid-compaction. Writers own disjoint ids, write each id's vector as a pure function of
 (id, write number) with the write number in its metadata, and stop at their first failure.
 
 After every restart, for every id: Get shows the vector and the metadata of one single write
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +35,8 @@ import sqlalchemy as sa
 from core import schema
 from testkit.serverproc import SingleNodeProcess
 from tests.pg import fresh_schema_url
+from vsproto.v1 import admin_service_pb2 as admin_pb
+from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import search_service_pb2_grpc as pb_grpc
 from vsproto.v1 import types_pb2
@@ -85,6 +90,17 @@ def run_writer(writer: Writer, stub: pb_grpc.SearchServiceStub, rng: random.Rand
             return  # the server died: this write may or may not have landed, and is never retried
         writer.acked.update(writer.in_flight)
         writer.in_flight = {}
+
+
+def compact_until_dead(admin: admin_grpc.AdminServiceStub) -> None:
+    """Starts compactions (folds, snapshots, log truncation) over and over, so that deaths land
+    during them too; stops at the first failure."""
+    while True:
+        try:
+            admin.Compact(admin_pb.CompactRequest(collection="items", wait=False), timeout=10)
+        except grpc.RpcError:
+            return
+        time.sleep(0.05)
 
 
 def check(stub: pb_grpc.SearchServiceStub, writers: list[Writer]) -> int:
@@ -188,11 +204,18 @@ def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
                 )
                 for i, w in enumerate(writers)
             ]
+            threads.append(threading.Thread(target=compact_until_dead, args=(admin_grpc.AdminServiceStub(channel),)))
+            assert server.proc is not None
+            # Every other cycle also gets a SIGKILL at a random moment (mid-write, mid-compaction):
+            # whichever comes first, it or a fault point, ends the cycle.
+            killer = threading.Timer(rng.uniform(0.05, 1.5), server.proc.send_signal, (signal.SIGKILL,))
+            if cycle % 2:
+                killer.start()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(timeout=300)
-            assert server.proc is not None
+            killer.cancel()
             deaths += server.proc.wait(timeout=60) != 0  # the writers stop only when it died
         finally:
             channel.close()
@@ -206,5 +229,5 @@ def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
     finally:
         channel.close()
         server.stop()
-    assert deaths == cycles, "every cycle ends with the server dying at a fault point"
+    assert deaths == cycles, "every cycle ends with the server dying (a fault point or SIGKILL)"
     assert present > 0
