@@ -10,8 +10,11 @@ written before payloads existed: its metadata is still in SQL (the engine falls 
 
 from __future__ import annotations
 
-from core.errors import CorruptionError
-from server.metadata import AttrValue, ItemMeta
+from google.protobuf.message import DecodeError
+
+from core.errors import CorruptionError, InvalidArgument
+from server import convert
+from server.metadata import ItemMeta
 from vsproto.v1 import search_service_pb2 as pb
 
 VERSION_1 = b"\x01"
@@ -21,18 +24,8 @@ EMPTY = VERSION_1  # the payload of an item with no metadata at all
 def encode(meta: ItemMeta) -> bytes:
     if not meta.uri and not meta.tags and not meta.attributes:
         return EMPTY
-    message = pb.Metadata(uri=meta.uri, tags=list(dict.fromkeys(meta.tags)))  # as SQL stores them
-    for name, value in meta.attributes.items():
-        target = message.attributes[name]
-        if isinstance(value, bool):
-            target.bool_value = value
-        elif isinstance(value, int):
-            target.int_value = value
-        elif isinstance(value, float):
-            target.double_value = value
-        else:
-            target.string_value = value
-    return VERSION_1 + message.SerializeToString(deterministic=True)
+    deduplicated = ItemMeta(meta.uri, list(dict.fromkeys(meta.tags)), meta.attributes)  # as SQL stores them
+    return VERSION_1 + convert.meta_to_proto(deduplicated).SerializeToString(deterministic=True)
 
 
 def decode(payload: bytes) -> ItemMeta | None:
@@ -42,10 +35,9 @@ def decode(payload: bytes) -> ItemMeta | None:
         return None
     if payload[:1] != VERSION_1:
         raise CorruptionError(f"item payload of unknown version {payload[0]}")
-    message = pb.Metadata.FromString(payload[1:])
-    attributes: dict[str, AttrValue] = {}
-    for name, value in message.attributes.items():
-        kind = value.WhichOneof("value")
-        if kind is not None:
-            attributes[name] = getattr(value, kind)
-    return ItemMeta(message.uri, sorted(message.tags), attributes)
+    try:
+        meta = convert.meta_from_proto(pb.Metadata.FromString(payload[1:]))
+    except (DecodeError, InvalidArgument) as exc:
+        raise CorruptionError(f"item payload does not parse: {exc}") from exc
+    meta.tags.sort()
+    return meta

@@ -25,4 +25,6 @@ def test_no_metadata_is_a_payload_and_an_empty_payload_is_legacy() -> None:
     assert empty and payload.decode(empty) == ItemMeta()
     assert payload.decode(b"") is None
     with pytest.raises(CorruptionError):
-        payload.decode(b"\x09whatever")
+        payload.decode(b"\x09whatever")  # a version this code does not know
+    with pytest.raises(CorruptionError):
+        payload.decode(payload.VERSION_1 + b"\xff\xff\xff")  # a body that does not parse
