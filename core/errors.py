@@ -44,6 +44,10 @@ class DeadlineExceeded(Unavailable):
     """The call's deadline passed before it finished; it may or may not have taken effect."""
 
 
+class Cancelled(DomainError):
+    """The caller cancelled the call (or its deadline passed) and the work stopped."""
+
+
 class CorruptionError(DomainError):
     """Persistent state is damaged in a way recovery must not paper over."""
 

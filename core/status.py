@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from core import errors
+from core import calls, errors
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ _TABLE: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Cancelled, grpc.StatusCode.CANCELLED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
     (errors.Internal, grpc.StatusCode.INTERNAL),
@@ -37,7 +38,7 @@ _TO_CODE: dict[type[errors.DomainError], grpc.StatusCode] = dict(_TABLE)
 _FROM_CODE: dict[grpc.StatusCode, type[errors.DomainError]] = {}
 for _cls, _code in _TABLE:
     _FROM_CODE.setdefault(_code, _cls)
-# Codes no domain error produces: a cancelled call is one that did not finish.
+# A remote callee's CANCELLED means the call did not finish: retry it like UNAVAILABLE.
 _FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
 
 
@@ -66,6 +67,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
     """Ends the call with the status of ``exc``; a non-domain error is logged as a bug, unless
     the client had already gone away (one info line, see :func:`client_gone`)."""
     code = to_code(exc)
+    if isinstance(exc, errors.Cancelled):
+        log.info("%s: %s", method, exc)
     if code is None and client_gone(context, method, exc):
         context.abort(grpc.StatusCode.CANCELLED, "the client went away")
     if code is None:
@@ -111,9 +114,10 @@ def handled(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            if isinstance(request, Iterator):
-                return method(self, parsed_stream(request), context)
-            return method(self, check_parsed(request), context)
+            with calls.serving(context):
+                if isinstance(request, Iterator):
+                    return method(self, parsed_stream(request), context)
+                return method(self, check_parsed(request), context)
         except Exception as exc:
             abort(context, exc, method.__name__)
 

@@ -29,8 +29,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core import faults, limits, status
-from core.errors import DomainError, InvalidArgument, NotFound, ResourceExhausted
+from core import calls, faults, limits, status
+from core.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, ResourceExhausted
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec, validate_name
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
@@ -144,6 +144,7 @@ class Engine:
         last = {item: i for i, item in enumerate(ids)}
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
+        calls.check("the shard write")
         marker = self.metadata.begin_write(collection, batch.ids)
         self.router.upsert(collection, batch, self._timeout(remaining))
         faults.point("after_shard_write")
@@ -153,6 +154,7 @@ class Engine:
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:
         self.spec(collection)
         id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
+        calls.check("the shard delete")
         marker = self.metadata.begin_write(collection, id_list)
         deleted = self.router.delete(collection, id_list, self._timeout(remaining))
         faults.point("after_shard_delete")
@@ -252,20 +254,21 @@ class Engine:
             queries = prepare_queries(self._stored_vector(query.collection, exclude, remaining), spec)
         else:
             queries = prepare_queries(query.target.vectors, spec)
-        timeout = self._timeout(remaining)
+        deadline = time.monotonic() + self._timeout(remaining)
         want = query.k + (1 if exclude is not None else 0)
         if query.filter is None:
+            timeout = _left(deadline, "the search")
             outcome = self.router.search(query.collection, queries, want, query.ef, timeout, query.require_all_shards)
             strategy = "graph"
         else:
-            outcome, strategy = self._filtered(query, queries, want, timeout)
+            outcome, strategy = self._filtered(query, queries, want, deadline)
         rows = outcome.results
         if exclude is not None:
             rows = [[h for h in row if h.id != exclude] for row in rows]
         if query.filter is None and not query.include_metadata and not query.include_vectors:
             return SearchResult([row[: query.k] for row in rows], outcome.failed, {}, {}, strategy)
         ids = list(dict.fromkeys(h.id for row in rows for h in row))
-        stored = self.router.fetch(query.collection, ids, timeout) if ids else {}
+        stored = self.router.fetch(query.collection, ids, _left(deadline, "fetching the hits")) if ids else {}
         metadata = self._metadata_of(query.collection, stored)
         if query.filter is not None:
             # The filter was planned on the SQL index; the item's own metadata, read with its
@@ -284,7 +287,9 @@ class Engine:
             raise NotFound(f"item {item_id!r} does not exist in {collection!r}")
         return vectors[item_id][None, :]
 
-    def _filtered(self, query: SearchQuery, queries: Queries, k: int, timeout: float) -> tuple[SearchOutcome, str]:
+    def _filtered(self, query: SearchQuery, queries: Queries, k: int, deadline: float) -> tuple[SearchOutcome, str]:
+        """Plans and runs a filtered search; every shard round trip gets what is left of the one
+        ``deadline`` and starts only while the caller is still there (``_left``)."""
         collection, ef, require_all = query.collection, query.ef, query.require_all_shards
         assert query.filter is not None
         clause = compile_filter(query.filter, collection, self.metadata.attribute_types(collection))
@@ -297,9 +302,11 @@ class Engine:
             matching <= options.allow_list_small or matching <= options.allow_list_selectivity * total
         ):
             allowed = self.metadata.ids_matching(collection, clause)
+            timeout = _left(deadline, "the allow-list search")
             return self.router.search(collection, queries, k, ef, timeout, require_all, allow_ids=allowed), "allow-list"
         fetch = min(SHARD_MAX_K, max(k, math.ceil(k * total / matching * self.options.oversample)))
         while True:
+            timeout = _left(deadline, f"a search for {fetch} candidates")
             outcome = self.router.search(collection, queries, fetch, max(ef, fetch), timeout, require_all)
             candidates = {h.id for row in outcome.results for h in row}
             passing = self.metadata.which_match(collection, list(candidates), clause)
@@ -309,6 +316,7 @@ class Engine:
                 return SearchOutcome(results, outcome.failed), "post-filter"
             if fetch >= SHARD_MAX_K:
                 allowed = self.metadata.ids_matching(collection, clause)
+                timeout = _left(deadline, "the allow-list search")
                 return self.router.search(
                     collection, queries, k, ef, timeout, require_all, allow_ids=allowed
                 ), "allow-list-fallback"
@@ -335,3 +343,13 @@ class Engine:
                 if temporary is not None:
                     temporary.close()
         return out
+
+
+def _left(deadline: float, step: str) -> float:
+    """The seconds left before ``deadline`` for ``step``; DeadlineExceeded when none are, and
+    Cancelled when the caller has gone (``core.calls``)."""
+    calls.check(step)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"the deadline passed before {step}")
+    return left

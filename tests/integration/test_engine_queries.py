@@ -3,6 +3,7 @@ not depend on how many hits it returns (real shard process, real Postgres)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.spec import make_spec
+from core.vectors import prepare_queries
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
 from server.convert import filter_from_proto
@@ -62,3 +64,32 @@ def test_statements_per_search_do_not_grow_with_hits(engine: Engine) -> None:
             counts[(k, flt is not None)] = len(statements)
     assert counts[(1, False)] == counts[(50, False)] <= 2, counts  # spec lookup + one metadata read
     assert counts[(1, True)] == counts[(50, True)], counts
+
+
+class GoneContext:
+    """A served call whose client has gone (cancelled, or past its deadline)."""
+
+    def is_active(self) -> bool:
+        return False
+
+
+def test_work_stops_when_the_caller_has_gone(engine: Engine) -> None:
+    from core import calls
+    from core.errors import Cancelled, DeadlineExceeded
+
+    engine.create_collection(make_spec("c", 4, 3))
+    rows = np.eye(4, dtype=np.float32)
+    with calls.serving(GoneContext()), pytest.raises(Cancelled, match="shard write"):
+        engine.upsert("c", ["a", "b", "c", "d"], rows, [ItemMeta() for _ in range(4)])
+    vectors, _ = engine.get("c", ["a"])
+    assert not vectors, "a cancelled write reached the shards"
+    assert engine.metadata.pending(0) == [], "and left no marker"
+    engine.upsert("c", ["a", "b", "c", "d"], rows, [ItemMeta(tags=["t"]) for _ in range(4)])
+    flt = filter_from_proto(pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="t"))))
+    query = SearchQuery("c", VectorTarget(rows[:1]), k=2, filter=flt)
+    with calls.serving(GoneContext()), pytest.raises(Cancelled):
+        engine.search(query)
+    queries = prepare_queries(rows[:1], engine.spec("c"))
+    with pytest.raises(DeadlineExceeded, match="deadline passed before"):  # no time left for a round trip
+        engine._filtered(query, queries, 2, deadline=time.monotonic() - 0.001)
+    assert len(engine.search(query).hits[0]) == 2  # the same search, served normally

@@ -87,3 +87,21 @@ def test_requests_that_did_not_parse_are_invalid_argument() -> None:
         Servicer(None).ClientStream(iter(["ok", malformed]), stream_context)
     assert stream_context.code == grpc.StatusCode.INVALID_ARGUMENT
     assert Servicer(None).ClientStream(iter(["a", "b"]), FakeContext()) == ["a", "b"]
+
+
+def test_work_stopped_for_a_gone_client_is_cancelled_with_an_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    from core import calls
+
+    class Checking(Servicer):
+        @status.handled
+        def Unary(self, request: Any, context: Any) -> Any:
+            calls.check("the next step")  # as the engine does between its steps
+            return request
+
+    gone = FakeContext(active=False)
+    with caplog.at_level(logging.INFO, logger="core.status"), pytest.raises(Aborted):
+        Checking(None).Unary("req", gone)
+    assert gone.code == grpc.StatusCode.CANCELLED and "the next step" in gone.details
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert Checking(None).Unary("req", FakeContext()) == "req"  # a live caller is served
+    calls.check("outside any call")  # no call served on this thread: nothing to stop
