@@ -14,11 +14,16 @@ items present; and the server repairs the SQL index of the interrupted writes, s
 exactly the items present and a filtered search finds items by their current metadata. On the
 real Postgres and on SQLite.
 
-``VS_TORN_CYCLES`` sets the number of crash cycles (default 20).
+The same runs in the distributed shape (server + 2 shard processes), where a server or a shard
+process is SIGKILLed in turn.
+
+``VS_TORN_CYCLES`` sets the number of crash cycles (default 20 on Postgres, half that on SQLite
+and in the distributed shape).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -33,6 +38,7 @@ import pytest
 import sqlalchemy as sa
 
 from core import schema
+from testkit.clusterproc import ClusterProcess
 from testkit.serverproc import SingleNodeProcess
 from tests.pg import fresh_schema_url
 from vsproto.v1 import admin_service_pb2 as admin_pb
@@ -90,6 +96,12 @@ def run_writer(writer: Writer, stub: pb_grpc.SearchServiceStub, rng: random.Rand
             return  # the server died: this write may or may not have landed, and is never retried
         writer.acked.update(writer.in_flight)
         writer.in_flight = {}
+
+
+def kill_quietly(pid: int) -> None:
+    """SIGKILL, unless a fault point already ended that process."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def compact_until_dead(admin: admin_grpc.AdminServiceStub) -> None:
@@ -231,3 +243,55 @@ def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
         server.stop()
     assert deaths == cycles, "every cycle ends with the server dying (a fault point or SIGKILL)"
     assert present > 0
+
+
+@pytest.mark.timeout(900)
+def test_items_are_never_torn_in_a_cluster_when_any_process_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The distributed shape (server + 2 shard processes, Postgres): each cycle SIGKILLs the
+    server, shard 0 or shard 1 in turn, at a random moment, while the fault points and
+    compactions go on."""
+    monkeypatch.setenv("VS_FAULTS", "after_shard_write:0.05,after_shard_delete:0.05")
+    database = fresh_schema_url()
+    flags = ("--repair-after-s", "0", "--repair-interval-s", "0.5")
+    writers = [Writer([f"w{w}-{j}" for j in range(IDS_PER_WRITER)]) for w in range(WRITERS)]
+    rng = random.Random(20261203)
+    victims: list[str] = []
+    for cycle in range(max(1, CYCLES // 2)):
+        cluster = ClusterProcess(tmp_path / "cluster", *flags, shards=2, database_url=database)
+        stub = cluster.start()
+        try:
+            if cycle == 0:
+                spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+                stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
+            else:
+                wait_for_repaired_index(stub, database, writers, check(stub, writers))
+            victim = ["server", "shard-0", "shard-1"][cycle % 3]
+            victims.append(victim)
+            assert cluster.proc is not None
+            pid = cluster.proc.pid if victim == "server" else cluster.shard_pid(int(victim[-1]))
+            killer = threading.Timer(rng.uniform(0.05, 1.0), kill_quietly, (pid,))
+            threads = [
+                threading.Thread(
+                    target=run_writer, args=(w, stub, random.Random(rng.random()), (cycle * 10 + i) * 1000)
+                )
+                for i, w in enumerate(writers)
+            ]
+            threads.append(threading.Thread(target=compact_until_dead, args=(cluster.admin(),)))
+            killer.start()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)  # writers stop at their first failure: a death somewhere
+            killer.join()
+        finally:
+            cluster.stop()  # also sweeps shards orphaned by a killed server
+    cluster = ClusterProcess(tmp_path / "cluster", *flags, shards=2, database_url=database)
+    stub = cluster.start()
+    try:
+        present = check(stub, writers)
+        wait_for_repaired_index(stub, database, writers, present)
+    finally:
+        cluster.stop()
+    assert present > 0 and set(victims) == {"server", "shard-0", "shard-1"}
