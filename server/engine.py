@@ -145,10 +145,10 @@ class Engine:
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
         calls.check("the shard write")
-        marker = self.metadata.begin_write(collection, batch.ids)
+        marker = self.metadata.begin_write(collection, batch.ids, new_types)  # types fixed before any shard sees them
         self.router.upsert(collection, batch, self._timeout(remaining))
         faults.point("after_shard_write")
-        self.metadata.upsert(collection, items, new_types, marker)
+        self.metadata.upsert(collection, items, {}, marker)
         return len(batch)
 
     def delete(self, collection: str, ids: Sequence[str], remaining: float | None = None) -> int:

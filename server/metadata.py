@@ -188,11 +188,16 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ items
     # ------------------------------------------------------------------ pending writes
-    def begin_write(self, collection: str, ids: Sequence[str]) -> int:
+    def begin_write(self, collection: str, ids: Sequence[str], new_types: dict[str, str] | None = None) -> int:
         """Records that a write of ``ids`` is going to the shards; returns the marker that the
         commit of its index rows (``upsert`` / ``delete``) removes. A marker left behind is
-        repaired by :meth:`repair`."""
+        repaired by :meth:`repair`. In the same transaction, fixes the types of the write's new
+        attributes (``new_types``, from :meth:`check_types`), so that no item reaches a shard
+        with an attribute whose type is not recorded: InvalidArgument, and nothing recorded,
+        when a concurrent write just gave one of them another type."""
         with self.engine.begin() as conn:
+            if new_types:
+                self._fix_types(conn, collection, new_types)
             row = conn.execute(
                 pending_writes.insert()
                 .values(collection=collection, ids=json.dumps(list(ids)), created_at=time.time())
@@ -274,17 +279,18 @@ class MetadataStore:
             if marker is not None:
                 conn.execute(pending_writes.delete().where(pending_writes.c.id == marker))
             if new_types:
-                conn.execute(
-                    _insert(self.engine, attr_types).on_conflict_do_nothing(),
-                    [{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()],
-                )
-                stored = self._types_in(conn, collection, list(new_types))
-                clash = {n for n, t in new_types.items() if stored.get(n) != t}
-                if clash:
-                    raise InvalidArgument(
-                        f"attributes {sorted(clash)} were just given another type by a concurrent write"
-                    )
+                self._fix_types(conn, collection, new_types)
             self._write_rows(conn, collection, batch)
+
+    def _fix_types(self, conn: sa.Connection, collection: str, new_types: dict[str, str]) -> None:
+        conn.execute(
+            _insert(self.engine, attr_types).on_conflict_do_nothing(),
+            [{"collection": collection, "name": n, "vtype": t} for n, t in new_types.items()],
+        )
+        stored = self._types_in(conn, collection, list(new_types))
+        clash = {n for n, t in new_types.items() if stored.get(n) != t}
+        if clash:
+            raise InvalidArgument(f"attributes {sorted(clash)} were just given another type by a concurrent write")
 
     def _write_rows(self, conn: sa.Connection, collection: str, batch: Sequence[tuple[str, ItemMeta]]) -> None:
         ids = [item_id for item_id, _ in batch]
