@@ -189,6 +189,39 @@ def wait_for_repaired_index(
         assert item in {h.id for h in reply.results[0].hits}, f"{item}: not found by its own tag write-{write}"
 
 
+def begin_cycle(stub: pb_grpc.SearchServiceStub, cycle: int, database: str, writers: list[Writer]) -> None:
+    """The first cycle creates the collection; every later one checks what the last death left."""
+    if cycle == 0:
+        spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+        stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
+    else:
+        wait_for_repaired_index(stub, database, writers, check(stub, writers))
+
+
+def write_until_death(
+    stub: pb_grpc.SearchServiceStub,
+    admin: admin_grpc.AdminServiceStub,
+    writers: list[Writer],
+    rng: random.Random,
+    cycle: int,
+    killer: threading.Timer | None,
+) -> None:
+    """Runs the writers and the compactor until they fail (a death), with ``killer`` armed."""
+    threads = [
+        threading.Thread(target=run_writer, args=(w, stub, random.Random(rng.random()), (cycle * 10 + i) * 1000))
+        for i, w in enumerate(writers)
+    ]
+    threads.append(threading.Thread(target=compact_until_dead, args=(admin,)))
+    if killer is not None:
+        killer.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    if killer is not None:
+        killer.cancel()
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("backend", "cycles"), [("postgres", CYCLES), ("sqlite", max(1, CYCLES // 2))])
 def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
@@ -205,29 +238,13 @@ def test_items_are_never_torn_when_the_server_dies_between_shard_and_sql(
         channel = grpc.insecure_channel(server.start())
         stub = pb_grpc.SearchServiceStub(channel)
         try:
-            if cycle == 0:
-                spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-                stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
-            else:
-                wait_for_repaired_index(stub, database, writers, check(stub, writers))
-            threads = [
-                threading.Thread(
-                    target=run_writer, args=(w, stub, random.Random(rng.random()), (cycle * 10 + i) * 1000)
-                )
-                for i, w in enumerate(writers)
-            ]
-            threads.append(threading.Thread(target=compact_until_dead, args=(admin_grpc.AdminServiceStub(channel),)))
+            begin_cycle(stub, cycle, database, writers)
             assert server.proc is not None
             # Every other cycle also gets a SIGKILL at a random moment (mid-write, mid-compaction):
             # whichever comes first, it or a fault point, ends the cycle.
-            killer = threading.Timer(rng.uniform(0.05, 1.5), server.proc.send_signal, (signal.SIGKILL,))
-            if cycle % 2:
-                killer.start()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=300)
-            killer.cancel()
+            delay = rng.uniform(0.05, 1.5)
+            killer = threading.Timer(delay, server.proc.send_signal, (signal.SIGKILL,)) if cycle % 2 else None
+            write_until_death(stub, admin_grpc.AdminServiceStub(channel), writers, rng, cycle, killer)
             deaths += server.proc.wait(timeout=60) != 0  # the writers stop only when it died
         finally:
             channel.close()
@@ -262,29 +279,13 @@ def test_items_are_never_torn_in_a_cluster_when_any_process_dies(
         cluster = ClusterProcess(tmp_path / "cluster", *flags, shards=2, database_url=database)
         stub = cluster.start()
         try:
-            if cycle == 0:
-                spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-                stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
-            else:
-                wait_for_repaired_index(stub, database, writers, check(stub, writers))
+            begin_cycle(stub, cycle, database, writers)
             victim = ["server", "shard-0", "shard-1"][cycle % 3]
             victims.append(victim)
             assert cluster.proc is not None
             pid = cluster.proc.pid if victim == "server" else cluster.shard_pid(int(victim[-1]))
             killer = threading.Timer(rng.uniform(0.05, 1.0), kill_quietly, (pid,))
-            threads = [
-                threading.Thread(
-                    target=run_writer, args=(w, stub, random.Random(rng.random()), (cycle * 10 + i) * 1000)
-                )
-                for i, w in enumerate(writers)
-            ]
-            threads.append(threading.Thread(target=compact_until_dead, args=(cluster.admin(),)))
-            killer.start()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=300)  # writers stop at their first failure: a death somewhere
-            killer.join()
+            write_until_death(stub, cluster.admin(), writers, rng, cycle, killer)
         finally:
             cluster.stop()  # also sweeps shards orphaned by a killed server
     cluster = ClusterProcess(tmp_path / "cluster", *flags, shards=2, database_url=database)
