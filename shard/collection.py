@@ -273,14 +273,15 @@ class Collection:
         return fetched.ids, fetched.vectors, fetched.missing
 
     def fetch(self, ids: Sequence[str]) -> Fetched:
-        """The found ids in request order with their vectors and payloads, and the missing ids.
-        Each id's vector and payload come from one view, so from one write."""
+        """The found ids in request order with their vectors, payloads and versions, and the
+        missing ids. Each id's vector, payload and version come from one view, so from one write."""
         id_list = validate_ids(ids)
         if len(id_list) > MAX_GET_IDS:
             raise InvalidArgument(f"at most {MAX_GET_IDS} ids per Get, got {len(id_list)}")
         view = self._view
         found: list[str] = []
         payloads: list[bytes] = []
+        versions: list[int] = []
         missing: list[str] = []
         matrix = np.empty((len(id_list), self.spec.dimension), dtype=np.float32)
         graph_rows: list[int] = []
@@ -294,14 +295,16 @@ class Collection:
             if isinstance(layer, Delta):
                 matrix[len(found)] = layer.vector(position)
                 payloads.append(layer.payloads[position])
+                versions.append(layer.version(position))
             else:
                 graph_rows.append(len(found))
                 graph_labels.append(position)
                 payloads.append(layer.label_payloads[position])
+                versions.append(int(layer.label_seq[position]))
             found.append(item)
         if graph_labels and view.graph is not None:
             matrix[graph_rows] = view.graph.vectors(graph_labels)  # one hnswlib call for the batch
-        return Fetched(found, matrix[: len(found)], missing, payloads)
+        return Fetched(found, matrix[: len(found)], missing, payloads, versions)
 
     def search(self, queries: Matrix, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None) -> list[QueryHits]:
         """Top-k per query over graph + delta layers, nearest first; ``queries`` are checked
@@ -448,19 +451,22 @@ class Collection:
             raise InvalidArgument(f"batch_size must be in 1..{MAX_SCAN_BATCH}, got {batch_size}")
         view_seq = self._applied_seq  # before the layers (see the module docstring)
         view = self._view
-        layers: list[tuple[list[str], Callable[[npt.NDArray[np.intp]], Matrix], list[bytes]]] = []
+        layers: list[_ScanLayer] = []
         graph = view.graph
         if graph is not None and graph.live:
             labels = np.fromiter(graph.label_of.values(), dtype=np.int64, count=graph.live)
             labels = labels[graph.shadow_seq[labels] > view_seq]
             label_list = labels.tolist()
             payloads = [graph.label_payloads[label] for label in label_list]
-            layers.append((graph.ids_of(labels).tolist(), _rows_of_graph(graph, labels), payloads))
+            layers.append(
+                (graph.ids_of(labels).tolist(), _rows_of_graph(graph, labels), payloads, graph.label_seq[labels])
+            )
         for layer in (view.sealed, view.active):
             if layer is None or not layer.rows:
                 continue
             rows = layer.rows  # before the blocks (see delta.py)
-            visible = np.concatenate([b.visible(view_seq) for b in layer.blocks(rows)])
+            blocks = list(layer.blocks(rows))
+            visible = np.concatenate([b.visible(view_seq) for b in blocks])
             positions = np.flatnonzero(visible)
             position_list = positions.tolist()
             layers.append(
@@ -468,9 +474,10 @@ class Collection:
                     [layer.ids[p] for p in position_list],
                     _rows_of_delta(layer, positions),
                     [layer.payloads[p] for p in position_list],
+                    np.concatenate([b.row_seq for b in blocks])[positions],
                 )
             )
-        for ids, rows_of, payloads in layers:
+        for ids, rows_of, payloads, versions in layers:
             keep = np.arange(len(ids))
             if ranges:
                 hashes = key_hashes(ids)
@@ -481,7 +488,13 @@ class Collection:
             for lo in range(0, len(keep), batch_size):
                 chunk = keep[lo : lo + batch_size]
                 positions = chunk.tolist()
-                yield ScanBatch([ids[i] for i in positions], rows_of(chunk), view_seq, [payloads[i] for i in positions])
+                yield ScanBatch(
+                    [ids[i] for i in positions],
+                    rows_of(chunk),
+                    view_seq,
+                    [payloads[i] for i in positions],
+                    versions[chunk].tolist(),
+                )
 
     # ================================================================== compaction
     def needs_compaction(self, now: float | None = None) -> bool:
@@ -563,9 +576,12 @@ class Collection:
         if rebuild:
             label_ids: list[str] = []
             label_payloads: list[bytes] = []
+            seq_parts: list[npt.NDArray[np.int64]] = []
             if graph is not None:
                 label_ids = [item for item in graph.label_of if item not in sealed.index]
-                label_payloads = [graph.label_payloads[graph.label_of[item]] for item in label_ids]
+                kept = np.fromiter((graph.label_of[item] for item in label_ids), dtype=np.int64, count=len(label_ids))
+                label_payloads = [graph.label_payloads[label] for label in kept.tolist()]
+                seq_parts.append(graph.label_seq[kept])
             index = new_index(self.spec, len(label_ids) + live_count)
             if graph is not None:
                 for lo in range(0, len(label_ids), _BUILD_CHUNK):
@@ -578,25 +594,30 @@ class Collection:
             index = private.index
             label_ids = private.label_ids
             label_payloads = private.label_payloads
+            old_seq = private.label_seq.copy()
             for label in replaced:
                 index.mark_deleted(label)
                 label_ids[label] = ""
                 label_payloads[label] = b""
+                old_seq[label] = 0
+            seq_parts = [old_seq]
         first_new = len(label_ids)
-        for ids, vectors, payloads in _live_chunks(sealed, seal_seq):
+        for ids, vectors, payloads, seqs in _live_chunks(sealed, seal_seq):
             base = len(label_ids)
             index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
             label_ids.extend(ids)
             label_payloads.extend(payloads)
+            seq_parts.append(seqs)
+        label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
         if rebuild:
             label_of_new = {item: label for label, item in enumerate(label_ids)}
-            return Graph(index, label_ids, label_of_new, seal_seq, label_payloads), graph is not None
+            return Graph(index, label_ids, label_of_new, seal_seq, label_payloads, label_seq), graph is not None
         assert graph is not None
         label_of = dict(graph.label_of)
         for item in sealed.index:
             label_of.pop(item, None)
         label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
-        return Graph(index, label_ids, label_of, seal_seq, label_payloads), False
+        return Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq), False
 
     # ================================================================== introspection
     def stats(self) -> CollectionStats:
@@ -623,6 +644,10 @@ class Collection:
         return (records.WalEntry(r.seq, records.decode(r.payload, r.version)) for r in stream)
 
 
+# A layer's live items in a scan: ids, a gather of their vectors by position, payloads, versions.
+_ScanLayer = tuple[list[str], Callable[[npt.NDArray[np.intp]], Matrix], list[bytes], npt.NDArray[np.int64]]
+
+
 def _rows_of_graph(graph: Graph, labels: npt.NDArray[np.int64]) -> Callable[[npt.NDArray[np.intp]], Matrix]:
     return lambda positions: graph.vectors(labels[positions])
 
@@ -637,20 +662,24 @@ def _rows_of_delta(layer: Delta, rows: npt.NDArray[np.intp]) -> Callable[[npt.ND
     return gather
 
 
-def _live_chunks(sealed: Delta, seal_seq: int) -> Iterator[tuple[list[str], Matrix, list[bytes]]]:
+def _live_chunks(
+    sealed: Delta, seal_seq: int
+) -> Iterator[tuple[list[str], Matrix, list[bytes], npt.NDArray[np.int64]]]:
     """The rows of a sealed delta that were live at ``seal_seq``, block by block, with their
-    payloads (vector views when a whole block is live, so folding does not copy the delta)."""
+    payloads and versions (vector views when a whole block is live, so folding does not copy
+    the delta)."""
     for block in sealed.blocks():
         visible = block.visible(seal_seq)
         start, end = block.start, block.start + len(visible)
         if visible.all():
-            yield sealed.ids[start:end], block.vectors, sealed.payloads[start:end]
+            yield sealed.ids[start:end], block.vectors, sealed.payloads[start:end], block.row_seq
         elif visible.any():
             rows = (np.flatnonzero(visible) + start).tolist()
             yield (
                 [sealed.ids[r] for r in rows],
                 block.vectors[np.asarray(rows) - start],
                 [sealed.payloads[r] for r in rows],
+                block.row_seq[visible],
             )
 
 

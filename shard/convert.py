@@ -37,6 +37,7 @@ def fetched_to_proto(fetched: Fetched) -> pb.GetResponse:
         vectors=matrix_to_proto(fetched.vectors),
         missing_ids=fetched.missing,
         payloads=fetched.payloads if any(fetched.payloads) else (),
+        versions=fetched.versions,
     )
 
 
@@ -45,7 +46,14 @@ def fetched_from_proto(reply: pb.GetResponse, dimension_hint: int = 0) -> Fetche
         vectors = matrix_from_proto(reply.vectors, "vectors")
     else:
         vectors = np.empty((0, max(dimension_hint, reply.vectors.dimension)), dtype=np.float32)
-    return Fetched(list(reply.ids), vectors, list(reply.missing_ids), _payloads(reply.payloads, len(reply.ids)))
+    count = len(reply.ids)
+    return Fetched(
+        list(reply.ids),
+        vectors,
+        list(reply.missing_ids),
+        _payloads(reply.payloads, count),
+        _versions(reply.versions, count),
+    )
 
 
 def _payloads(messages: Sequence[bytes], count: int) -> list[bytes]:
@@ -54,6 +62,15 @@ def _payloads(messages: Sequence[bytes], count: int) -> list[bytes]:
         return [b""] * count
     if len(messages) != count:
         raise Internal(f"the shard sent {len(messages)} payloads for {count} ids")
+    return list(messages)
+
+
+def _versions(messages: Sequence[int], count: int) -> list[int]:
+    """One version per id: the message's (a shard older than versions sends none: 0, unknown)."""
+    if not messages:
+        return [0] * count
+    if len(messages) != count:
+        raise Internal(f"the shard sent {len(messages)} versions for {count} ids")
     return list(messages)
 
 
@@ -119,12 +136,20 @@ def scan_batch_to_proto(batch: ScanBatch) -> pb.ScanItemsResponse:
         vectors=matrix_to_proto(batch.vectors),
         applied_seq=batch.applied_seq,
         payloads=batch.payloads if any(batch.payloads) else (),
+        versions=batch.versions,
     )
 
 
 def scan_batch_from_proto(message: pb.ScanItemsResponse) -> ScanBatch:
     vectors = matrix_from_proto(message.vectors, "vectors") if message.ids else np.empty((0, 0), dtype=np.float32)
-    return ScanBatch(list(message.ids), vectors, message.applied_seq, _payloads(message.payloads, len(message.ids)))
+    count = len(message.ids)
+    return ScanBatch(
+        list(message.ids),
+        vectors,
+        message.applied_seq,
+        _payloads(message.payloads, count),
+        _versions(message.versions, count),
+    )
 
 
 # ---------------------------------------------------------------------- writes

@@ -111,6 +111,11 @@ class Delta:
         block, offset = divmod(row, self.block_rows)
         return self._blocks[block][0][offset]
 
+    def version(self, row: int) -> int:
+        """The row's version: the seq of the log record that wrote it."""
+        block, offset = divmod(row, self.block_rows)
+        return int(self._blocks[block][1][offset])
+
     def live_rows(self, view_seq: int) -> npt.NDArray[np.intp]:
         """Row numbers visible at ``view_seq``."""
         parts = [np.flatnonzero(b.visible(view_seq)) + b.start for b in self.blocks()]

@@ -79,6 +79,9 @@ class Graph:
     applied_seq: int
     # label -> the item's payload (b"": none); left empty when constructed: no item has one
     label_payloads: list[bytes] = field(default_factory=list)
+    # label -> the item's version: the seq of the log record that wrote it (0: unknown, an item
+    # from a snapshot written before versions were kept); left empty when constructed: all 0
+    label_seq: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     shadow_seq: npt.NDArray[np.int64] = field(init=False)
     shadowed: int = 0
 
@@ -87,6 +90,10 @@ class Graph:
             self.label_payloads = [b""] * len(self.label_ids)
         elif len(self.label_payloads) != len(self.label_ids):
             raise ValueError(f"{len(self.label_payloads)} payloads for {len(self.label_ids)} labels")
+        if not len(self.label_seq):
+            self.label_seq = np.zeros(len(self.label_ids), dtype=np.int64)
+        elif len(self.label_seq) != len(self.label_ids):
+            raise ValueError(f"{len(self.label_seq)} versions for {len(self.label_ids)} labels")
         self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
         self._mapped: tuple[Matrix, npt.NDArray[np.int64]] | None = None

@@ -3,7 +3,9 @@
 A snapshot is a directory ``snap-{applied_seq:020d}`` under ``snapshots/`` holding
 ``graph.hnsw`` (hnswlib's own format), ``ids.bin`` (label -> id), ``payloads.bin`` (label ->
 the item's payload; written only when some item has one, absent in snapshots written before
-payloads existed) and ``MANIFEST.json``. It is
+payloads existed), ``versions.bin`` (label -> the item's version, the seq of the log record
+that wrote it; absent in snapshots written before versions existed: all read as 0, unknown) and
+``MANIFEST.json``. It is
 written into a temporary directory, every file and the directory are fsynced, and the
 directory is renamed into place, so a crash leaves either no snapshot or a complete one.
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from crc32c import crc32c
 
 from core.errors import CorruptionError
@@ -34,12 +37,14 @@ FORMAT = 1
 GRAPH_FILE = "graph.hnsw"
 IDS_FILE = "ids.bin"
 PAYLOADS_FILE = "payloads.bin"
+VERSIONS_FILE = "versions.bin"
 MANIFEST = "MANIFEST.json"
 _PREFIX = "snap-"
 _IDS_HEADER = struct.Struct("<4sIQ")
 _IDS_MAGIC = b"VSID"
 _PAYLOADS_HEADER = struct.Struct("<4sQ")
 _PAYLOADS_MAGIC = b"VSPL"
+_VERSIONS_MAGIC = b"VSVR"
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,20 @@ def decode_payloads(data: bytes) -> list[bytes]:
     return [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
+def encode_versions(versions: npt.NDArray[np.int64]) -> bytes:
+    """Label -> version: a header, then one little-endian int64 per label."""
+    return _PAYLOADS_HEADER.pack(_VERSIONS_MAGIC, len(versions)) + versions.astype("<i8").tobytes()
+
+
+def decode_versions(data: bytes) -> npt.NDArray[np.int64]:
+    magic, count = _PAYLOADS_HEADER.unpack_from(data)
+    if magic != _VERSIONS_MAGIC:
+        raise CorruptionError("versions file has a bad header")
+    if len(data) != _PAYLOADS_HEADER.size + 8 * count:
+        raise CorruptionError("versions file length does not match its count")
+    return np.frombuffer(data, dtype="<i8", count=count, offset=_PAYLOADS_HEADER.size).astype(np.int64)
+
+
 def _manifest_checksum(body: dict[str, object]) -> int:
     return crc32c(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -119,6 +138,8 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
     if any(graph.label_payloads):
         (tmp / PAYLOADS_FILE).write_bytes(encode_payloads(graph.label_payloads))
         names.append(PAYLOADS_FILE)
+    (tmp / VERSIONS_FILE).write_bytes(encode_versions(graph.label_seq))
+    names.append(VERSIONS_FILE)
     files = {}
     for name in names:
         path = tmp / name
@@ -209,7 +230,12 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
         payloads = decode_payloads((info.path / PAYLOADS_FILE).read_bytes())
         if len(payloads) != len(label_ids):
             raise CorruptionError(f"snapshot {info.path}: payloads file holds {len(payloads)} labels")
-    graph = Graph(index, label_ids, label_of, info.applied_seq, payloads)
+    versions = np.zeros(len(label_ids), dtype=np.int64)
+    if VERSIONS_FILE in manifest["files"]:  # type: ignore[operator]
+        versions = decode_versions((info.path / VERSIONS_FILE).read_bytes())
+        if len(versions) != len(label_ids):
+            raise CorruptionError(f"snapshot {info.path}: versions file holds {len(versions)} labels")
+    graph = Graph(index, label_ids, label_of, info.applied_seq, payloads, versions)
     graph.attach_file(info.path / GRAPH_FILE)
     return graph
 

@@ -43,6 +43,9 @@ class Fetched:
     # payloads[i] is ids[i]'s payload (b"": none), read at the same moment as its vector;
     # both implementations always give one per found id.
     payloads: list[bytes] = field(default_factory=list)
+    # versions[i] is ids[i]'s version: the seq of the shard log record that wrote the item
+    # (0: unknown, an item last written before versions were kept); one per found id.
+    versions: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,5 @@ class ScanBatch:
     applied_seq: int
     # payloads[i] is ids[i]'s payload (b"": none).
     payloads: list[bytes] = field(default_factory=list)
+    # versions[i] is ids[i]'s version (see Fetched.versions).
+    versions: list[int] = field(default_factory=list)

@@ -142,6 +142,24 @@ def test_payloads_are_stored_read_and_streamed_with_their_vectors(shard: ShardAp
         shard.upsert("c", Batch(["x", "y"], np.ascontiguousarray(data[:2]), [b"only one"]))
 
 
+def test_versions_are_the_seq_of_the_write_and_read_with_the_item(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(30, DIM, seed=9)
+    ids = [f"r{n}" for n in range(30)]
+    first = shard.upsert("c", batch(ids, data))
+    assert first.seq > 0
+    assert shard.get("c", ["r1", "nope", "r2"]).versions == [first.seq, first.seq]
+    shard.compact("c", wait=True)
+    second = shard.upsert("c", batch(["r2"], data[:1]))
+    assert second.seq > first.seq
+    assert shard.get("c", ["r1", "r2"]).versions == [first.seq, second.seq]
+    scanned = {i: v for b in shard.scan("c", batch_size=7) for i, v in zip(b.ids, b.versions, strict=True)}
+    assert scanned == {**dict.fromkeys(ids, first.seq), "r2": second.seq}
+    shard.compact("c", wait=True)  # folded into the graph: the same versions
+    assert shard.get("c", ["r1", "r2"]).versions == [first.seq, second.seq]
+    assert shard.get("c", ["nope"]).versions == []
+
+
 def test_read_wal_before_what_is_kept_is_out_of_range(shard: ShardApi) -> None:
     shard.create_collection(spec())
     for n in range(4):  # two snapshots are kept; the log before the older one is truncated

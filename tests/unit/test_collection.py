@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -356,4 +357,58 @@ def test_duplicate_ids_keep_the_payload_of_their_last_occurrence(tmp_path: Path)
     np.testing.assert_array_equal(fetched.vectors[0], data[2])
     with pytest.raises(InvalidArgument, match="payloads"):
         prepare_batch(["a", "b"], data[:2], col.spec, payloads=[b"x"])
+    col.close()
+
+
+def test_versions_are_the_seq_of_the_writing_record_through_folds_and_recovery(tmp_path: Path) -> None:
+    from shard import snapshot
+
+    col = make(tmp_path)
+    data = clustered(500, 8, seed=12)
+    ids = [f"v{i}" for i in range(500)]
+    expected: dict[str, int] = {}
+
+    def write(rows: range) -> None:
+        seq, _ = col.upsert([ids[i] for i in rows], data[list(rows)])
+        expected.update((ids[i], seq) for i in rows)
+
+    def versions_of(items: list[str]) -> list[int]:
+        fetched = col.fetch(items)
+        assert fetched.ids == items
+        return fetched.versions
+
+    def scanned() -> dict[str, int]:
+        return {i: v for b in col.scan(batch_size=64) for i, v in zip(b.ids, b.versions, strict=True)}
+
+    write(range(0, 250))
+    write(range(200, 300))  # rewrites 200..249 in the same delta
+    assert versions_of(["v1", "v220", "v299"]) == [expected["v1"], expected["v220"], expected["v299"]]
+    assert expected["v220"] > expected["v1"] and scanned() == expected
+    col.compact()  # the first graph
+    assert scanned() == expected
+    write(range(280, 320))  # replaces graph items: the incremental fold keeps the new versions
+    assert not col.compact().rebuilt
+    assert scanned() == expected and versions_of(["v285", "v5"]) == [expected["v285"], expected["v5"]]
+    col.delete([f"v{i}" for i in range(0, 200)])
+    for i in range(0, 200):
+        expected.pop(f"v{i}")
+    write(range(400, 420))
+    assert col.compact().rebuilt  # versions carried from the old graph into the rebuilt one
+    assert scanned() == expected
+    write(range(420, 430))  # only in the log after the last snapshot
+    col = reopen(col)  # snapshot (with versions.bin) + log replay: the same versions
+    assert scanned() == expected
+    assert versions_of(["v425", "v250"]) == [expected["v425"], expected["v250"]]
+    col.close()
+
+    # A snapshot written before versions existed has no versions.bin: its items read as 0.
+    newest = snapshot.list_snapshots(col.directory / "snapshots")[0]
+    manifest = json.loads((newest.path / snapshot.MANIFEST).read_text())
+    manifest.pop("checksum")
+    del manifest["files"][snapshot.VERSIONS_FILE]
+    (newest.path / snapshot.VERSIONS_FILE).unlink()
+    manifest["checksum"] = snapshot._manifest_checksum(manifest)
+    (newest.path / snapshot.MANIFEST).write_text(json.dumps(manifest))
+    col = Collection.open(col.directory, OPTS)
+    assert versions_of(["v250", "v425"]) == [0, expected["v425"]]  # graph item unknown, logged one known
     col.close()
