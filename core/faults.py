@@ -5,6 +5,11 @@ production, where every point costs one dictionary lookup.
 
 Points: ``after_shard_write`` (server/engine.py: a write is durable on its shards and its SQL
 index rows are not yet committed) and ``after_shard_delete`` (the same for deletes).
+
+``VS_DELAYS="name:seconds,..."`` makes :func:`pause` hold a served call that long at the named
+point, ending early (``Cancelled``) when its caller goes away: how tests make a shard call slow
+enough to watch its cancellation travel. Points: ``shard_compact`` (shard/service.py, before a
+compaction).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
+
+from core import calls
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,7 @@ def _parse(spec: str) -> dict[str, float]:
 
 
 _POINTS = _parse(os.environ.get("VS_FAULTS", ""))
+_DELAYS = _parse(os.environ.get("VS_DELAYS", ""))
 _RANDOM = random.Random()
 
 
@@ -37,3 +46,16 @@ def point(name: str) -> None:
         log.warning("fault injection: dying at %s", name)
         logging.shutdown()
         os._exit(EXIT_CODE)
+
+
+def pause(name: str) -> None:
+    """Holds the served call at ``name`` for the configured seconds (see the module docstring);
+    raises Cancelled as soon as its caller has gone."""
+    seconds = _DELAYS.get(name)
+    if not seconds:
+        return
+    log.warning("fault injection: holding %s for %.1f s", name, seconds)
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        calls.check(f"the end of the pause at {name}")
+        time.sleep(0.02)

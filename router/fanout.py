@@ -21,6 +21,7 @@ Thread-safety: a Router is immutable once built; build a new one when the topolo
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -123,7 +124,8 @@ class Router:
                 return {}, {only: exc}
         (first, first_arg), *rest = args.items()
         deadline = time.monotonic() + timeout
-        calls = {s: _FANOUT.submit(call, self.shards[s], a) for s, a in rest}
+        # each task runs in a copy of this thread's context: it sees the served call (core.calls)
+        calls = {s: _FANOUT.submit(contextvars.copy_context().run, call, self.shards[s], a) for s, a in rest}
         replies: dict[str, R] = {}
         errors: dict[str, DomainError] = {}
         try:

@@ -3,6 +3,12 @@
 One channel per shard, shared by every thread. Vectors travel packed. A failed call raises
 the domain error its status code maps to (``core.status``), so callers see the same errors as
 from an in-process ``LocalShard``; a call that outlives ``timeout`` raises ``DeadlineExceeded``.
+
+Cancellation: a compaction waited for and the streams (scan, log) end on the shard when the
+call served on this thread ends (``core.calls.on_end``), raising ``Cancelled`` here. The short
+unary calls are blocking calls that run to completion within their timeout: grpcio can cancel
+only a ``.future()`` call, which starts a thread per call on an idle channel and measured
+60–170 µs more per Search (0.75 ms) against one shard process here.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from core import status
+from core import calls, status
+from core.errors import Cancelled
 from core.spec import CollectionSpec
 from core.vectors import Batch, Queries
 from shard import convert
@@ -51,11 +58,27 @@ class RemoteShard:
             raise status.from_rpc_error(exc) from None
 
     @staticmethod
-    def _stream(responses: Iterator[Any], convert_one: Callable[[Any], T]) -> Iterator[T]:
+    def _cancellable(call: Any, request: Any, timeout: float | None) -> Any:
+        """As :meth:`_unary`, cancelled on the shard when the served call ends first."""
+        future = call.future(request, timeout=timeout)
+        calls.on_end(future.cancel)
+        try:
+            return future.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled("the caller went away; the shard call was cancelled") from None
+        except grpc.RpcError as exc:
+            raise status.from_rpc_error(exc) from None
+
+    @staticmethod
+    def _stream(responses: Any, convert_one: Callable[[Any], T]) -> Iterator[T]:
+        """The converted messages of a server stream, cancelled when the served call ends."""
+        calls.on_end(responses.cancel)
         try:
             for message in responses:
                 yield convert_one(message)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise Cancelled("the caller went away; the shard stream was cancelled") from None
             raise status.from_rpc_error(exc) from None
 
     # ------------------------------------------------------------------ collections
@@ -105,7 +128,9 @@ class RemoteShard:
         return convert.stats_from_proto(reply.stats)
 
     def compact(self, collection: str, wait: bool, timeout: float | None = None) -> CompactResult | None:
-        reply = self._unary(self._stub.Compact, pb.CompactRequest(collection=collection, wait=wait), timeout)
+        request = pb.CompactRequest(collection=collection, wait=wait)
+        call = self._cancellable if wait else self._unary  # a waited-for compaction can take minutes
+        reply = call(self._stub.Compact, request, timeout)
         return convert.compacted_from_proto(reply, wait)
 
     def read_wal(self, collection: str, from_seq: int, timeout: float | None = None) -> Iterator[WalEntry]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from core import faults
 from core.status import handled, handled_stream
 from core.vectors import prepare_queries
 from shard import convert
@@ -74,6 +75,8 @@ class ShardServicer(pb_grpc.ShardServiceServicer):
 
     @handled
     def Compact(self, request: pb.CompactRequest, context: grpc.ServicerContext) -> Any:
+        self._shard.spec(request.collection)  # NOT_FOUND before anything else
+        faults.pause("shard_compact")
         return convert.compacted_to_proto(self._shard.compact(request.collection, request.wait))
 
     @handled_stream

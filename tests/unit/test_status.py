@@ -105,3 +105,34 @@ def test_work_stopped_for_a_gone_client_is_cancelled_with_an_info_line(caplog: p
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert Checking(None).Unary("req", FakeContext()) == "req"  # a live caller is served
     calls.check("outside any call")  # no call served on this thread: nothing to stop
+
+
+def test_on_end_cancels_shard_work_when_the_served_call_ends() -> None:
+    from core import calls
+
+    class Context:
+        def __init__(self, active: bool) -> None:
+            self.active = active
+            self.callbacks: list[Any] = []
+
+        def is_active(self) -> bool:
+            return self.active
+
+        def add_callback(self, callback: Any) -> bool:
+            if not self.active:
+                return False  # grpc: the call already ended, nothing registered
+            self.callbacks.append(callback)
+            return True
+
+    cancelled: list[str] = []
+    live = Context(active=True)
+    with calls.serving(live):
+        calls.on_end(lambda: cancelled.append("live"))
+    assert cancelled == [] and len(live.callbacks) == 1
+    live.callbacks[0]()  # what grpc does when the call ends
+    assert cancelled == ["live"]
+    with calls.serving(Context(active=False)):
+        calls.on_end(lambda: cancelled.append("gone"))  # already over: cancelled at once
+    assert cancelled == ["live", "gone"]
+    calls.on_end(lambda: cancelled.append("outside"))  # no call served: nothing registered
+    assert cancelled == ["live", "gone"]
