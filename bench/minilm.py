@@ -101,8 +101,8 @@ class Encoder:
     """all-MiniLM-L6-v2 on the CPU: tokenizer + BERT, mean pooling over the mask, L2 normalisation."""
 
     def __init__(self, path: Path, threads: int, max_length: int) -> None:
-        import torch  # type: ignore[import-not-found]
-        from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found]
+        import torch  # type: ignore[import-not-found,unused-ignore]
+        from transformers import AutoModel, AutoTokenizer  # type: ignore[import-not-found,unused-ignore]
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) with the project and its dev tools, and builds the gRPC stubs.
-# Idempotent and quick when nothing changed: re-installs only when pyproject.toml changes.
+# Creates .venv (Python 3.11) with the project, its dev tools and the CLIP/Triton extra, and
+# builds the gRPC stubs. Idempotent and quick when nothing changed: re-installs only when
+# pyproject.toml changes (or the pinned tritonserver wheel is not the installed one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,20 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing dependencies (hnswlib builds from source the first time, about 90 s)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip wheel
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,clip]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# tritonserver (python backend only) ships in the nvidia-pytriton wheel; --no-deps because its
+# dependencies would downgrade protobuf below what grpcio-tools needs (pyproject.toml, extra clip).
+pytriton_want=0.7.0
+pytriton_have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("nvidia-pytriton"))' 2>/dev/null || true)
+if [ "$pytriton_have" != "$pytriton_want" ]; then
+    echo "setup: installing nvidia-pytriton $pytriton_want (tritonserver)" >&2
+    .venv/bin/python -m pip install --quiet --no-deps "nvidia-pytriton==$pytriton_want"
+fi
+# CLIP's BPE vocabulary, into the user cache (checked by sha256; downloaded once).
+.venv/bin/python -m clipmodel.vocab >/dev/null
 .venv/bin/python -m vsproto.build
 
 # buf (proto lint + breaking-change check, scripts/proto_check.sh): the version pinned in
