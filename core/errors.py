@@ -33,7 +33,15 @@ class FailedPrecondition(DomainError):
 
 
 class ResourceExhausted(DomainError):
-    """A limit was reached (message size, queue depth); retry later or send less."""
+    """A limit was reached (message size, queue depth); retry later or send less.
+
+    ``retry_after_s``, when set, is how long the caller should wait before retrying (a queue
+    that is full now, not a request that is too big); the gRPC edge sends it as the trailing
+    metadata ``retry-after-ms``."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(DomainError):

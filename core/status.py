@@ -40,6 +40,8 @@ for _cls, _code in _TABLE:
     _FROM_CODE.setdefault(_code, _cls)
 # A remote callee's CANCELLED means the call did not finish: retry it like UNAVAILABLE.
 _FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
+# Trailing metadata of a RESOURCE_EXHAUSTED whose error carries a retry hint (milliseconds).
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 def to_code(exc: BaseException) -> grpc.StatusCode | None:
@@ -60,7 +62,13 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.DomainError:
     """The domain error carried by a failed call of a gRPC client."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    return from_code(code, details or "")
+    error = from_code(code, details or "")
+    if isinstance(error, errors.ResourceExhausted) and callable(getattr(exc, "trailing_metadata", None)):
+        metadata: Any = exc.trailing_metadata() or ()  # (key, value) pairs; grpc-stubs says otherwise
+        for key, value in metadata:
+            if key == RETRY_AFTER_KEY and str(value).isdigit():
+                error.retry_after_s = int(value) / 1000
+    return error
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
@@ -74,6 +82,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
     if code is None:
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    if isinstance(exc, errors.ResourceExhausted) and exc.retry_after_s is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000)))),))
     context.abort(code, str(exc))
 
 
