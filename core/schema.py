@@ -26,7 +26,7 @@ TOPOLOGY_VERSION = 1
 METADATA = "metadata"
 """Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``,
 ``vs_attr_types``, ``vs_pending_writes``)."""
-METADATA_VERSION = 2  # 2: vs_pending_writes
+METADATA_VERSION = 3  # 2: vs_pending_writes; 3: vs_collection_models
 COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION}
 """Every component and the schema version of it this code writes."""
 
@@ -61,6 +61,15 @@ collections = sa.Table(
     metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),  # CollectionSpec.to_json()
+)
+# The embedding model a collection's vectors come from ("<architecture>@sha256:<weights>"): set
+# once, by CreateCollection or the first ingestion of images or texts; searches and ingestion by
+# text or image with another model are refused.
+collection_models = sa.Table(
+    "vs_collection_models",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(512), nullable=False),
 )
 items = sa.Table(
     "vs_items",

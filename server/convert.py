@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core import filters, limits
-from core.errors import InvalidArgument
+import grpc
+
+from core import filters, limits, status
+from core.errors import DomainError, InvalidArgument, ResourceExhausted
 from core.text import quote
 from core.vectors import Matrix
+from server.media import ItemOutcome, MediaItem
 from server.metadata import AttrValue, ItemMeta
-from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
+from server.query import ImageTarget, ItemTarget, SearchQuery, SearchResult, ShardHealth, TextTarget, VectorTarget
 from shard.types import CollectionStats
 from vsproto.common import matrix_from_proto
 from vsproto.v1 import admin_service_pb2 as admin_pb
@@ -188,6 +191,71 @@ def search_by_id_query_from_proto(request: pb.SearchByIdRequest) -> SearchQuery:
         include_vectors=request.include_vectors,
         require_all_shards=request.require_all_shards,
     )
+
+
+def _search_query(
+    request: pb.SearchByTextRequest | pb.SearchByImageRequest, target: TextTarget | ImageTarget
+) -> SearchQuery:
+    return SearchQuery(
+        collection=request.collection,
+        target=target,
+        k=request.k,
+        ef=request.ef,
+        filter=filter_from_proto(request.filter) if request.HasField("filter") else None,
+        include_metadata=request.include_metadata,
+        include_vectors=request.include_vectors,
+        require_all_shards=request.require_all_shards,
+    )
+
+
+def text_search_from_proto(request: pb.SearchByTextRequest) -> SearchQuery:
+    return _search_query(request, TextTarget(list(request.texts)))
+
+
+def image_search_from_proto(request: pb.SearchByImageRequest) -> SearchQuery:
+    return _search_query(request, ImageTarget(list(request.images)))
+
+
+# ---------------------------------------------------------------------------------- ingestion
+def image_items_from_proto(items: Sequence[pb.ImageItem]) -> list[MediaItem]:
+    """One MediaItem per message item; an item whose metadata does not convert carries the
+    error (it fails alone)."""
+    out = []
+    for item in items:
+        source = item.WhichOneof("source")
+        out.append(_media_item(item.id, item.data if source == "data" else None, item.uri, item.metadata))
+    return out
+
+
+def text_items_from_proto(items: Sequence[pb.TextItem]) -> list[MediaItem]:
+    return [_media_item(item.id, item.text.encode("utf-8") if item.text else None, "", item.metadata) for item in items]
+
+
+def _media_item(item_id: str, data: bytes | None, uri: str, metadata: pb.Metadata) -> MediaItem:
+    try:
+        meta = meta_from_proto(metadata)
+    except DomainError as exc:
+        return MediaItem(item_id, None, uri, ItemMeta(), exc)
+    return MediaItem(item_id, data, uri, meta)
+
+
+def ingest_response_to_proto(outcomes: Sequence[ItemOutcome], model: str) -> pb.IngestResponse:
+    reply = pb.IngestResponse(embedding_model=model)
+    for outcome in outcomes:
+        item = reply.items.add(id=outcome.id, unchanged=outcome.unchanged)
+        if outcome.error is None:
+            if outcome.unchanged:
+                reply.unchanged += 1
+            else:
+                reply.ingested += 1
+            continue
+        reply.failed += 1
+        code = status.to_code(outcome.error)
+        item.code = (code or grpc.StatusCode.INTERNAL).value[0]
+        item.message = str(outcome.error)
+        if isinstance(outcome.error, ResourceExhausted) and outcome.error.retry_after_s is not None:
+            item.message += f" (retry after {max(1, round(outcome.error.retry_after_s * 1000))} ms)"
+    return reply
 
 
 def search_result_to_proto(result: SearchResult) -> pb.SearchResponse:

@@ -25,14 +25,24 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core import calls, faults, limits, status
-from core.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, ResourceExhausted
+from core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    DomainError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec, validate_name
+from core.text import quote
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from router.fanout import Router, SearchOutcome, StoredItem
 from router.topology import Topology
@@ -47,6 +57,7 @@ from shard.types import CollectionStats
 log = logging.getLogger(__name__)
 
 MAX_K = limits.MAX_K
+MODEL_IDENTITY = re.compile(r"[!-?A-~]{1,400}@sha256:[0-9a-f]{64}")  # printable ASCII but "@", then the digest
 SPEC_TTL_S = 5.0
 COMPACT_TIMEOUT_S = 3600.0  # a waited compaction with no client deadline
 
@@ -86,22 +97,37 @@ class Engine:
         self._specs[name] = (now, spec)
         return spec
 
-    def _timeout(self, remaining: float | None) -> float:
+    def timeout_for(self, remaining: float | None) -> float:
+        """The time a step may take: what is left of the caller's deadline (less a margin to
+        answer), at most ``options.timeout_s``."""
         if remaining is None:
             return self.options.timeout_s
         return max(0.05, min(self.options.timeout_s, remaining - 0.05))
 
     # ------------------------------------------------------------------ collections
-    def create_collection(self, spec: CollectionSpec, remaining: float | None = None) -> tuple[bool, CollectionSpec]:
+    def create_collection(
+        self, spec: CollectionSpec, remaining: float | None = None, embedding_model: str = ""
+    ) -> tuple[bool, CollectionSpec]:
+        """Creates the collection (idempotent); ``embedding_model``, when given, is recorded as
+        the model its vectors come from (AlreadyExists when another one is recorded)."""
+        if embedding_model and not MODEL_IDENTITY.fullmatch(embedding_model):
+            raise InvalidArgument(
+                f"embedding_model {quote(embedding_model)} is not a model identity "
+                "(<architecture>@sha256:<64 hex digits>)"
+            )
         router = self.router
         router.require_shards()  # before the metadata row: a cluster without shards changes nothing
         created, stored = self.metadata.create_collection(spec)
-        router.create_collection(stored, self._timeout(remaining))  # idempotent: repairs a half-done create
+        if embedding_model:
+            recorded = self.metadata.record_embedding_model(spec.name, embedding_model)
+            if recorded != embedding_model:
+                raise AlreadyExists(f"collection {spec.name!r} exists with embedding model {recorded}")
+        router.create_collection(stored, self.timeout_for(remaining))  # idempotent: repairs a half-done create
         return created, stored
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
         self._specs.pop(name, None)
-        in_shards = self.router.drop_collection(name, self._timeout(remaining))
+        in_shards = self.router.drop_collection(name, self.timeout_for(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
     def list_collections(self) -> list[CollectionSpec]:
@@ -112,7 +138,7 @@ class Engine:
         record for items: the SQL index may lag a write that crashed before its commit).
         ShardsUnavailable when a shard does not answer."""
         spec = self.spec(name)
-        stats = self.router.stats(name, self._timeout(remaining))
+        stats = self.router.stats(name, self.timeout_for(remaining))
         return spec, sum(s.count for s in stats.values())
 
     def compact(self, collection: str, wait: bool, remaining: float | None = None) -> dict[str, CollectionStats]:
@@ -146,7 +172,7 @@ class Engine:
         new_types = self.metadata.check_types(collection, items)
         calls.check("the shard write")
         marker = self.metadata.begin_write(collection, batch.ids, new_types)  # types fixed before any shard sees them
-        self.router.upsert(collection, batch, self._timeout(remaining))
+        self.router.upsert(collection, batch, self.timeout_for(remaining))
         faults.point("after_shard_write")
         self.metadata.upsert(collection, items, {}, marker)
         return len(batch)
@@ -156,7 +182,7 @@ class Engine:
         id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
         calls.check("the shard delete")
         marker = self.metadata.begin_write(collection, id_list)
-        deleted = self.router.delete(collection, id_list, self._timeout(remaining))
+        deleted = self.router.delete(collection, id_list, self.timeout_for(remaining))
         faults.point("after_shard_delete")
         self.metadata.delete(collection, id_list, marker)
         return deleted
@@ -202,7 +228,7 @@ class Engine:
         id_list = validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)
         if include_vectors:
             self._check_reply_size(len(id_list), spec.dimension, "Get")
-        stored = self.router.fetch(collection, list(dict.fromkeys(id_list)), self._timeout(remaining))
+        stored = self.router.fetch(collection, list(dict.fromkeys(id_list)), self.timeout_for(remaining))
         return {item: s.vector for item, s in stored.items()}, self._metadata_of(collection, stored)
 
     def _metadata_of(self, collection: str, stored: dict[str, StoredItem]) -> dict[str, ItemMeta]:
@@ -252,9 +278,11 @@ class Engine:
         if isinstance(query.target, ItemTarget):
             exclude = query.target.item_id
             queries = prepare_queries(self._stored_vector(query.collection, exclude, remaining), spec)
-        else:
+        elif isinstance(query.target, VectorTarget):
             queries = prepare_queries(query.target.vectors, spec)
-        deadline = time.monotonic() + self._timeout(remaining)
+        else:  # texts and images are embedded first (server/media.py)
+            raise Internal(f"the engine searches vectors and items, not {type(query.target).__name__}")
+        deadline = time.monotonic() + self.timeout_for(remaining)
         want = query.k + (1 if exclude is not None else 0)
         if query.filter is None:
             timeout = _left(deadline, "the search")

@@ -21,6 +21,7 @@ import sys
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,8 @@ from core.errors import CorruptionError
 from router.fanout import LOCAL_PREFIX, Router
 from router.topology import TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
+from server.fetch import FetchPolicy, UriFetcher
+from server.media import MediaEngine
 from server.metadata import MetadataStore
 from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
 from shard.collection import CollectionOptions
@@ -37,6 +40,9 @@ from shard.local import LocalShard
 from shard.registry import Registry
 from vsproto.handlers import add_servicer
 from vsproto.v1 import admin_service_pb2, search_service_pb2
+
+if TYPE_CHECKING:
+    from server.embedding import TritonEmbedder
 
 log = logging.getLogger("server")
 SEARCH = search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -111,6 +117,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="repair the index rows of a write whose commit has not followed its shard write after this long",
     )
     p.add_argument("--repair-interval-s", type=float, default=float(_env("repair_interval_s", "10")))
+    p.add_argument(
+        "--triton-url",
+        default=_env("triton_url", ""),
+        help="host:port of Triton's gRPC endpoint serving clip_text and clip_image (search and ingestion "
+        "by text and image); empty: those calls are FAILED_PRECONDITION",
+    )
+    p.add_argument(
+        "--embedding-cache",
+        default=_env("embedding_cache", ""),
+        help="embedding cache: empty for an in-process LRU, redis://HOST:PORT/DB for Redis, off for none",
+    )
+    p.add_argument(
+        "--embed-max-in-flight",
+        type=int,
+        default=int(_env("embed_max_in_flight", "64")),
+        help="Triton requests in flight from this server; past it callers wait briefly, then RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--allow-file-root",
+        action="append",
+        default=[d for d in _env("allow_file_root", "").split(os.pathsep) if d],
+        help="a directory whose files ingestion may read by file:// URI (repeatable); none by default",
+    )
+    p.add_argument(
+        "--allow-http-fetch",
+        action="store_true",
+        default=_env("allow_http_fetch", "") in ("1", "true", "yes"),
+        help="let ingestion fetch http(s):// URIs named by clients (off by default)",
+    )
     p.add_argument("--health-probe-timeout-s", type=float, default=float(_env("health_probe_timeout_s", "1")))
 
 
@@ -149,6 +184,9 @@ class ServerProcess:
                 max_reply_bytes=args.max_message_mb << 20,
             ),
         )
+        self.embedder = make_embedder(args)
+        fetcher = UriFetcher(FetchPolicy(tuple(Path(d) for d in args.allow_file_root), args.allow_http_fetch))
+        self.media = MediaEngine(self.engine, self.embedder, fetcher)
         limit = args.max_message_mb << 20
         self.server = grpc.server(
             # one thread per stream slot on top of the workers for unary calls: idle streams can
@@ -158,7 +196,7 @@ class ServerProcess:
         )
         add_servicer(
             self.server,
-            SearchServicer(self.engine, args.max_streams),
+            SearchServicer(self.engine, args.max_streams, self.media),
             search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
         )
         add_servicer(
@@ -259,6 +297,21 @@ class ServerProcess:
         self.engine.router.close()
         for registry in self.registries:
             registry.close()  # fsyncs and closes the logs of the in-process shard
+        if self.embedder is not None:
+            self.embedder.close()
+
+
+def make_embedder(args: argparse.Namespace) -> TritonEmbedder | None:
+    """The Triton client of ``--triton-url`` with the ``--embedding-cache``, or None. Connects
+    lazily: a Triton that is down makes text and image calls UNAVAILABLE, not the start fail."""
+    if not args.triton_url:
+        return None
+    from server.embedding import TritonEmbedder, make_cache
+
+    log.info("embedding: Triton at %s, cache %s", args.triton_url, args.embedding_cache or "in-process LRU")
+    return TritonEmbedder(
+        args.triton_url, cache=make_cache(args.embedding_cache or None), max_in_flight=args.embed_max_in_flight
+    )
 
 
 def wait_for_signal() -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from core import limits, schema
 from core.errors import AlreadyExists, InvalidArgument, NotFound
 from core.schema import attr_types as attr_types
+from core.schema import collection_models as collection_models
 from core.schema import collections as collections
 from core.schema import items as items
 from core.schema import pending_writes as pending_writes
@@ -141,9 +142,30 @@ class MetadataStore:
 
     def drop_collection(self, name: str) -> bool:
         with self.engine.begin() as conn:
-            for table in (tags, attrs, items, attr_types, pending_writes):
+            for table in (tags, attrs, items, attr_types, pending_writes, collection_models):
                 conn.execute(table.delete().where(table.c.collection == name))
             return bool(conn.execute(collections.delete().where(collections.c.name == name)).rowcount)
+
+    # ------------------------------------------------------------------ embedding model
+    def embedding_model(self, collection: str) -> str:
+        """The embedding model recorded for ``collection`` ("" when none is)."""
+        with self.engine.connect() as conn:
+            model = conn.execute(
+                sa.select(collection_models.c.model).where(collection_models.c.collection == collection)
+            ).scalar()
+        return str(model or "")
+
+    def record_embedding_model(self, collection: str, model: str) -> str:
+        """Records ``model`` for ``collection`` unless one is recorded already; returns the one
+        recorded (the first writer wins, atomically: concurrent callers all get the same)."""
+        with self.engine.begin() as conn:
+            insert = _insert(self.engine, collection_models).values(collection=collection, model=model)
+            conn.execute(insert.on_conflict_do_nothing())
+            return str(
+                conn.execute(
+                    sa.select(collection_models.c.model).where(collection_models.c.collection == collection)
+                ).scalar_one()
+            )
 
     def count(self, collection: str) -> int:
         with self.engine.connect() as conn:

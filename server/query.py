@@ -27,8 +27,21 @@ class ItemTarget:
     item_id: str
 
 
-# Text and image targets (embedded by CLIP on Triton) join this union next.
-Target = VectorTarget | ItemTarget
+@dataclass(frozen=True)
+class TextTarget:
+    """Search near each text, embedded by the collection's model (``server/media.py``)."""
+
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    """Search near each encoded image, embedded by the collection's model."""
+
+    images: list[bytes]
+
+
+Target = VectorTarget | ItemTarget | TextTarget | ImageTarget
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from core.status import handled
 from router.topology import TopologyStore
 from server import convert
 from server.engine import Engine
+from server.fetch import FetchPolicy, UriFetcher
+from server.media import ItemOutcome, MediaEngine
 from vsproto.common import spec_from_proto, spec_to_proto
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
@@ -57,18 +59,24 @@ class StreamSlots:
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, engine: Engine, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+    def __init__(
+        self, engine: Engine, max_streams: int = DEFAULT_MAX_STREAMS, media: MediaEngine | None = None
+    ) -> None:
         self.engine = engine
+        # without one, search and ingestion by text or image are FAILED_PRECONDITION
+        self.media = media or MediaEngine(engine, None, UriFetcher(FetchPolicy()))
         self.streams = StreamSlots(max_streams)
 
     @handled
     def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext) -> Any:
-        created, spec = self.engine.create_collection(spec_from_proto(request.spec), context.time_remaining())
+        spec = spec_from_proto(request.spec)
+        created, spec = self.engine.create_collection(spec, context.time_remaining(), request.embedding_model)
         return pb.CreateCollectionResponse(created=created, spec=spec_to_proto(spec))
 
     @handled
     def DropCollection(self, request: pb.DropCollectionRequest, context: grpc.ServicerContext) -> Any:
         dropped = self.engine.drop_collection(request.collection, context.time_remaining())
+        self.media.forget(request.collection)
         return pb.DropCollectionResponse(dropped=dropped)
 
     @handled
@@ -78,7 +86,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @handled
     def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: grpc.ServicerContext) -> Any:
         spec, count = self.engine.describe_collection(request.collection, context.time_remaining())
-        return pb.DescribeCollectionResponse(spec=spec_to_proto(spec), count=count)
+        model = self.media.embedding_model(request.collection)
+        return pb.DescribeCollectionResponse(spec=spec_to_proto(spec), count=count, embedding_model=model)
 
     def _upsert(self, request: pb.UpsertRequest, collection: str, context: grpc.ServicerContext) -> int:
         ids, vectors, metas = convert.upsert_from_proto(request)
@@ -131,6 +140,54 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     def SearchById(self, request: pb.SearchByIdRequest, context: grpc.ServicerContext) -> Any:
         result = self.engine.search(convert.search_by_id_query_from_proto(request), context.time_remaining())
         return convert.search_result_to_proto(result)
+
+    @handled
+    def SearchByText(self, request: pb.SearchByTextRequest, context: grpc.ServicerContext) -> Any:
+        result = self.media.search(convert.text_search_from_proto(request), context.time_remaining())
+        return convert.search_result_to_proto(result)
+
+    @handled
+    def SearchByImage(self, request: pb.SearchByImageRequest, context: grpc.ServicerContext) -> Any:
+        result = self.media.search(convert.image_search_from_proto(request), context.time_remaining())
+        return convert.search_result_to_proto(result)
+
+    @handled
+    def IngestImages(self, request_iterator: Iterator[pb.IngestImagesRequest], context: grpc.ServicerContext) -> Any:
+        with self.streams.hold():
+            return self._ingest(request_iterator, "image", context)
+
+    @handled
+    def IngestTexts(self, request_iterator: Iterator[pb.IngestTextsRequest], context: grpc.ServicerContext) -> Any:
+        with self.streams.hold():
+            return self._ingest(request_iterator, "text", context)
+
+    def _ingest(
+        self,
+        request_iterator: Iterator[pb.IngestImagesRequest] | Iterator[pb.IngestTextsRequest],
+        kind: str,
+        context: grpc.ServicerContext,
+    ) -> pb.IngestResponse:
+        """Message by message: the next is read only once this one is embedded and written
+        (gRPC flow control holds the client meanwhile: back-pressure)."""
+        outcomes: list[ItemOutcome] = []
+        collection = ""
+        for request in request_iterator:
+            collection = request.collection or collection
+            if not collection:
+                raise InvalidArgument(f"ingest {kind}s: the first message must name the collection")
+            if isinstance(request, pb.IngestImagesRequest):
+                items = convert.image_items_from_proto(request.items)
+            else:
+                items = convert.text_items_from_proto(request.items)
+            try:
+                outcomes += self.media.ingest(collection, kind, items, context.time_remaining())
+            except Exception as exc:
+                code = status.to_code(exc)
+                if code is None:
+                    raise
+                done = sum(o.error is None for o in outcomes)
+                raise status.from_code(code, f"{exc} (after {done} items were ingested)") from exc
+        return convert.ingest_response_to_proto(outcomes, self.media.embedding_model(collection) if collection else "")
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
