@@ -1,29 +1,60 @@
-"""Local cluster in one command: N shard processes and the public server, on loopback.
+"""Local cluster in one command: N shard processes and the public server, on loopback; with
+``--clip`` or ``--triton-repo``, also NVIDIA Triton serving CLIP for search and ingestion by
+text and image.
 
     python -m server.cluster --shards 3 --data-dir ./data/cluster [--listen 127.0.0.1:7000]
                              [--database-url postgresql+psycopg://...] [--ready-file F]
+                             [--clip random|HF_DIR | --triton-repo DIR]
 
 Embedded defaults: metadata and topology in SQLite at ``<data-dir>/meta.db``. Shards keep
 their data in ``<data-dir>/shard-<i>`` and listen on free loopback ports; they are
 (re)registered in the topology under ids ``shard-<i>`` at every start, so a restart finds its
-data again. SIGTERM/SIGINT stop the server and then the shards (each drains and fsyncs).
+data again. SIGTERM/SIGINT stop the server, then Triton, then the shards (each drains and fsyncs).
+
+Triton: ``--triton-repo DIR``
+serves an exported model repository (``python -m clipmodel.export``); ``--clip random`` builds
+the small random CLIP of ``clipmodel.random`` and ``--clip HF_DIR`` exports local Hugging
+Face-format weights, each once, into the cache (``clipmodel.vocab.cache_dir()/models``). Triton
+runs from ``<data-dir>/triton`` (its log: ``tritonserver.log`` there) on free loopback ports; the
+cluster waits until it and both models are READY, passes ``--triton-url`` to the server and
+writes the served model's identity to ``<data-dir>/embedding-model.json``. A missing
+tritonserver or one that does not come up ends the start with exit code 1 and its log tail; one
+that dies later is logged with its log tail and restarted on the same ports (at most
+``--triton-restarts`` times); meanwhile search and ingestion by text and image are UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.main import ServerProcess, add_arguments, wait_for_signal
 
+if TYPE_CHECKING:
+    from clipmodel.identity import ModelIdentity
+    from clipmodel.triton_process import TritonProcess
+
 log = logging.getLogger("cluster")
 REPO = Path(__file__).resolve().parent.parent
+MODEL_FILE = "embedding-model.json"
+RANDOM = "random"
+# What an exported repository is made of besides the weights: a change here re-exports.
+_EXPORT_SOURCES = ("clipmodel", "triton_models")
+
+OnReady = Callable[[str, "ModelIdentity | None"], None]
 
 
 def start_shard(data_dir: Path, index: int, shard_args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
@@ -53,44 +84,277 @@ def start_shard(data_dir: Path, index: int, shard_args: list[str]) -> tuple[subp
     return proc, ready
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("--shards", type=int, default=3)
-    parser.add_argument("--data-dir", type=Path, default=Path("./data/cluster"))
-    parser.add_argument("--shard-arg", action="append", default=[], help="extra flag for every shard (repeatable)")
-    add_arguments(parser)
-    parser.set_defaults(database_url=os.environ.get("VS_SERVER_DATABASE_URL"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+# ---------------------------------------------------------------------------- model repository
+def _files(root: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Files under ``root`` (sorted; only ``suffixes`` when given; no __pycache__)."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and (not suffixes or p.suffix in suffixes)
     )
+
+
+def model_repo_key(clip: str) -> str:
+    """The cache key of the repository exported from ``clip`` ("random" or a weights directory):
+    changes when a weights file changes (name, size or mtime: weights are too big to hash at
+    every start) or the export code does (the content of clipmodel/ and triton_models/)."""
+    digest = hashlib.sha256()
+    if clip == RANDOM:
+        digest.update(b"random-seed-0\n")
+    else:
+        weights = Path(clip).resolve()
+        digest.update(f"{weights}\n".encode())
+        for path in _files(weights):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(weights)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for source in _EXPORT_SOURCES:
+        for path in _files(REPO / source, (".py", ".in", ".txt")):
+            digest.update(f"{path.relative_to(REPO)}\n".encode() + hashlib.sha256(path.read_bytes()).digest())
+    name = "clip-random" if clip == RANDOM else f"clip-{Path(clip).resolve().name}"
+    return f"{name}-{digest.hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created), so concurrent clusters export once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_model_repo(clip: str, cache: Path | None = None) -> Path:
+    """The Triton model repository for ``clip`` ("random": the seeded small random CLIP; else a
+    local Hugging Face-format CLIP directory), exported into ``cache`` (default
+    ``clipmodel.vocab.cache_dir()/models``) unless a complete export is there already.
+
+    Complete means ``identity.json`` at the top, which ``clipmodel.export.export`` writes last.
+    Raises FileNotFoundError for a weights directory that does not exist; export errors pass.
+    """
+    from clipmodel import vocab
+    from clipmodel.identity import FILENAME
+
+    if clip != RANDOM and not (Path(clip) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--clip {clip}: not a Hugging Face CLIP directory (no config.json); "
+            f"use 'random' or a local directory such as a copy of openai/clip-vit-base-patch32"
+        )
+    base = cache if cache is not None else vocab.cache_dir() / "models"
+    repo = base / model_repo_key(clip)
+    if (repo / FILENAME).is_file():
+        return repo
+    with _locked(base / f".{repo.name}.lock"):
+        if (repo / FILENAME).is_file():
+            return repo
+        from clipmodel import export, random
+
+        if repo.exists():
+            shutil.rmtree(repo)  # an interrupted export
+        staging = base / f".{repo.name}.work-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            started = time.monotonic()
+            if clip == RANDOM:
+                log.info("building the random CLIP and exporting it to %s", repo)
+                weights = random.save(staging / "weights", seed=0)
+            else:
+                log.info("exporting the CLIP weights in %s to %s", clip, repo)
+                weights = Path(clip)
+            export.export(weights, repo)
+            log.info("model repository ready in %.1f s", time.monotonic() - started)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return repo
+
+
+# ---------------------------------------------------------------------------- Triton
+class TritonSupervisor:
+    """Runs tritonserver for ``repo`` from ``workdir``: ``start()`` returns once it is READY
+    (``TritonNotFoundError`` / ``TritonStartError`` with the log tail otherwise); a watcher thread
+    logs an exit with the log tail and restarts it on the same ports, at most ``restarts`` times;
+    ``stop()`` ends the watcher and the server. ``url`` is the gRPC ``host:port``."""
+
+    def __init__(self, repo: Path, workdir: Path, restarts: int = 3, timeout: float = 180.0) -> None:
+        self.repo = repo
+        self.workdir = workdir
+        self.restarts = restarts
+        self.timeout = timeout
+        self.process: TritonProcess | None = None
+        self.url = ""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
+
+    def start(self) -> str:
+        from clipmodel.triton_process import TritonProcess
+
+        process = TritonProcess(self.repo, self.workdir)
+        try:
+            process.start(timeout=self.timeout)
+        except BaseException:
+            process.stop()
+            raise
+        self.process, self.url = process, process.grpc_url
+        log.info("tritonserver READY on %s in %.1f s (log %s)", self.url, process.start_seconds, process.log_path)
+        self._watcher.start()
+        return self.url
+
+    def _watch(self) -> None:
+        left = self.restarts
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                current = self.process
+                proc = current.proc if current is not None else None
+                if current is None or proc is None or proc.poll() is None or self._stopping.is_set():
+                    continue
+                log.error(
+                    "tritonserver exited with %s: search and ingestion by text and image are UNAVAILABLE; "
+                    "log tail (%s):\n%s",
+                    proc.returncode,
+                    current.log_path,
+                    current.log_tail(3000),
+                )
+                current.stop()
+                while left > 0 and not self._stopping.is_set():
+                    left -= 1
+                    if self._restart(current):
+                        break
+                else:
+                    log.error("tritonserver not restarted (%d restarts allowed); stopping to watch it", self.restarts)
+                    self.process = None
+                    return
+
+    def _restart(self, dead: TritonProcess) -> bool:
+        """Starts a new tritonserver on the ports of ``dead``; False (logged) when it fails."""
+        from clipmodel.triton_process import TritonProcess
+
+        replacement = TritonProcess(self.repo, self.workdir, ports=dead.ports)
+        try:
+            replacement.start(timeout=self.timeout)
+        except Exception as exc:
+            replacement.stop()
+            log.error("tritonserver restart failed: %s", exc)
+            return False
+        self.process = replacement
+        log.warning("tritonserver restarted on %s", self.url)
+        return True
+
+    def stop(self) -> None:
+        """Stops the watcher, then the server (SIGTERM, then SIGKILL). Idempotent."""
+        self._stopping.set()
+        with self._lock:
+            if self.process is not None:
+                self.process.stop()
+                self.process = None
+
+
+def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Triton (search and ingestion by text and image)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--clip",
+        metavar="random|HF_DIR",
+        default=None,
+        help="start Triton with CLIP: 'random' (a small random model: results carry no meaning) or a local "
+        "Hugging Face-format CLIP directory (e.g. openai/clip-vit-base-patch32), exported once into the cache",
+    )
+    choice.add_argument("--triton-repo", type=Path, default=None, help="start Triton serving this exported repository")
+    group.add_argument("--model-cache", type=Path, default=None, help="where --clip exports go (default: user cache)")
+    group.add_argument("--triton-timeout-s", type=float, default=180.0, help="how long Triton may take to be READY")
+    group.add_argument("--triton-restarts", type=int, default=3, help="restarts of a Triton that died")
+
+
+# ---------------------------------------------------------------------------- the cluster
+def _wait_for_shards(shards: list[tuple[subprocess.Popen[bytes], Path]], data_dir: Path) -> list[str] | None:
+    deadline = time.monotonic() + 120
+    addresses = []
+    for index, (proc, ready) in enumerate(shards):
+        while not ready.exists():
+            if proc.poll() is not None:
+                log.error("shard-%d exited with %s; see %s", index, proc.returncode, data_dir / f"shard-{index}.log")
+                return None
+            if time.monotonic() > deadline:
+                log.error("shard-%d not ready after 120 s", index)
+                return None
+            time.sleep(0.05)
+        addresses.append(ready.read_text())
+    return addresses
+
+
+def _start_triton(args: argparse.Namespace) -> tuple[TritonSupervisor, ModelIdentity] | None:
+    """Triton for ``--clip``/``--triton-repo``, READY; None (error logged) when it cannot start."""
+    from clipmodel.identity import ModelIdentity
+    from clipmodel.triton_process import TritonNotFoundError, TritonStartError
+
+    try:
+        repo = args.triton_repo.resolve() if args.triton_repo else prepare_model_repo(args.clip, args.model_cache)
+        identity = ModelIdentity.read(repo)
+    except (OSError, ValueError) as exc:
+        log.error("no model repository for Triton: %s", exc)
+        return None
+    supervisor = TritonSupervisor(repo, args.data_dir / "triton", args.triton_restarts, args.triton_timeout_s)
+    try:
+        supervisor.start()
+    except TritonNotFoundError as exc:
+        log.error("%s", exc)
+        return None
+    except TritonStartError as exc:
+        log.error("tritonserver did not start: %s", exc)
+        return None
+    (args.data_dir / MODEL_FILE).write_text(identity.to_json())
+    return supervisor, identity
+
+
+def _raise_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(args: argparse.Namespace, on_ready: OnReady | None = None) -> int:
+    """Starts the cluster of parsed ``args``, calls ``on_ready(address, identity)`` once it serves
+    (identity: the CLIP model Triton serves, or None without Triton), waits for SIGTERM/SIGINT,
+    stops everything. Returns the exit code: 0, or 1 when something did not start."""
     args.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.database_url:
         args.database_url = f"sqlite:///{args.data_dir.resolve() / 'meta.db'}"
+    with_triton = bool(args.clip or args.triton_repo)
+    if with_triton and args.triton_url:
+        log.error("--triton-url names a running Triton; --clip/--triton-repo start one: pass only one of them")
+        return 2
+    if with_triton:  # a SIGTERM while Triton starts still stops what was started
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
     shards = [start_shard(args.data_dir, i, args.shard_arg) for i in range(args.shards)]
+    triton: TritonSupervisor | None = None
     try:
-        deadline = time.monotonic() + 120
-        addresses = []
-        for index, (proc, ready) in enumerate(shards):
-            while not ready.exists():
-                if proc.poll() is not None:
-                    log.error(
-                        "shard-%d exited with %s; see %s", index, proc.returncode, args.data_dir / f"shard-{index}.log"
-                    )
-                    return 1
-                if time.monotonic() > deadline:
-                    log.error("shard-%d not ready after 120 s", index)
-                    return 1
-                time.sleep(0.05)
-            addresses.append(ready.read_text())
+        identity = None
+        if with_triton:
+            started = _start_triton(args)
+            if started is None:
+                return 1
+            triton, identity = started
+            args.triton_url = triton.url
+        addresses = _wait_for_shards(shards, args.data_dir)
+        if addresses is None:
+            return 1
         args.register_shard = [f"shard-{i}={a}" for i, a in enumerate(addresses)] + list(args.register_shard)
         process = ServerProcess(args)
         process.start()
-        log.info("cluster up: server %s, shards %s", process.address, ", ".join(addresses))
+        log.info(
+            "cluster up: server %s, shards %s%s",
+            process.address,
+            ", ".join(addresses),
+            f", Triton {triton.url} serving {identity.id}" if triton and identity else "",
+        )
+        if on_ready is not None:
+            on_ready(process.address, identity)
         wait_for_signal()
         process.stop()
         return 0
     finally:
+        if triton is not None:
+            triton.stop()
         for proc, _ in shards:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -99,6 +363,25 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server.cluster", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--shards", type=int, default=3)
+    p.add_argument("--data-dir", type=Path, default=Path("./data/cluster"))
+    p.add_argument("--shard-arg", action="append", default=[], help="extra flag for every shard (repeatable)")
+    add_arguments(p)
+    add_triton_arguments(p)
+    p.set_defaults(database_url=os.environ.get("VS_SERVER_DATABASE_URL"))
+    return p
+
+
+def main(argv: list[str] | None = None, on_ready: OnReady | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    return run(args, on_ready)
 
 
 if __name__ == "__main__":

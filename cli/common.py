@@ -1,0 +1,134 @@
+"""What every ``vsearch`` command shares: the server address, the connection, errors and the
+state file ``vsearch up`` leaves for the others.
+
+Address: ``--address``, else ``$VSEARCH_ADDRESS``, else ``127.0.0.1:7000`` (where
+``python -m server.cluster`` and ``vsearch up`` listen by default). Home: ``$VSEARCH_HOME``,
+else ``~/.local/share/vectorsearch`` (``vsearch up`` keeps its data there and writes
+``up.json``: the address it serves and the embedding model, so ``vsearch index`` can create a
+collection of the model's dimension).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
+from vsproto.v1 import search_service_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:7000"
+DEFAULT_COLLECTION = "images"
+CONNECT_TIMEOUT_S = 5.0
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class CliError(Exception):
+    """A failure to report as one line (``vsearch: <message>``) with exit code 2."""
+
+
+def default_address() -> str:
+    return os.environ.get("VSEARCH_ADDRESS") or DEFAULT_ADDRESS
+
+
+def home() -> Path:
+    """``$VSEARCH_HOME``, else ``~/.local/share/vectorsearch``."""
+    if os.environ.get("VSEARCH_HOME"):
+        return Path(os.environ["VSEARCH_HOME"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vectorsearch"
+
+
+@dataclass(frozen=True)
+class UpState:
+    """What a running ``vsearch up`` serves: ``address``, the model id and its dimension."""
+
+    address: str
+    embedding_model: str
+    dimension: int
+    data_dir: str
+    pid: int
+
+    @staticmethod
+    def path() -> Path:
+        return home() / "up.json"
+
+    def write(self) -> None:
+        target = self.path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(target)
+
+    @classmethod
+    def read(cls) -> UpState | None:
+        """The state file's content, or None when there is none or it cannot be read."""
+        try:
+            data = json.loads(cls.path().read_text())
+            return cls(
+                str(data["address"]),
+                str(data["embedding_model"]),
+                int(data["dimension"]),
+                str(data["data_dir"]),
+                int(data["pid"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remove(self) -> None:
+        """Removes the state file if it is still this process's."""
+        current = self.read()
+        if current is not None and current.pid == self.pid:
+            self.path().unlink(missing_ok=True)
+
+
+class Connection:
+    """A channel to the server with its two stubs. ``open()`` waits up to ``timeout`` for the
+    server to answer and raises CliError (one line naming the address) when it does not."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.search = pb_grpc.SearchServiceStub(self.channel)
+        self.admin = admin_grpc.AdminServiceStub(self.channel)
+
+    def open(self, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self.close()
+            raise CliError(
+                f"cannot reach a vectorsearch server at {self.address} "
+                "(start one with `vsearch up`, or set --address / VSEARCH_ADDRESS)"
+            ) from None
+        return self
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rpc_error(exc: grpc.RpcError, what: str) -> CliError:
+    """A one-line CliError for a failed call: ``<what>: <CODE>: <details>``."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    name = code.name if code is not None else "ERROR"
+    return CliError(f"{what}: {name}: {details}")
+
+
+def code_of(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
