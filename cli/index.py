@@ -13,7 +13,7 @@ Contract:
   alone (reported at the end with the server's message); items the server could not take for
   now (RESOURCE_EXHAUSTED, UNAVAILABLE) are retried with back-off, then reported as failed.
 - The collection is created when missing (cosine, the embedding model's dimension: ``--dim``,
-  or the one ``vsearch up`` recorded for this address). Whole-call errors (collection of another
+  else the server's DescribeEmbeddingModel, else the one ``vsearch up`` recorded for this address). Whole-call errors (collection of another
   model, server gone) end the run with CliError; what was written stays written.
 - ``--jobs`` batches are in flight at once (so Triton can batch across them); each batch holds
   at most ``--batch`` files and 8 MiB.
@@ -126,10 +126,17 @@ def ensure_collection(conn: Connection, options: IndexOptions) -> pb.DescribeCol
             raise rpc_error(exc, f"describe collection {options.collection!r}") from None
     dim = options.dim
     model = ""
-    state = UpState.read()
-    if state is not None and state.address == conn.address:
-        dim = dim or state.dimension
-        model = state.embedding_model if dim == state.dimension else ""
+    try:  # the model the server embeds with, and its width
+        served = conn.search.DescribeEmbeddingModel(pb.DescribeEmbeddingModelRequest(), timeout=30)
+        dim = dim or served.dimension
+        model = served.embedding_model if dim == served.dimension else ""
+    except grpc.RpcError as exc:
+        if code_of(exc) != grpc.StatusCode.UNIMPLEMENTED:  # a server older than the call
+            raise rpc_error(exc, "describe the embedding model") from None
+        state = UpState.read()
+        if state is not None and state.address == conn.address:
+            dim = dim or state.dimension
+            model = state.embedding_model if dim == state.dimension else ""
     if not dim:
         raise CliError(
             f"collection {options.collection!r} does not exist; pass --dim N (the embedding model's dimension, "

@@ -59,6 +59,10 @@ class Embedder(Protocol):
         towers of one CLIP share it); Unavailable when the service does not answer in time."""
         ...
 
+    def dim(self, kind: Any, timeout: float = 5.0) -> int:
+        """The width of the vectors of the model served now for ``kind``."""
+        ...
+
     def embed_texts(self, texts: Sequence[str], timeout: float) -> Matrix:
         """One L2-normalised row per text; InvalidArgument for a bad text, Unavailable,
         DeadlineExceeded or ResourceExhausted (with ``retry_after_s``) for the service."""
@@ -145,6 +149,12 @@ class MediaEngine:
                 f"serves {served}: search it with that model, or re-ingest into a new collection"
             )
         return recorded
+
+    def served_model(self, remaining: float | None = None) -> tuple[str, int]:
+        """(identity, dimension) of the model the embedding service serves now."""
+        embedder = self._embedder()
+        timeout = self.engine.timeout_for(remaining)
+        return embedder.identity("image", timeout), embedder.dim("image", timeout)
 
     def embedding_model(self, collection: str) -> str:
         return self._recorded_model(collection)

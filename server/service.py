@@ -152,6 +152,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return convert.search_result_to_proto(result)
 
     @handled
+    def DescribeEmbeddingModel(self, request: pb.DescribeEmbeddingModelRequest, context: grpc.ServicerContext) -> Any:
+        model, dimension = self.media.served_model(context.time_remaining())
+        return pb.DescribeEmbeddingModelResponse(embedding_model=model, dimension=dimension)
+
+    @handled
     def IngestImages(self, request_iterator: Iterator[pb.IngestImagesRequest], context: grpc.ServicerContext) -> Any:
         with self.streams.hold():
             return self._ingest(request_iterator, "image", context)

@@ -234,6 +234,25 @@ def hostile_cases() -> list[tuple[str, str, Callable[[], Any], grpc.StatusCode]]
             BAD,
         ),
         ("delete an id with NUL", "Delete", lambda: pb.DeleteRequest(collection="kept", ids=["kept-1\x00"]), BAD),
+        (
+            "text search of a collection named with NUL",
+            "SearchByText",
+            lambda: pb.SearchByTextRequest(collection="k\x00", texts=["x"], k=1),
+            BAD,
+        ),
+        ("text search with k=0", "SearchByText", lambda: pb.SearchByTextRequest(collection="kept", texts=["x"]), BAD),
+        (
+            "text search on a server without an embedding service",
+            "SearchByText",
+            lambda: pb.SearchByTextRequest(collection="kept", texts=["x"], k=1),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            "describe the model of a server without an embedding service",
+            "DescribeEmbeddingModel",
+            lambda: pb.DescribeEmbeddingModelRequest(),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
     ]
 
 

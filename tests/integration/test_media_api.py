@@ -82,6 +82,11 @@ def code_of(call: object) -> grpc.StatusCode:
     raise AssertionError("the call succeeded")
 
 
+def test_the_served_model_is_described(stack: Stack) -> None:
+    served = stack.stub.DescribeEmbeddingModel(pb.DescribeEmbeddingModelRequest(), timeout=30)
+    assert served.embedding_model == stack.identity.id and served.dimension == stack.identity.dim
+
+
 def test_images_in_by_stream_and_each_finds_itself_first(stack: Stack) -> None:
     create(stack, "photos")
     images = pictures(10, seed=1)
