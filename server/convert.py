@@ -167,35 +167,11 @@ def get_response_to_proto(
 # ---------------------------------------------------------------------------------- search
 
 
-def search_query_from_proto(request: pb.SearchRequest) -> SearchQuery:
-    return SearchQuery(
-        collection=request.collection,
-        target=VectorTarget(matrix_from_proto(request.queries, "queries")),
-        k=request.k,
-        ef=request.ef,
-        filter=filter_from_proto(request.filter) if request.HasField("filter") else None,
-        include_metadata=request.include_metadata,
-        include_vectors=request.include_vectors,
-        require_all_shards=request.require_all_shards,
-    )
-
-
-def search_by_id_query_from_proto(request: pb.SearchByIdRequest) -> SearchQuery:
-    return SearchQuery(
-        collection=request.collection,
-        target=ItemTarget(request.id),
-        k=request.k,
-        ef=request.ef,
-        filter=filter_from_proto(request.filter) if request.HasField("filter") else None,
-        include_metadata=request.include_metadata,
-        include_vectors=request.include_vectors,
-        require_all_shards=request.require_all_shards,
-    )
-
-
 def _search_query(
-    request: pb.SearchByTextRequest | pb.SearchByImageRequest, target: TextTarget | ImageTarget
+    request: pb.SearchRequest | pb.SearchByIdRequest | pb.SearchByTextRequest | pb.SearchByImageRequest,
+    target: VectorTarget | ItemTarget | TextTarget | ImageTarget,
 ) -> SearchQuery:
+    """The query of any search request: its target and the options they all share."""
     return SearchQuery(
         collection=request.collection,
         target=target,
@@ -206,6 +182,14 @@ def _search_query(
         include_vectors=request.include_vectors,
         require_all_shards=request.require_all_shards,
     )
+
+
+def search_query_from_proto(request: pb.SearchRequest) -> SearchQuery:
+    return _search_query(request, VectorTarget(matrix_from_proto(request.queries, "queries")))
+
+
+def search_by_id_query_from_proto(request: pb.SearchByIdRequest) -> SearchQuery:
+    return _search_query(request, ItemTarget(request.id))
 
 
 def text_search_from_proto(request: pb.SearchByTextRequest) -> SearchQuery:
