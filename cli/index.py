@@ -13,7 +13,8 @@ Contract:
   alone (reported at the end with the server's message); items the server could not take for
   now (RESOURCE_EXHAUSTED, UNAVAILABLE) are retried with back-off, then reported as failed.
 - The collection is created when missing (cosine, the embedding model's dimension: ``--dim``,
-  else the server's DescribeEmbeddingModel, else the one ``vsearch up`` recorded for this address). Whole-call errors (collection of another
+  else the server's DescribeEmbeddingModel, else the one ``vsearch up`` recorded for this
+  address). Whole-call errors (collection of another
   model, server gone) end the run with CliError; what was written stays written.
 - ``--jobs`` batches are in flight at once (so Triton can batch across them); each batch holds
   at most ``--batch`` files and 8 MiB.

@@ -26,18 +26,13 @@ that dies later is logged with its log tail and restarted on the same ports (at 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,14 +40,11 @@ from server.main import ServerProcess, add_arguments, wait_for_signal
 
 if TYPE_CHECKING:
     from clipmodel.identity import ModelIdentity
-    from clipmodel.triton_process import TritonProcess
+    from clipmodel.supervisor import TritonSupervisor
 
 log = logging.getLogger("cluster")
 REPO = Path(__file__).resolve().parent.parent
 MODEL_FILE = "embedding-model.json"
-RANDOM = "random"
-# What an exported repository is made of besides the weights: a change here re-exports.
-_EXPORT_SOURCES = ("clipmodel", "triton_models")
 
 OnReady = Callable[[str, "ModelIdentity | None"], None]
 
@@ -82,173 +74,6 @@ def start_shard(data_dir: Path, index: int, shard_args: list[str]) -> tuple[subp
     )
     log_file.close()
     return proc, ready
-
-
-# ---------------------------------------------------------------------------- model repository
-def _files(root: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
-    """Files under ``root`` (sorted; only ``suffixes`` when given; no __pycache__)."""
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and (not suffixes or p.suffix in suffixes)
-    )
-
-
-def model_repo_key(clip: str) -> str:
-    """The cache key of the repository exported from ``clip`` ("random" or a weights directory):
-    changes when a weights file changes (name, size or mtime: weights are too big to hash at
-    every start) or the export code does (the content of clipmodel/ and triton_models/)."""
-    digest = hashlib.sha256()
-    if clip == RANDOM:
-        digest.update(b"random-seed-0\n")
-    else:
-        weights = Path(clip).resolve()
-        digest.update(f"{weights}\n".encode())
-        for path in _files(weights):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(weights)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    for source in _EXPORT_SOURCES:
-        for path in _files(REPO / source, (".py", ".in", ".txt")):
-            digest.update(f"{path.relative_to(REPO)}\n".encode() + hashlib.sha256(path.read_bytes()).digest())
-    name = "clip-random" if clip == RANDOM else f"clip-{Path(clip).resolve().name}"
-    return f"{name}-{digest.hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created), so concurrent clusters export once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def prepare_model_repo(clip: str, cache: Path | None = None) -> Path:
-    """The Triton model repository for ``clip`` ("random": the seeded small random CLIP; else a
-    local Hugging Face-format CLIP directory), exported into ``cache`` (default
-    ``clipmodel.vocab.cache_dir()/models``) unless a complete export is there already.
-
-    Complete means ``identity.json`` at the top, which ``clipmodel.export.export`` writes last.
-    Raises FileNotFoundError for a weights directory that does not exist; export errors pass.
-    """
-    from clipmodel import vocab
-    from clipmodel.identity import FILENAME
-
-    if clip != RANDOM and not (Path(clip) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--clip {clip}: not a Hugging Face CLIP directory (no config.json); "
-            f"use 'random' or a local directory such as a copy of openai/clip-vit-base-patch32"
-        )
-    base = cache if cache is not None else vocab.cache_dir() / "models"
-    repo = base / model_repo_key(clip)
-    if (repo / FILENAME).is_file():
-        return repo
-    with _locked(base / f".{repo.name}.lock"):
-        if (repo / FILENAME).is_file():
-            return repo
-        from clipmodel import export, random
-
-        if repo.exists():
-            shutil.rmtree(repo)  # an interrupted export
-        staging = base / f".{repo.name}.work-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            started = time.monotonic()
-            if clip == RANDOM:
-                log.info("building the random CLIP and exporting it to %s", repo)
-                weights = random.save(staging / "weights", seed=0)
-            else:
-                log.info("exporting the CLIP weights in %s to %s", clip, repo)
-                weights = Path(clip)
-            export.export(weights, repo)
-            log.info("model repository ready in %.1f s", time.monotonic() - started)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return repo
-
-
-# ---------------------------------------------------------------------------- Triton
-class TritonSupervisor:
-    """Runs tritonserver for ``repo`` from ``workdir``: ``start()`` returns once it is READY
-    (``TritonNotFoundError`` / ``TritonStartError`` with the log tail otherwise); a watcher thread
-    logs an exit with the log tail and restarts it on the same ports, at most ``restarts`` times;
-    ``stop()`` ends the watcher and the server. ``url`` is the gRPC ``host:port``."""
-
-    def __init__(self, repo: Path, workdir: Path, restarts: int = 3, timeout: float = 180.0) -> None:
-        self.repo = repo
-        self.workdir = workdir
-        self.restarts = restarts
-        self.timeout = timeout
-        self.process: TritonProcess | None = None
-        self.url = ""
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
-
-    def start(self) -> str:
-        from clipmodel.triton_process import TritonProcess
-
-        process = TritonProcess(self.repo, self.workdir)
-        try:
-            process.start(timeout=self.timeout)
-        except BaseException:
-            process.stop()
-            raise
-        self.process, self.url = process, process.grpc_url
-        log.info("tritonserver READY on %s in %.1f s (log %s)", self.url, process.start_seconds, process.log_path)
-        self._watcher.start()
-        return self.url
-
-    def _watch(self) -> None:
-        left = self.restarts
-        while not self._stopping.wait(0.5):
-            with self._lock:
-                current = self.process
-                proc = current.proc if current is not None else None
-                if current is None or proc is None or proc.poll() is None or self._stopping.is_set():
-                    continue
-                log.error(
-                    "tritonserver exited with %s: search and ingestion by text and image are UNAVAILABLE; "
-                    "log tail (%s):\n%s",
-                    proc.returncode,
-                    current.log_path,
-                    current.log_tail(3000),
-                )
-                current.stop()
-                while left > 0 and not self._stopping.is_set():
-                    left -= 1
-                    if self._restart(current):
-                        break
-                else:
-                    log.error("tritonserver not restarted (%d restarts allowed); stopping to watch it", self.restarts)
-                    self.process = None
-                    return
-
-    def _restart(self, dead: TritonProcess) -> bool:
-        """Starts a new tritonserver on the ports of ``dead``; False (logged) when it fails."""
-        from clipmodel.triton_process import TritonProcess
-
-        replacement = TritonProcess(self.repo, self.workdir, ports=dead.ports)
-        try:
-            replacement.start(timeout=self.timeout)
-        except Exception as exc:
-            replacement.stop()
-            log.error("tritonserver restart failed: %s", exc)
-            return False
-        self.process = replacement
-        log.warning("tritonserver restarted on %s", self.url)
-        return True
-
-    def stop(self) -> None:
-        """Stops the watcher, then the server (SIGTERM, then SIGKILL). Idempotent."""
-        self._stopping.set()
-        with self._lock:
-            if self.process is not None:
-                self.process.stop()
-                self.process = None
 
 
 def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
@@ -287,6 +112,8 @@ def _wait_for_shards(shards: list[tuple[subprocess.Popen[bytes], Path]], data_di
 def _start_triton(args: argparse.Namespace) -> tuple[TritonSupervisor, ModelIdentity] | None:
     """Triton for ``--clip``/``--triton-repo``, READY; None (error logged) when it cannot start."""
     from clipmodel.identity import ModelIdentity
+    from clipmodel.repository import prepare_model_repo
+    from clipmodel.supervisor import TritonSupervisor
     from clipmodel.triton_process import TritonNotFoundError, TritonStartError
 
     try:
