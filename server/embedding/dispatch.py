@@ -14,8 +14,14 @@ Contract of :func:`dispatch`:
 - The result has one entry per payload: its vector (float32 ``[D]``) or the domain error of that
   item alone. Nothing is raised for a Triton failure.
 
-Thread-safe: every call has its own state; only the limiter and the tritonclient client (both
-thread-safe) are shared.
+How: requests are bytes built by ``wire.RequestTemplate`` and sent on the embedder's one gRPC
+channel (``rpc``: its raw ``ModelInfer`` method). A call of one item (a search, most text calls)
+sends it blocking in the caller's thread, which is the cheapest way gRPC has (no channel thread,
+no callback, no hand-over between threads); a call of several puts them all in flight with
+``rpc.future`` and collects the answers from the futures' callbacks.
+
+Thread-safe: every call has its own state; only the limiter and the channel (both thread-safe)
+are shared.
 """
 
 from __future__ import annotations
@@ -27,15 +33,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+import grpc
 
-from core.errors import DeadlineExceeded, DomainError, Internal, ResourceExhausted
+from core.errors import DeadlineExceeded, DomainError, ResourceExhausted
 from server.embedding.cache import Vector
 from server.embedding.limiter import InFlightLimiter
 from server.embedding.model_info import ModelInfo
 from server.embedding.triton_errors import RetryPolicy, is_retryable, to_domain
+from server.embedding.wire import RequestTemplate, outcome, template_for, vector_of
 
 GRACE_S = 0.25  # how long past the deadline a call waits for gRPC to report its own timeouts
 MIN_ATTEMPT_S = 0.02  # no retry is sent with less than this left of the deadline
@@ -45,7 +50,7 @@ POLL_S = 0.01  # how often a call whose slots are all taken by others looks for 
 class _Dispatch:
     def __init__(
         self,
-        client: Any,
+        rpc: Any,
         info: ModelInfo,
         payloads: Sequence[bytes],
         deadline: float,
@@ -56,8 +61,10 @@ class _Dispatch:
         what: str,
         on_unavailable: Callable[[], None],
     ) -> None:
-        self.client = client
+        self.rpc = rpc
         self.info = info
+        self.template: RequestTemplate = template_for(info.name, info.input_name, info.output_name)
+        self.blocking = len(payloads) == 1
         self.payloads = payloads
         self.deadline = deadline
         self.limiter = limiter
@@ -138,30 +145,38 @@ class _Dispatch:
         self.todo.clear()
 
     def send(self, i: int) -> None:
-        """Sends item ``i``; its slot is already taken and goes back in the callback."""
+        """Sends item ``i``; its slot is already taken and goes back when the answer is in (the
+        future's callback when several are in flight)."""
         started = time.monotonic()
         remaining = max(0.001, self.deadline - started)
         self.attempts[i] += 1
-        done, limiter = self.done, self.limiter
+        request = self.template.request(self.payloads[i], int(remaining * 1e6))
+        limiter = self.limiter
+        if self.blocking:
+            try:
+                response = self.rpc(request, timeout=remaining)
+            except grpc.RpcError as e:
+                limiter.release()
+                self.settle(i, None, e)
+                return
+            limiter.release(time.monotonic() - started)
+            self.settle(i, response, None)
+            return
+        done = self.done
 
-        def callback(result: Any, error: Any) -> None:
+        def callback(future: grpc.Future[Any]) -> None:
+            response, error = outcome(future)
             limiter.release(time.monotonic() - started if error is None else None)
-            done.put((i, result, error))
+            done.put((i, response, error))
 
         try:
-            tensor = grpcclient.InferInput(self.info.input_name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[self.payloads[i]]], dtype=np.object_))
-            self.calls[i] = self.client.async_infer(
-                self.info.name,
-                [tensor],
-                callback,
-                outputs=[grpcclient.InferRequestedOutput(self.info.output_name)],
-                client_timeout=remaining,
-                timeout=int(remaining * 1e6),
-            )
-        except InferenceServerException as e:
+            future = self.rpc.future(request, timeout=remaining)
+        except grpc.RpcError as e:
             limiter.release()
             self.out[i] = self.error(e, i)
+            return
+        self.calls[i] = future
+        future.add_done_callback(callback)
 
     def wait_one(self) -> None:
         now = time.monotonic()
@@ -188,9 +203,9 @@ class _Dispatch:
             )
         self.calls.clear()
 
-    def settle(self, i: int, result: Any, error: Any) -> None:
+    def settle(self, i: int, response: Any, error: Any) -> None:
         if error is None:
-            self.out[i] = self.vector(result)
+            self.out[i] = vector_of(response, self.info.name, self.info.dim)
             return
         if is_retryable(error):
             self.on_unavailable()
@@ -202,16 +217,9 @@ class _Dispatch:
                     return
         self.out[i] = self.error(error, i)
 
-    def vector(self, result: Any) -> Vector | DomainError:
-        array = result.as_numpy(self.info.output_name)
-        if array is None or array.size != self.info.dim:
-            shape = None if array is None else array.shape
-            return Internal(f"model {self.info.name!r} answered shape {shape}, expected [1, {self.info.dim}]")
-        return np.asarray(array, dtype=np.float32).reshape(self.info.dim)
-
 
 def dispatch(
-    client: Any,
+    rpc: Any,
     info: ModelInfo,
     payloads: Sequence[bytes],
     deadline: float,
@@ -223,10 +231,10 @@ def dispatch(
     what: str,
     on_unavailable: Callable[[], None],
 ) -> list[Vector | DomainError]:
-    """Embeds ``payloads`` with model ``info`` (see the module doc); ``deadline`` is a
-    ``time.monotonic()`` instant; ``on_unavailable`` is called for each UNAVAILABLE answer."""
+    """Embeds ``payloads`` with model ``info`` (see the module doc); ``rpc``: Triton's
+    ``ModelInfer`` as a bytes-to-bytes ``grpc.UnaryUnaryMultiCallable`` (``wire.MODEL_INFER``);
+    ``deadline`` is a ``time.monotonic()`` instant; ``on_unavailable`` is called for each
+    UNAVAILABLE answer."""
     if not payloads:
         return []
-    return _Dispatch(
-        client, info, payloads, deadline, limiter, retry, admission_wait_s, url, what, on_unavailable
-    ).run()
+    return _Dispatch(rpc, info, payloads, deadline, limiter, retry, admission_wait_s, url, what, on_unavailable).run()

@@ -44,7 +44,7 @@ class ModelStats:
 
 
 def parse_config(config: Any, url: str, generation: int, read_at: float) -> ModelInfo:
-    """``config``: ``tritonclient``'s ``ModelConfig`` message (``get_model_config(...).config``).
+    """``config``: Triton's ``ModelConfig`` message (``.config`` of the ``ModelConfig`` RPC's answer).
     FailedPrecondition when the model does not look like one of ours (no identity, no BYTES
     input, no output)."""
     name = str(config.name)
@@ -73,7 +73,7 @@ def parse_config(config: Any, url: str, generation: int, read_at: float) -> Mode
 
 
 def parse_stats(response: Any, name: str) -> ModelStats:
-    """``response``: ``get_inference_statistics(name)``'s message; counters summed over versions."""
+    """``response``: the ``ModelStatistics`` RPC's answer for ``name``; counters summed over versions."""
     stats = [s for s in response.model_stats if s.name == name]
     return ModelStats(
         inference_count=sum(int(s.inference_count) for s in stats),

@@ -1,5 +1,6 @@
 """``TritonEmbedder``: texts and encoded images to CLIP embeddings, computed by the ``clip_text``
-and ``clip_image`` models of a Triton Inference Server over tritonclient's gRPC client.
+and ``clip_image`` models of a Triton Inference Server over its gRPC service (the generated
+stubs that ship in ``tritonclient.grpc``; inference requests as prebuilt bytes, see ``wire``).
 
 Contracts:
 
@@ -35,8 +36,7 @@ from typing import Any, Literal
 import grpc
 import numpy as np
 import numpy.typing as npt
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from core.errors import DeadlineExceeded, DomainError, InvalidArgument
 from server.embedding.cache import CacheKey, EmbeddingCache, LruCache, Vector
@@ -45,6 +45,7 @@ from server.embedding.dispatch import dispatch
 from server.embedding.limiter import InFlightLimiter
 from server.embedding.model_info import ModelInfo, ModelStats, parse_config, parse_stats
 from server.embedding.triton_errors import RetryPolicy, is_retryable, to_domain
+from server.embedding.wire import MODEL_INFER
 
 Kind = Literal["text", "image"]
 TEXT: Kind = "text"
@@ -95,12 +96,13 @@ class TritonEmbedder:
         self._connected_once = False
         self._state: grpc.ChannelConnectivity | None = None
         self._info: dict[Kind, ModelInfo] = {}
-        self._client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
-        # tritonclient keeps its channel private; watching it is how a reconnect (maybe to a
-        # restarted Triton with other weights) is noticed even when no call failed.
-        self._channel: grpc.Channel | None = getattr(self._client, "_channel", None)
-        if self._channel is not None:
-            self._channel.subscribe(self._on_connectivity, try_to_connect=False)
+        self._channel: grpc.Channel | None = grpc.insecure_channel(url, options=channel_args())
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer with bytes in and out: requests are built and responses read by ``wire``.
+        self._infer = self._channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        # Watching the channel is how a reconnect (maybe to a restarted Triton with other
+        # weights) is noticed even when no call failed.
+        self._channel.subscribe(self._on_connectivity, try_to_connect=False)
 
     # -- connection generation: bumped when the channel (re)connects or a call saw UNAVAILABLE --
 
@@ -145,9 +147,8 @@ class TritonEmbedder:
             and time.monotonic() - info.read_at < self.identity_max_age_s
         ):
             return info
-        response = self._retrying(
-            lambda t: self._client.get_model_config(self.models[kind], client_timeout=t), kind, deadline
-        )
+        request = service_pb2.ModelConfigRequest(name=self.models[kind])
+        response = self._retrying(lambda t: self._stub.ModelConfig(request, timeout=t), kind, deadline)
         parsed = parse_config(response.config, self.url, generation, time.monotonic())
         with self._lock:
             self._info[kind] = parsed
@@ -163,7 +164,7 @@ class TritonEmbedder:
                 raise DeadlineExceeded(f"Triton at {self.url} did not answer for model {self.models[kind]!r} in time")
             try:
                 return call(remaining)
-            except InferenceServerException as e:
+            except grpc.RpcError as e:
                 retryable = is_retryable(e)
                 if retryable:
                     self._stale()
@@ -253,7 +254,7 @@ class TritonEmbedder:
         if first:
             sent = list(first.values())
             results = dispatch(
-                self._client,
+                self._infer,
                 info,
                 [data[i] for i in sent],
                 deadline,
@@ -277,26 +278,31 @@ class TritonEmbedder:
     def model_stats(self, kind: Kind, timeout: float = 5.0) -> ModelStats:
         """Triton's counters for the model of ``kind`` (items inferred, executions)."""
         name = self.models[kind]
+        request = service_pb2.ModelStatisticsRequest(name=name)
         response = self._retrying(
-            lambda t: self._client.get_inference_statistics(name, client_timeout=t), kind, time.monotonic() + timeout
+            lambda t: self._stub.ModelStatistics(request, timeout=t), kind, time.monotonic() + timeout
         )
         return parse_stats(response, name)
 
     def ready(self, timeout: float = 1.0) -> bool:
         """True if Triton is up and both models are READY (one quick check, no retries)."""
+        stub = self._stub
         try:
             return bool(
-                self._client.is_server_ready(client_timeout=timeout)
-                and all(self._client.is_model_ready(m, client_timeout=timeout) for m in self.models.values())
+                stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout).ready
+                and all(
+                    stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=timeout).ready
+                    for m in self.models.values()
+                )
             )
-        except InferenceServerException:
+        except grpc.RpcError:
             return False
 
     def close(self) -> None:
         if self._channel is not None:
             self._channel.unsubscribe(self._on_connectivity)
+            self._channel.close()
             self._channel = None
-        self._client.close()
 
     def __enter__(self) -> TritonEmbedder:
         return self

@@ -1,5 +1,6 @@
-"""Triton's errors (``tritonclient``'s ``InferenceServerException``) as domain errors, and which
-of them are worth retrying.
+"""Triton's errors (the ``grpc.RpcError`` of a call to its gRPC service, or anything with
+tritonclient's ``status()``/``message()``, such as ``wire.CallFailure``) as domain errors, and
+which of them are worth retrying.
 
 UNAVAILABLE is retried (Triton down or restarting, a connection being re-established, its queue
 full for a moment); nothing else is. Messages name the model and Triton's address, and quote at
@@ -42,13 +43,22 @@ class RetryPolicy:
 
 
 def status_of(exc: Any) -> str:
-    """``"UNAVAILABLE"``, ``"INVALID_ARGUMENT"``, ... (tritonclient says ``"StatusCode.X"``)."""
+    """``"UNAVAILABLE"``, ``"INVALID_ARGUMENT"``, ... (a ``grpc.RpcError`` has ``code()``, a
+    ``grpc.StatusCode``; tritonclient's exception says ``"StatusCode.X"``)."""
+    if callable(getattr(exc, "code", None)):
+        code = exc.code()
+        return str(getattr(code, "name", code) or "UNKNOWN")
     status = exc.status() if callable(getattr(exc, "status", None)) else None
     return str(status or "UNKNOWN").removeprefix("StatusCode.")
 
 
 def detail(exc: Any) -> str:
-    message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+    if callable(getattr(exc, "details", None)):
+        message = exc.details()
+    elif callable(getattr(exc, "message", None)):
+        message = exc.message()
+    else:
+        message = str(exc)
     text = " ".join(str(message or "").split())
     return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "..."
 
