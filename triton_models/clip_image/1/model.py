@@ -34,7 +34,7 @@ class TritonPythonModel:
 
     def _pixels(self, data: bytes) -> npt.NDArray[np.float32]:
         pixels: npt.NDArray[np.float32] = normalise(
-            resize_crop(decode_image(data, self.max_bytes, self.max_pixels), self.size)
+            resize_crop(decode_image(data, self.max_bytes, self.max_pixels, draft=self.size), self.size)
         )
         return pixels
 
