@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from core import limits
 from core.errors import InvalidArgument
+from core.items import DOUBLE, INT, ItemMeta, value_type
 from core.text import check_text, quote
 
 MAX_DEPTH = limits.MAX_FILTER_DEPTH
@@ -296,3 +298,58 @@ class Not:
 
 
 Filter: TypeAlias = Condition | AllOf | AnyOf | Not
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def values_of(op: Eq | In) -> list[Value]:
+    """The values an eq or in condition compares with."""
+    return [op.value] if isinstance(op, Eq) else list(op.values)
+
+
+def matches(node: Filter, meta: ItemMeta) -> bool:
+    """Whether an item with metadata ``meta`` matches ``node``, by the tree's semantics
+    (this module): values equal only values of the same type, an item without the
+    attribute never matches a condition on it, empty all_of matches and empty any_of does not.
+    The in-memory twin of ``server.filters.compile_filter`` (SQL), and the reference every
+    other evaluator is tested against."""
+    if isinstance(node, Condition):
+        return _condition_matches(node, meta)
+    if isinstance(node, AllOf):
+        return all(matches(child, meta) for child in node.filters)
+    if isinstance(node, AnyOf):
+        return any(matches(child, meta) for child in node.filters)
+    return not matches(node.filter, meta)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {  # int with int, float with float
+    "gte": lambda a, b: a >= b,
+    "gt": lambda a, b: a > b,
+    "lte": lambda a, b: a <= b,
+    "lt": lambda a, b: a < b,
+}
+
+
+def _condition_matches(cond: Condition, meta: ItemMeta) -> bool:
+    op = cond.op
+    if cond.field == TAGS:
+        wanted = set(values_of(op))  # type: ignore[arg-type]
+        return any(tag in wanted for tag in meta.tags)
+    if cond.field == URI:
+        return meta.uri in values_of(op)  # type: ignore[arg-type]
+    name = cond.attribute
+    assert name is not None
+    if name not in meta.attributes:
+        return False
+    value = meta.attributes[name]
+    if isinstance(op, Range):
+        kind = value_type(value)
+        if kind not in (INT, DOUBLE) or isinstance(value, str):
+            return False
+        for bound_name, bound in op.items():
+            if value_type(bound) != kind or isinstance(bound, str):
+                return False
+            if not _COMPARE[bound_name](value, bound):
+                return False
+        return True
+    key = (value_type(value), value)
+    return any((value_type(v), v) == key for v in values_of(op))

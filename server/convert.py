@@ -14,13 +14,15 @@ import grpc
 
 from core import filters, limits, status
 from core.errors import DomainError, InvalidArgument, ResourceExhausted
+from core.items import ItemMeta
 from core.text import quote
 from core.vectors import Matrix
 from server.media import ItemOutcome, MediaItem
-from server.metadata import AttrValue, ItemMeta
 from server.query import ImageTarget, ItemTarget, SearchQuery, SearchResult, ShardHealth, TextTarget, VectorTarget
 from shard.types import CollectionStats
 from vsproto.common import matrix_from_proto
+from vsproto.payload import meta_from_proto as meta_from_proto
+from vsproto.payload import meta_to_proto as meta_to_proto
 from vsproto.v1 import admin_service_pb2 as admin_pb
 from vsproto.v1 import search_service_pb2 as pb
 
@@ -107,31 +109,8 @@ def _value(value: pb.AttributeValue, where: str) -> filters.Value:
 
 
 # ---------------------------------------------------------------------------------- metadata
-
-
-def meta_from_proto(message: pb.Metadata) -> ItemMeta:
-    attributes: dict[str, AttrValue] = {}
-    for name, value in message.attributes.items():
-        kind = value.WhichOneof("value")
-        if kind is None:
-            raise InvalidArgument(f"attribute {name!r} has no value set")
-        attributes[name] = getattr(value, kind)
-    return ItemMeta(message.uri, list(message.tags), attributes)
-
-
-def meta_to_proto(meta: ItemMeta) -> pb.Metadata:
-    message = pb.Metadata(uri=meta.uri, tags=meta.tags)
-    for name, value in meta.attributes.items():
-        target = message.attributes[name]
-        if isinstance(value, bool):
-            target.bool_value = value
-        elif isinstance(value, int):
-            target.int_value = value
-        elif isinstance(value, float):
-            target.double_value = value
-        else:
-            target.string_value = value
-    return message
+# meta_from_proto and meta_to_proto live with the payload codec (vsproto/payload.py), which
+# encodes an item's metadata as the public Metadata message.
 
 
 # ---------------------------------------------------------------------------------- writes and reads

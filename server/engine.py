@@ -40,19 +40,21 @@ from core.errors import (
     NotFound,
     ResourceExhausted,
 )
+from core.filters import matches
+from core.items import ItemMeta
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec, validate_name
 from core.text import quote
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from router.fanout import Router, SearchOutcome, StoredItem
 from router.topology import Topology
-from server import payload
-from server.filters import compile_filter, matches
-from server.metadata import ItemMeta, MetadataStore
+from server.filters import compile_filter
+from server.metadata import MetadataStore
 from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
 from shard.api import ShardApi
 from shard.remote import RemoteShard
 from shard.types import CollectionStats
+from vsproto import payload
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,7 @@ class Engine:
         """Writes items (vector + metadata); the last duplicate id wins, for metadata too.
 
         Each item's metadata travels in its shard payload, in the same log record as its vector
-        (``server/payload.py``): once the shard has the write, readers see the new pair, and
+        (``vsproto/payload.py``): once the shard has the write, readers see the new pair, and
         never one without the other. The SQL rows (the filter index) follow after it."""
         spec = self.spec(collection)
         if len(metas) != len(ids):

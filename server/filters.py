@@ -10,12 +10,11 @@ semantics require.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from core import filters
+from core import filters, items
 from core import schema as sc
 from core.errors import InvalidArgument
 from server import metadata as md
@@ -42,7 +41,7 @@ def _condition(cond: filters.Condition, collection: str, types: Mapping[str, str
     name = cond.attribute
     if name is None:  # tags or uri: the tree guarantees Eq / In of strings
         assert not isinstance(op, filters.Range)
-        strings = _values(op)
+        strings = filters.values_of(op)
         if cond.field == filters.URI:
             return sc.items.c.uri.in_(strings)
         return sa.exists().where(
@@ -57,76 +56,24 @@ def _condition(cond: filters.Condition, collection: str, types: Mapping[str, str
     column = attrs.c[stored]
     base = [attrs.c.collection == collection, attrs.c.item_id == sc.items.c.item_id, attrs.c.name == name]
     if isinstance(op, filters.Range):
-        if stored not in (md.INT, md.DOUBLE):
+        if stored not in (items.INT, items.DOUBLE):
             raise InvalidArgument(
                 f"{where}: range needs an int or double attribute, {name!r} is {md.type_name(stored)}"
             )
         compare = {"gte": column.__ge__, "gt": column.__gt__, "lte": column.__le__, "lt": column.__lt__}
         bounds = []
         for bound, value in op.items():
-            if md.value_type(value) != stored:
+            if items.value_type(value) != stored:
                 raise InvalidArgument(
                     f"{where}: bound {bound} is {filters.value_type_name(value)}, "
                     f"the attribute is {md.type_name(stored)}"
                 )
             bounds.append(compare[bound](value))
         return sa.exists().where(*base, *bounds)
-    values = _values(op)
+    values = filters.values_of(op)
     for value in values:
-        if md.value_type(value) != stored:
+        if items.value_type(value) != stored:
             raise InvalidArgument(
                 f"{where}: value is {filters.value_type_name(value)}, the attribute is {md.type_name(stored)}"
             )
     return sa.exists().where(*base, column.in_(values))
-
-
-def _values(op: filters.Eq | filters.In) -> list[filters.Value]:
-    return [op.value] if isinstance(op, filters.Eq) else list(op.values)
-
-
-def matches(node: filters.Filter, meta: md.ItemMeta) -> bool:
-    """Whether an item with metadata ``meta`` matches ``node``, by the tree's semantics
-    (``core/filters.py``): values equal only values of the same type, an item without the
-    attribute never matches a condition on it, empty all_of matches and empty any_of does not.
-    The in-memory twin of :func:`compile_filter`, used to check shard-read metadata."""
-    if isinstance(node, filters.Condition):
-        return _condition_matches(node, meta)
-    if isinstance(node, filters.AllOf):
-        return all(matches(child, meta) for child in node.filters)
-    if isinstance(node, filters.AnyOf):
-        return any(matches(child, meta) for child in node.filters)
-    return not matches(node.filter, meta)
-
-
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {  # int with int, float with float
-    "gte": lambda a, b: a >= b,
-    "gt": lambda a, b: a > b,
-    "lte": lambda a, b: a <= b,
-    "lt": lambda a, b: a < b,
-}
-
-
-def _condition_matches(cond: filters.Condition, meta: md.ItemMeta) -> bool:
-    op = cond.op
-    if cond.field == filters.TAGS:
-        wanted = set(_values(op))  # type: ignore[arg-type]
-        return any(tag in wanted for tag in meta.tags)
-    if cond.field == filters.URI:
-        return meta.uri in _values(op)  # type: ignore[arg-type]
-    name = cond.attribute
-    assert name is not None
-    if name not in meta.attributes:
-        return False
-    value = meta.attributes[name]
-    if isinstance(op, filters.Range):
-        kind = md.value_type(value)
-        if kind not in (md.INT, md.DOUBLE) or isinstance(value, str):
-            return False
-        for bound_name, bound in op.items():
-            if md.value_type(bound) != kind or isinstance(bound, str):
-                return False
-            if not _COMPARE[bound_name](value, bound):
-                return False
-        return True
-    key = (md.value_type(value), value)
-    return any((md.value_type(v), v) == key for v in _values(op))

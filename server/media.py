@@ -31,9 +31,9 @@ import numpy as np
 
 from core import calls, limits
 from core.errors import DomainError, FailedPrecondition, InvalidArgument
+from core.items import ItemMeta
 from core.vectors import Matrix, validate_ids
 from server.fetch import UriFetcher
-from server.metadata import ItemMeta
 from server.query import ImageTarget, SearchQuery, SearchResult, TextTarget, VectorTarget
 
 if TYPE_CHECKING:  # the engine imports server.convert, which imports this module's types

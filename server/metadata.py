@@ -15,10 +15,8 @@ Thread-safety: every method uses its own connection/transaction from the engine'
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,71 +25,25 @@ from sqlalchemy.engine import Engine
 
 from core import limits, schema
 from core.errors import AlreadyExists, InvalidArgument, NotFound
+from core.items import BOOL, DOUBLE, INT, STRING, AttrValue, ItemMeta, validate_meta, value_type
 from core.schema import attr_types as attr_types
 from core.schema import collection_models as collection_models
 from core.schema import collections as collections
 from core.schema import items as items
 from core.schema import pending_writes as pending_writes
 from core.spec import CollectionSpec
-from core.text import check_text, quote
+from core.text import quote
 
 COMPONENT = schema.METADATA
 SCHEMA_VERSION = schema.METADATA_VERSION
 SQL_CHUNK = 1_000
 """Ids per SQL statement: an IN list (or a fetch's three) of this many stays far below SQLite's
 32,766 and Postgres' 65,535 bound parameters, so a batch of any size the API accepts works."""
-_ATTR_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-AttrValue = str | int | float | bool
-# one-letter stored type of an attribute value (vs_attr_types.vtype, and the value column of vs_item_attrs)
-STRING, INT, DOUBLE, BOOL = "s", "i", "d", "b"
 
 # The tables live in core/schema.py; these names are kept for the queries below and for callers.
 tags = schema.item_tags
 attrs = schema.item_attrs
-
-
-@dataclass
-class ItemMeta:
-    uri: str = ""
-    tags: list[str] = field(default_factory=list)
-    attributes: dict[str, AttrValue] = field(default_factory=dict)
-
-
-def value_type(value: AttrValue) -> str:
-    if isinstance(value, bool):
-        return BOOL
-    if isinstance(value, int):
-        return INT
-    if isinstance(value, float):
-        return DOUBLE
-    return STRING
-
-
-def validate_meta(item_id: str, meta: ItemMeta) -> None:
-    """Checks one item's metadata against the limits of ``core/limits.py``: every string storable
-    (``core.text.check_text``: no NUL, valid UTF-8, bounded length), attribute names matching
-    ``[A-Za-z0-9_]{1,64}`` in full, ints within int64, no NaN. InvalidArgument otherwise."""
-    if not meta.uri and not meta.tags and not meta.attributes:
-        return
-    item = f"item {quote(item_id)}"
-    check_text(meta.uri, f"{item}: uri", limits.MAX_URI_BYTES)
-    if len(meta.tags) > limits.MAX_TAGS:
-        raise InvalidArgument(f"{item}: more than {limits.MAX_TAGS} tags")
-    for tag in meta.tags:
-        check_text(tag, f"{item}: tag", limits.MAX_TAG_BYTES, allow_empty=False)
-    if len(meta.attributes) > limits.MAX_ATTRIBUTES:
-        raise InvalidArgument(f"{item}: more than {limits.MAX_ATTRIBUTES} attributes")
-    for name, value in meta.attributes.items():
-        if not _ATTR_NAME.fullmatch(name):
-            raise InvalidArgument(f"{item}: attribute name {quote(name)} must match [A-Za-z0-9_]{{1,64}}")
-        if isinstance(value, str):
-            check_text(value, f"{item}: attribute {name!r}", limits.MAX_ATTRIBUTE_STRING_BYTES)
-        elif isinstance(value, float) and value != value:
-            raise InvalidArgument(f"{item}: attribute {name!r} is NaN")
-        elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidArgument(f"{item}: attribute {name!r} is outside the int64 range")
 
 
 def _chunks(ids: Sequence[str], size: int = SQL_CHUNK) -> Iterable[list[str]]:

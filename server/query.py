@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.filters import Filter
+from core.items import ItemMeta
 from core.vectors import Matrix
 from router.merge import Hit
-from server.metadata import ItemMeta
 
 
 @dataclass(frozen=True)

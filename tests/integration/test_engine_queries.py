@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from core.items import ItemMeta
 from core.spec import make_spec
 from core.vectors import prepare_queries
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
 from server.convert import filter_from_proto
 from server.engine import Engine
-from server.metadata import ItemMeta, MetadataStore
+from server.metadata import MetadataStore
 from server.query import SearchQuery, VectorTarget
 from testkit.shardproc import ShardProcess
 from tests.pg import fresh_schema_url

@@ -9,11 +9,11 @@ import pytest
 
 from core import filters, limits
 from core.errors import InvalidArgument
+from core.items import ItemMeta, validate_meta
 from core.spec import Metric, make_spec, validate_name
 from core.text import check_text, quote
 from core.vectors import MAX_NORM, prepare_batch, prepare_for_metric, unpack_matrix, validate_ids
 from server.convert import filter_from_proto
-from server.metadata import ItemMeta, validate_meta
 from vsproto.common import matrix_from_proto
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import types_pb2

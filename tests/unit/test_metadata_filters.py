@@ -15,11 +15,13 @@ import pytest
 
 from core import filters as f
 from core.errors import AlreadyExists, InvalidArgument
+from core.filters import matches
+from core.items import ItemMeta
 from core.spec import make_spec
 from router.topology import make_engine
 from server.convert import filter_from_proto
-from server.filters import compile_filter, matches
-from server.metadata import ItemMeta, MetadataStore
+from server.filters import compile_filter
+from server.metadata import MetadataStore
 from tests.pg import fresh_schema_url
 from vsproto.v1 import search_service_pb2 as pb
 

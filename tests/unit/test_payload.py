@@ -1,4 +1,4 @@
-"""The item payload codec (server/payload.py): metadata round-trips with its types, an item
+"""The item payload codec (vsproto/payload.py): metadata round-trips with its types, an item
 without metadata still has a payload, and an empty payload means "from before payloads"."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import CorruptionError
-from server import payload
-from server.metadata import ItemMeta
+from core.items import ItemMeta
+from vsproto import payload
 
 
 def test_metadata_round_trips_with_exact_types() -> None:
