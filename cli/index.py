@@ -23,7 +23,6 @@ Contract:
 from __future__ import annotations
 
 import glob
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -33,11 +32,12 @@ from pathlib import Path
 import grpc
 
 from cli.common import CliError, Connection, UpState, code_of, rpc_error
+from core import limits
+from core.items import content_id
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import types_pb2
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-MAX_IMAGE_BYTES = 20 << 20
 MAX_BATCH_BYTES = 8 << 20
 RETRY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.UNAVAILABLE.value[0]})
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -110,11 +110,6 @@ def batches(files: list[Path], size: int, max_bytes: int = MAX_BATCH_BYTES) -> I
         total += length
     if current:
         yield current
-
-
-def content_id(data: bytes) -> str:
-    """The id the server gives an item sent without one."""
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def ensure_collection(conn: Connection, options: IndexOptions) -> pb.DescribeCollectionResponse:
@@ -194,7 +189,7 @@ class Indexer:
             except OSError as exc:
                 result.failed.append((path, f"cannot read: {exc.strerror or exc}"))
                 continue
-            if not data or len(data) > MAX_IMAGE_BYTES:
+            if not data or len(data) > limits.MAX_IMAGE_BYTES:
                 result.failed.append((path, f"{len(data)} bytes: an image must be 1 byte..20 MiB"))
                 continue
             contents[path] = data

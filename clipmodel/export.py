@@ -28,10 +28,11 @@ import numpy.typing as npt
 
 from clipmodel import preprocess, tokenizer, vocab
 from clipmodel.identity import ModelIdentity, identity_of
+from core import limits
 
 MODELS_SRC = Path(__file__).resolve().parent.parent / "triton_models"
 PARITY_TOLERANCE = 1e-4
-MAX_TEXT_BYTES = 16384
+MAX_TEXT_BYTES = limits.MAX_TEXT_BYTES  # the model refuses what the API would
 
 
 @dataclass(frozen=True)

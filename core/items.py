@@ -5,6 +5,7 @@ payload codec (``vsproto/payload.py``), by the shards.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -60,3 +61,9 @@ def validate_meta(item_id: str, meta: ItemMeta) -> None:
             raise InvalidArgument(f"{item}: attribute {name!r} is NaN")
         elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
             raise InvalidArgument(f"{item}: attribute {name!r} is outside the int64 range")
+
+
+def content_id(data: bytes) -> str:
+    """The id an ingested item sent without one takes: ``sha256:<hex of its content>`` (the
+    encoded image, or the text's UTF-8), so the same content sent twice is one item."""
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"

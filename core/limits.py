@@ -22,6 +22,12 @@ MAX_FILTER_VALUES = 10_000
 """Values of all the conditions of one filter tree together (eq, in lists and range bounds)."""
 MAX_FILTER_DEPTH = 32
 """Nesting of one filter tree."""
+MAX_SEARCH_TEXTS = 64
+"""Texts in one SearchByText."""
+MAX_SEARCH_IMAGES = 16
+"""Images in one SearchByImage."""
+MAX_INGEST_ITEMS = 256
+"""Items in one message of IngestImages or IngestTexts."""
 
 MAX_ID_BYTES = 256
 MAX_URI_BYTES = 4_096
@@ -32,6 +38,10 @@ MAX_ATTRIBUTE_STRING_BYTES = 4_096
 MAX_COLLECTION_ATTRIBUTES = 1_000
 """Distinct attribute names one collection may ever have (each name's type is fixed per collection)."""
 MAX_FILTER_STRING_BYTES = 4_096
+MAX_TEXT_BYTES = 16 * 1024
+"""UTF-8 bytes of one text to embed (CLIP reads only its first 77 tokens anyway)."""
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+"""Encoded bytes of one image to embed, sent or fetched from a URI."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 """The default receive and send limit of one message (``--max-message-mb``)."""

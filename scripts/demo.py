@@ -17,7 +17,6 @@ results carry no meaning (an image still finds itself, since it is embedded the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipmodel.identity import ModelIdentity
+from core.items import content_id
 from server.cluster import MODEL_FILE
 from testkit.clipdata import pictures
 from testkit.clusterproc import ClusterProcess
@@ -167,7 +167,7 @@ def main() -> int:
         api = cluster.start(timeout=900)
         count = api.DescribeCollection(pb.DescribeCollectionRequest(collection="images")).count
         back = api.SearchByImage(search, timeout=30).results[0].hits[0]
-        expected = f"sha256:{hashlib.sha256(query.read_bytes()).hexdigest()}"
+        expected = content_id(query.read_bytes())
         print(f"restarted the cluster: {count} items; the query image finds itself first: {back.id == expected}")
 
         ok = (

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from core import limits
 from core.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from core.text import quote
 
@@ -27,7 +28,7 @@ from core.text import quote
 class FetchPolicy:
     file_roots: tuple[Path, ...] = ()
     allow_http: bool = False
-    max_bytes: int = 20 * 1024 * 1024
+    max_bytes: int = limits.MAX_IMAGE_BYTES
     timeout_s: float = 10.0
 
 

@@ -20,7 +20,6 @@ Thread-safety: every method may be called from any thread.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import numpy as np
 
 from core import calls, limits
 from core.errors import DomainError, FailedPrecondition, InvalidArgument
-from core.items import ItemMeta
+from core.items import ItemMeta, content_id
 from core.vectors import Matrix, validate_ids
 from server.fetch import UriFetcher
 from server.query import ImageTarget, SearchQuery, SearchResult, TextTarget, VectorTarget
@@ -39,9 +38,6 @@ from server.query import ImageTarget, SearchQuery, SearchResult, TextTarget, Vec
 if TYPE_CHECKING:  # the engine imports server.convert, which imports this module's types
     from server.engine import Engine
 
-MAX_SEARCH_TEXTS = 64
-MAX_SEARCH_IMAGES = 16
-MAX_INGEST_ITEMS = 256  # per stream message
 MODEL_TTL_S = 5.0
 NO_EMBEDDER = (
     "this server has no embedding service: start it with --triton-url HOST:PORT (Triton serving "
@@ -104,7 +100,7 @@ class _Pending:
     id: str
     data: bytes
     meta: ItemMeta
-    content_id: bool
+    by_content: bool  # its id is its content id
     vector: Matrix | None = None
 
 
@@ -174,11 +170,11 @@ class MediaEngine:
         spec = self.engine.spec(query.collection)
         embedder = self._embedder()
         if isinstance(target, TextTarget):
-            _count(len(target.texts), MAX_SEARCH_TEXTS, "texts")
+            _count(len(target.texts), limits.MAX_SEARCH_TEXTS, "texts")
             self.check_model(query.collection, embedder.identity("text", timeout), record=False)
             vectors = embedder.embed_texts(target.texts, _left(started, timeout))
         elif isinstance(target, ImageTarget):
-            _count(len(target.images), MAX_SEARCH_IMAGES, "images")
+            _count(len(target.images), limits.MAX_SEARCH_IMAGES, "images")
             self.check_model(query.collection, embedder.identity("image", timeout), record=False)
             found: list[Matrix] = []
             for i, row in enumerate(embedder.embed_images(target.images, _left(started, timeout))):
@@ -201,8 +197,8 @@ class MediaEngine:
         """Embeds and writes ``items`` (``kind``: "image" or "text"); one outcome per item, in
         order. Raises only for the whole call: unknown collection (NotFound), no embedding
         service or another model (FailedPrecondition), too many items (InvalidArgument)."""
-        if len(items) > MAX_INGEST_ITEMS:
-            raise InvalidArgument(f"at most {MAX_INGEST_ITEMS} items per message, got {len(items)}")
+        if len(items) > limits.MAX_INGEST_ITEMS:
+            raise InvalidArgument(f"at most {limits.MAX_INGEST_ITEMS} items per message, got {len(items)}")
         started = time.monotonic()
         timeout = self.engine.timeout_for(remaining)
         spec = self.engine.spec(collection)
@@ -259,13 +255,13 @@ class MediaEngine:
                     data = item.data
                 else:
                     raise InvalidArgument(f"item {i}: neither {'text' if kind == 'text' else 'data'} nor uri is set")
-                item_id = item.id or f"sha256:{hashlib.sha256(data).hexdigest()}"
+                item_id = item.id or content_id(data)
                 validate_ids([item_id])
             except DomainError as exc:
                 outcomes[i] = ItemOutcome(item.id, exc)
                 continue
             meta = item.meta if item.meta.uri or not item.uri else replace(item.meta, uri=item.uri)
-            pending.append(_Pending(i, item_id, data, meta, content_id=not item.id))
+            pending.append(_Pending(i, item_id, data, meta, by_content=not item.id))
         return pending
 
     def _skip_stored(
@@ -278,13 +274,13 @@ class MediaEngine:
     ) -> list[_Pending]:
         """Items under a content id that are stored already: unchanged when their metadata is
         the same (dropped from ``pending``), else given their stored vector (no embedding)."""
-        content_ids = list(dict.fromkeys(p.id for p in pending if p.content_id))
+        content_ids = list(dict.fromkeys(p.id for p in pending if p.by_content))
         if not content_ids:
             return pending
         vectors, metas = self.engine.get(collection, content_ids, _left(started, timeout), include_vectors=False)
         left: list[_Pending] = []
         for p in pending:
-            if p.content_id and p.id in vectors:
+            if p.by_content and p.id in vectors:
                 if metas.get(p.id) == p.meta:
                     outcomes[p.index] = ItemOutcome(p.id, unchanged=True)
                     continue

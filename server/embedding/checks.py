@@ -10,11 +10,12 @@ that quotes at most a short prefix of the input.
 
 from __future__ import annotations
 
+from core import limits
 from core.errors import InvalidArgument
 from core.text import quote
 
-MAX_TEXT_BYTES = 16 * 1024
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_TEXT_BYTES = limits.MAX_TEXT_BYTES
+MAX_IMAGE_BYTES = limits.MAX_IMAGE_BYTES
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
 

@@ -31,6 +31,7 @@ import queue
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -47,32 +48,36 @@ MIN_ATTEMPT_S = 0.02  # no retry is sent with less than this left of the deadlin
 POLL_S = 0.01  # how often a call whose slots are all taken by others looks for a free one
 
 
+@dataclass(frozen=True)
+class Sender:
+    """What every call of one embedder sends with: ``rpc``, Triton's ``ModelInfer`` as a
+    bytes-to-bytes ``grpc.UnaryUnaryMultiCallable`` (``wire.MODEL_INFER``) on the embedder's
+    channel; the shared ``limiter``; the ``retry`` policy; how long a call with nothing in flight
+    waits for a slot; Triton's ``url`` (for messages); ``on_unavailable``, called for each
+    UNAVAILABLE answer."""
+
+    rpc: Any
+    limiter: InFlightLimiter
+    retry: RetryPolicy
+    admission_wait_s: float
+    url: str
+    on_unavailable: Callable[[], None]
+
+
 class _Dispatch:
-    def __init__(
-        self,
-        rpc: Any,
-        info: ModelInfo,
-        payloads: Sequence[bytes],
-        deadline: float,
-        limiter: InFlightLimiter,
-        retry: RetryPolicy,
-        admission_wait_s: float,
-        url: str,
-        what: str,
-        on_unavailable: Callable[[], None],
-    ) -> None:
-        self.rpc = rpc
+    def __init__(self, sender: Sender, info: ModelInfo, payloads: Sequence[bytes], deadline: float, what: str) -> None:
+        self.rpc = sender.rpc
         self.info = info
         self.template: RequestTemplate = template_for(info.name, info.input_name, info.output_name)
         self.blocking = len(payloads) == 1
         self.payloads = payloads
         self.deadline = deadline
-        self.limiter = limiter
-        self.retry = retry
-        self.admission_wait_s = admission_wait_s
-        self.url = url
+        self.limiter = sender.limiter
+        self.retry = sender.retry
+        self.admission_wait_s = sender.admission_wait_s
+        self.url = sender.url
         self.what = what
-        self.on_unavailable = on_unavailable
+        self.on_unavailable = sender.on_unavailable
         n = len(payloads)
         self.out: list[Vector | DomainError | None] = [None] * n
         self.attempts = [0] * n
@@ -219,22 +224,10 @@ class _Dispatch:
 
 
 def dispatch(
-    rpc: Any,
-    info: ModelInfo,
-    payloads: Sequence[bytes],
-    deadline: float,
-    *,
-    limiter: InFlightLimiter,
-    retry: RetryPolicy,
-    admission_wait_s: float,
-    url: str,
-    what: str,
-    on_unavailable: Callable[[], None],
+    sender: Sender, info: ModelInfo, payloads: Sequence[bytes], deadline: float, what: str
 ) -> list[Vector | DomainError]:
-    """Embeds ``payloads`` with model ``info`` (see the module doc); ``rpc``: Triton's
-    ``ModelInfer`` as a bytes-to-bytes ``grpc.UnaryUnaryMultiCallable`` (``wire.MODEL_INFER``);
-    ``deadline`` is a ``time.monotonic()`` instant; ``on_unavailable`` is called for each
-    UNAVAILABLE answer."""
+    """Embeds ``payloads`` with model ``info`` (see the module doc); ``deadline`` is a
+    ``time.monotonic()`` instant; ``what`` names the items in messages ("text", "image")."""
     if not payloads:
         return []
-    return _Dispatch(rpc, info, payloads, deadline, limiter, retry, admission_wait_s, url, what, on_unavailable).run()
+    return _Dispatch(sender, info, payloads, deadline, what).run()

@@ -41,7 +41,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from core.errors import DeadlineExceeded, DomainError, InvalidArgument
 from server.embedding.cache import CacheKey, EmbeddingCache, LruCache, Vector
 from server.embedding.checks import check_image, check_text
-from server.embedding.dispatch import dispatch
+from server.embedding.dispatch import Sender, dispatch
 from server.embedding.limiter import InFlightLimiter
 from server.embedding.model_info import ModelInfo, ModelStats, parse_config, parse_stats
 from server.embedding.triton_errors import RetryPolicy, is_retryable, to_domain
@@ -99,7 +99,8 @@ class TritonEmbedder:
         self._channel: grpc.Channel | None = grpc.insecure_channel(url, options=channel_args())
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer with bytes in and out: requests are built and responses read by ``wire``.
-        self._infer = self._channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        infer = self._channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        self._sender = Sender(infer, self.limiter, self.retry, admission_wait_s, url, self._stale)
         # Watching the channel is how a reconnect (maybe to a restarted Triton with other
         # weights) is noticed even when no call failed.
         self._channel.subscribe(self._on_connectivity, try_to_connect=False)
@@ -253,18 +254,7 @@ class TritonEmbedder:
                 first.setdefault(key, i)
         if first:
             sent = list(first.values())
-            results = dispatch(
-                self._infer,
-                info,
-                [data[i] for i in sent],
-                deadline,
-                limiter=self.limiter,
-                retry=self.retry,
-                admission_wait_s=self.admission_wait_s,
-                url=self.url,
-                what=kind,
-                on_unavailable=self._stale,
-            )
+            results = dispatch(self._sender, info, [data[i] for i in sent], deadline, kind)
             by_key = {keys[i]: r for i, r in zip(sent, results, strict=True)}
             for i, key in enumerate(keys):
                 if out[i] is None:

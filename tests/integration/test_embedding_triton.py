@@ -32,6 +32,7 @@ from core.errors import DeadlineExceeded, DomainError, InvalidArgument, Resource
 from server.embedding import IMAGE, TEXT, NullCache, RetryPolicy, TritonEmbedder, make_cache
 from server.embedding.redis_cache import RedisCache
 from testkit.clipdata import encode, picture, pictures
+from tests.conftest import ClipRepo
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TOLERANCE = 1e-5
@@ -71,9 +72,9 @@ def _export(root: Path, seed: int) -> tuple[Path, ModelIdentity]:
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+def triton(tmp_path_factory: pytest.TempPathFactory, clip_repo: ClipRepo) -> Iterator[Triton]:
     root = tmp_path_factory.mktemp("embedding")
-    repo, identity = _export(root, seed=0)
+    repo, identity = clip_repo.repo, clip_repo.identity
     process = triton_process.TritonProcess(repo, root / "triton-0")
     process.start(timeout=120)
     served = Triton(root, repo, identity, process)

@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clipmodel import export, random, triton_process
+from clipmodel import triton_process
 from clipmodel.identity import ModelIdentity
 from testkit.clipdata import pictures
 from testkit.serverproc import SingleNodeProcess
+from tests.conftest import ClipRepo
 from vsproto.v1 import search_service_pb2 as pb
 from vsproto.v1 import search_service_pb2_grpc as pb_grpc
 from vsproto.v1 import types_pb2
@@ -38,10 +39,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, clip_repo: ClipRepo) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("media")
-    repo = root / "repo"
-    identity = export.export(random.save(root / "weights", seed=0), repo)
+    repo, identity = clip_repo.repo, clip_repo.identity
     triton = triton_process.TritonProcess(repo, root / "triton")
     triton.start(timeout=120)
     files = root / "files"
