@@ -1,0 +1,169 @@
+"""The HNSW index class the shard builds and loads: ``shard._vsnative.Index`` when it is built,
+else ``hnswlib.Index`` (docs/filtered-search.md §7).
+
+``shard._vsnative`` (``shard/native/vsnative.cpp``, built by ``python -m shard.native.build``) is
+hnswlib 0.8.0's own C++ (the headers of the ``hnswlib==0.8.0`` sdist), so both classes read and
+write the same index files: a graph saved by one loads in the other. It has every method and
+property of ``hnswlib.Index`` the shard uses, with the same semantics, plus two searches:
+
+- ``knn_query(..., allowed=mask)``: graph search restricted to the labels ``L`` with
+  ``L < len(mask) and mask[L]``, checked in C++ per candidate (hnswlib's ``filter=`` calls Python
+  per candidate). Rows are padded (label -1, distance +inf) instead of raising.
+- ``exact_query(queries, labels, k)``: exact top-k over the given labels with the index's own
+  SIMD distance on its storage (no gather of the vectors into numpy).
+
+Use :func:`knn_allowed` and :func:`exact_labels` for those; they raise
+:class:`NativeUnavailableError` on an ``hnswlib.Index``, so a caller checks :data:`NATIVE` (or
+:func:`is_native` on the index at hand) and keeps its numpy path for the fallback.
+
+``VS_NATIVE=0`` in the environment (read at import) forces the fallback, for A/B runs and tests.
+
+Thread-safety, both classes: searches (``knn_query``, ``exact_query``, ``get_items``, and the
+helpers here) may run concurrently with each other, never with ``add_items``, ``mark_deleted``
+or ``load_index`` on the same index; the GIL is released while the native code searches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from core.vectors import Matrix
+
+try:
+    if os.environ.get("VS_NATIVE", "1") == "0":
+        raise ImportError("VS_NATIVE=0")
+    from shard import _vsnative as _native
+except ImportError:  # not built (python -m shard.native.build), or disabled
+    _native = None  # type: ignore[assignment]
+
+NATIVE: bool = _native is not None
+"""Whether ``shard._vsnative`` imported (and ``VS_NATIVE`` is not ``0``)."""
+
+Labels = npt.NDArray[np.int64]
+Distances = npt.NDArray[np.float32]
+
+
+class NativeUnavailableError(RuntimeError):
+    """A native-only search was asked of an ``hnswlib.Index`` (module not built, or VS_NATIVE=0)."""
+
+
+class HnswIndex(Protocol):
+    """What the shard uses of an index; ``hnswlib.Index`` and ``shard._vsnative.Index`` both have it."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def space(self) -> str: ...
+
+    @property
+    def element_count(self) -> int: ...
+
+    @property
+    def max_elements(self) -> int: ...
+
+    def init_index(
+        self, max_elements: int, M: int = ..., ef_construction: int = ..., random_seed: int = ...
+    ) -> None: ...
+
+    def load_index(self, path_to_index: str, max_elements: int = ...) -> None: ...
+
+    def save_index(self, path_to_index: str) -> None: ...
+
+    def set_ef(self, ef: int) -> None: ...
+
+    def add_items(self, data: npt.ArrayLike, ids: npt.ArrayLike | None = ..., num_threads: int = ...) -> None: ...
+
+    def mark_deleted(self, label: int) -> None: ...
+
+    def get_items(self, ids: npt.ArrayLike | None = ..., return_type: str = ...) -> Any: ...
+
+    def knn_query(self, data: npt.ArrayLike, k: int = ..., num_threads: int = ...) -> tuple[Any, Any]: ...
+
+
+def index_class() -> type[Any]:
+    """``shard._vsnative.Index`` when available, else ``hnswlib.Index``: ``cls(space, dim)``."""
+    if _native is not None:
+        return _native.Index
+    import hnswlib
+
+    return hnswlib.Index
+
+
+def new_index(space: str, dim: int) -> HnswIndex:
+    """An uninitialised index (call ``init_index`` or ``load_index``) of :func:`index_class`.
+
+    ``space`` is ``"l2"``, ``"ip"`` or ``"cosine"`` (cosine: vectors normalised on insert and
+    query, as hnswlib's bindings do); ``dim`` > 0.
+    """
+    return index_class()(space=space, dim=dim)
+
+
+def is_native(index: object) -> bool:
+    """Whether ``index`` is a ``shard._vsnative.Index`` (has the allowed-set and exact searches)."""
+    return _native is not None and isinstance(index, _native.Index)
+
+
+def _require_native(index: object, what: str) -> Any:
+    if not is_native(index):
+        reason = "VS_NATIVE=0" if os.environ.get("VS_NATIVE") == "0" else "run `python -m shard.native.build`"
+        raise NativeUnavailableError(
+            f"{what} needs a shard._vsnative.Index, got {type(index).__module__}.{type(index).__qualname__} "
+            f"(shard._vsnative {'loaded' if NATIVE else 'not loaded'}: {reason})"
+        )
+    return index
+
+
+def knn_allowed(
+    index: HnswIndex,
+    queries: Matrix,
+    k: int,
+    allowed_mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8],
+    num_threads: int = 1,
+) -> tuple[Labels, Distances]:
+    """Graph search for the ``k`` nearest allowed, live labels per query.
+
+    A label ``L`` is allowed iff ``L < len(allowed_mask) and allowed_mask[L]`` (a 1-D contiguous
+    bool or uint8 array; not copied, must not change during the call). The candidate list is
+    ``max(index.ef, k)``: like ``shard/graph.py``, set ``ef`` to 1 on the index and ask
+    ``k = max(ef, wanted)``, then keep the first ``wanted`` columns. hnswlib's filtered traversal
+    keeps expanding until it holds that many allowed results or the reachable graph is exhausted.
+
+    Returns ``(labels int64[nq, k], distances float32[nq, k])``, each row ascending by distance;
+    a row with fewer than ``k`` allowed results found is padded with label ``-1`` and distance
+    ``+inf`` (never raises for that). ``queries`` is float32 ``[nq, dim]`` (or ``[dim]``, one
+    query); converted if needed. ``num_threads`` > 1 splits the queries over threads (only used
+    when ``nq > 4 * num_threads``, as hnswlib does); ``<= 0`` means all cores.
+    Raises :class:`NativeUnavailableError` for an ``hnswlib.Index``, ``TypeError`` for a mask of
+    another dtype or shape.
+    """
+    native = _require_native(index, "knn_allowed")
+    labels, distances = native.knn_query(queries, k=k, num_threads=num_threads, allowed=allowed_mask)
+    return labels, distances
+
+
+def exact_labels(
+    index: HnswIndex,
+    queries: Matrix,
+    labels: npt.NDArray[np.integer[Any]] | list[int],
+    k: int,
+    num_threads: int = 1,
+) -> tuple[Labels, Distances]:
+    """Exact top-``k`` per query over ``labels`` (no graph traversal, no copy of the vectors).
+
+    Distances are the index's own (hnswlib's SIMD ``fstdistfunc_`` on its stored vectors: l2
+    squared, ``1 - dot`` for ip and cosine), so they equal ``knn_query``'s. Labels absent from
+    the index, negative, or marked deleted are skipped; duplicates are scored twice (pass unique
+    labels). Returns ``(labels int64[nq, k'], distances float32[nq, k'])`` with
+    ``k' = min(k, len(labels))``, each row ascending by (distance, label) — ties go to the
+    smaller label; rows are padded with ``-1`` / ``+inf`` when fewer than ``k'`` labels remain
+    after skipping. ``num_threads`` splits the queries (``<= 0``: all cores).
+    Raises :class:`NativeUnavailableError` for an ``hnswlib.Index``.
+    """
+    native = _require_native(index, "exact_labels")
+    found, distances = native.exact_query(queries, np.asarray(labels, dtype=np.int64), k=k, num_threads=num_threads)
+    return found, distances
