@@ -36,6 +36,13 @@ fi
 # CLIP's BPE vocabulary, into the user cache (checked by sha256; downloaded once).
 .venv/bin/python -m clipmodel.vocab >/dev/null
 .venv/bin/python -m vsproto.build
+# shard._vsnative (docs/filtered-search.md §7): hnswlib 0.8.0's headers from its sha256-pinned
+# sdist + shard/native/vsnative.cpp, compiled once (skipped when its stamp matches). Optional:
+# without it the shard runs on hnswlib's Python bindings, so a failure is only a warning here
+# (tests/unit/test_vsnative.py fails on a missing module when CI=true).
+if ! .venv/bin/python -m shard.native.build --quiet; then
+    echo "setup: WARNING: shard._vsnative was not built (see above); the shard falls back to hnswlib's Python bindings" >&2
+fi
 
 # buf (proto lint + breaking-change check, scripts/proto_check.sh): the version pinned in
 # tools/buf/package.json and its lock file, installed with npm ci into tools/buf/node_modules

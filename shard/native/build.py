@@ -105,7 +105,7 @@ def fetch_sdist(cache: Path, quiet: bool) -> Path:
     if target.is_file() and sha256_file(target) == HNSWLIB_SHA256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    _log(f"downloading {HNSWLIB_SDIST} from the package index (pip download)", quiet)
+    _log(f"downloading {HNSWLIB_SDIST} from the package index (pip download)", False)
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check"]
     # pip prepares the sdist's metadata, which runs hnswlib's setup.py (it imports numpy and
     # pybind11). Without build isolation that uses this environment's, which the project
@@ -293,7 +293,7 @@ def build(force: bool = False, quiet: bool = False) -> Path:
     ]
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     command += ["-o", str(tmp)]
-    _log(f"compiling {SOURCE.name} with hnswlib {HNSWLIB_VERSION} ({compiler_line}; {flag_text})", quiet)
+    _log(f"compiling {SOURCE.name} with hnswlib {HNSWLIB_VERSION} ({compiler_line}; {flag_text})", False)
     try:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
@@ -304,11 +304,18 @@ def build(force: bool = False, quiet: bool = False) -> Path:
         if done.returncode != 0:
             raise BuildError(f"compilation failed ({shlex.join(command)}):\n{done.stderr.strip()[-4000:]}")
         smoke_test(tmp)
-        STAMP.unlink(missing_ok=True)
-        os.replace(tmp, target)
-        STAMP.write_text(stamp + "\n")
-    finally:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, BuildError):
+            # A module built from other sources or flags must not stay importable: the fallback is safer.
+            STAMP.unlink(missing_ok=True)
+            if target.exists():
+                target.unlink()
+                _log(f"removed the out-of-date {target.name}", False)
+        raise
+    STAMP.unlink(missing_ok=True)
+    os.replace(tmp, target)
+    STAMP.write_text(stamp + "\n")
     _log(f"built {target}", quiet)
     return target
 
