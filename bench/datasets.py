@@ -45,16 +45,97 @@ Matrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
 
 
-def load_data(data: Path, n: int | None, n_queries: int | None = None) -> tuple[Matrix, Matrix, Labels, str]:
+def load_data(
+    data: Path, n: int | None, n_queries: int | None = None, with_truth: bool = True
+) -> tuple[Matrix, Matrix, Labels, str]:
     """Base rows (the first ``n``), queries (the first ``n_queries``) and the exact top-K;
-    recomputed when ``n`` cuts the base."""
+    recomputed when ``n`` cuts the base (with ``with_truth=False``: truth.npy as stored, never
+    recomputed, for callers that bring their own)."""
     base = np.load(data / "base.npy", mmap_mode="r")
     queries = np.ascontiguousarray(np.load(data / "queries.npy")[:n_queries], dtype=np.float32)
     truth = np.load(data / "truth.npy")[:n_queries].astype(np.int64)
-    if n is None or n >= base.shape[0]:
-        return np.ascontiguousarray(base, dtype=np.float32), queries, truth[:, :K], "truth.npy"
+    if n is None or n >= base.shape[0] or not with_truth:
+        return np.ascontiguousarray(base[:n], dtype=np.float32), queries, truth[:, :K], "truth.npy"
     sub = np.ascontiguousarray(base[:n], dtype=np.float32)
     return sub, queries, exact_top_k(sub, queries, K), f"exact top-{K} recomputed over the first {n} rows"
+
+
+# ---------------------------------------------------------------- row fields and filters (issue #15)
+#
+# Every row of every set has the same metadata, a function of its row index only (so the first n
+# rows of a set have the same fields whatever n): int attributes ``cat`` = row % 100 and
+# ``cat1000`` = row % 1000, and the tag ``t5`` on about 5% of the rows, chosen by a hash of the
+# row index (splitmix64) so that it is independent of ``cat``. A filter is a small JSON tree that
+# each system translates into its own form (bench/ours.py, bench/peers.py):
+#   {"eq": [field, int]}, {"lt": [field, int]}, {"tag": name}, {"and": [filter, ...]}, or None.
+
+TAG = "t5"
+TAG_SHARE = 0.05
+FIELD_NAMES = ("cat", "cat1000")
+FilterSpec = dict[str, Any] | None
+FILTERS: dict[str, FilterSpec] = {  # by short name (bench/filtered.py --filters)
+    "none": None,
+    "cat1000=7": {"eq": ["cat1000", 7]},  # 0.1%
+    "cat=7": {"eq": ["cat", 7]},  # 1%
+    "cat<10": {"lt": ["cat", 10]},  # 10%
+    "cat<50": {"lt": ["cat", 50]},  # 50%
+    f"tag={TAG}": {"tag": TAG},  # ~5%
+    f"cat<50&tag={TAG}": {"and": [{"lt": ["cat", 50]}, {"tag": TAG}]},  # ~2.5%
+}
+
+
+def splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class RowFields:
+    """The metadata of rows 0..n-1: ``ints[name]`` (int64 columns) and ``tagged`` (the rows
+    carrying ``TAG``)."""
+
+    def __init__(self, n: int) -> None:
+        rows = np.arange(n, dtype=np.int64)
+        self.n = n
+        self.ints: dict[str, npt.NDArray[np.int64]] = {"cat": rows % 100, "cat1000": rows % 1000}
+        threshold = np.uint64(int(TAG_SHARE * 2.0**64))
+        self.tagged: npt.NDArray[np.bool_] = splitmix64(rows.astype(np.uint64)) < threshold
+
+    def tags(self, row: int) -> list[str]:
+        return [TAG] if self.tagged[row] else []
+
+    def mask(self, spec: FilterSpec) -> npt.NDArray[np.bool_]:
+        """The rows ``spec`` matches (the ground truth of every system's translation)."""
+        if spec is None:
+            return np.ones(self.n, dtype=bool)
+        (op, arg), *rest = spec.items()
+        if rest:
+            raise ValueError(f"a filter node has one key: {spec}")
+        if op == "eq":
+            return self.ints[arg[0]] == int(arg[1])
+        if op == "lt":
+            return self.ints[arg[0]] < int(arg[1])
+        if op == "tag":
+            return self.tagged.copy() if arg == TAG else np.zeros(self.n, dtype=bool)
+        if op == "and":
+            out = np.ones(self.n, dtype=bool)
+            for child in arg:
+                out &= self.mask(child)
+            return out
+        raise ValueError(f"unknown filter node {op!r}")
+
+
+def filtered_truth(base: Matrix, queries: Matrix, mask: npt.NDArray[np.bool_], k: int = K) -> Labels:
+    """The exact top-k over only the rows in ``mask`` (testkit.truth, ties to the lower row),
+    as row indices of ``base``; fewer than k columns when fewer rows match."""
+    rows = np.flatnonzero(mask)
+    if len(rows) == len(base):
+        return exact_top_k(base, queries, k)
+    if len(rows) == 0:
+        return np.empty((len(queries), 0), dtype=np.int64)
+    return rows[exact_top_k(np.ascontiguousarray(base[rows]), queries, min(k, len(rows)))]
 
 
 def is_complete(out: Path, params: dict[str, Any]) -> bool:

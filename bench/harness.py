@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.datasets import K, load_data
+from bench.datasets import FilterSpec, K, RowFields, load_data
 from bench.rss import RssSampler, self_peak_rss_mib
 from testkit.truth import recall_at_k
 
@@ -85,6 +85,24 @@ class System:
 
     def search_batch(self, queries: Matrix) -> Labels:
         raise NotImplementedError
+
+    # Filtered search (bench/filtered.py): systems that take row metadata and a filter.
+    filtered = False
+
+    def load_fields(self, base: Matrix, fields: RowFields) -> dict[str, float]:
+        """As ``load``, with each row's metadata (``fields``) stored with its vector and indexed
+        for filters as the system documents; same figures."""
+        raise NotImplementedError
+
+    def set_filter(self, name: str, spec: FilterSpec) -> None:
+        """The filter every later ``search_one`` applies (``None``: none); called before the
+        clock, after ``prepare_queries`` and ``set_ef``."""
+        raise NotImplementedError
+
+    def explain(self, prepared: list[Any]) -> dict[str, Any] | None:
+        """Optional: what the system says about how it ran these (already prepared) queries with
+        the current filter; untimed, after the filter's pass. None when it says nothing."""
+        return None
 
     def close(self) -> None:
         return None
@@ -290,6 +308,75 @@ def run_worker(
     return write_result(result_path, result)
 
 
+def run_filtered_worker(
+    registry: Mapping[str, type[System]], name: str, data: Path, result_path: Path, plan: dict[str, Any]
+) -> int:
+    """bench/filtered.py's child: loads one system with every row's metadata (bench/datasets.py
+    ``RowFields``), then per filter one single-client pass at ``plan["ef"]``: QPS, p50/p99,
+    recall@10 against the exact top-10 over only the matching rows (``plan["truth"]``, an .npz
+    keyed by filter name, computed once by the parent), each pass capped by ``plan["budget_s"]``.
+    """
+    result: dict[str, Any] = {"system": name}
+    base, queries, _, _ = load_data(data, plan.get("n"), plan.get("queries"), with_truth=False)
+    truths = np.load(plan["truth"])
+    fields = RowFields(base.shape[0])
+    result.update({"n": int(base.shape[0]), "dim": int(base.shape[1]), "queries": int(queries.shape[0])})
+    with tempfile.TemporaryDirectory(prefix=f"bench-filtered-{name}-") as tmp, RssSampler() as sampler:
+        system = registry[name](Path(tmp), sampler)
+        try:
+            if not system.filtered:
+                raise RuntimeError(f"{name} has no filtered search in this harness")
+            try:
+                load = system.load_fields(base, fields)
+            except ImportError as exc:
+                result["skipped"] = f"cannot import: {exc}"
+                return write_result(result_path, result)
+            rows = base.shape[0]
+            result["ingest"] = {
+                "ack_s": round(load["ack_s"], 2),
+                "ack_rows_per_s": round(rows / load["ack_s"], 1),
+                "indexed_s": round(load["indexed_s"], 2),
+                "indexed_rows_per_s": round(rows / load["indexed_s"], 1),
+            }
+            print(f"  [{name}] ingest with fields {result['ingest']}", file=sys.stderr, flush=True)
+            prepared = system.prepare_queries(queries)
+            system.set_ef(int(plan["ef"]))
+            result["filters"] = []
+            for fname, spec in plan["filters"].items():
+                truth = truths[fname]
+                system.set_filter(fname, spec)
+                start = time.perf_counter()
+                single, found = measure_single(system, prepared, int(plan["warmup"]), float(plan["budget_s"]))
+                row: dict[str, Any] = {
+                    "filter": fname,
+                    "spec": spec,
+                    "matching": int(fields.mask(spec).sum()),
+                    "recall_at_10": round(recall_at_k(truth, found), 4),
+                    "single_qps": single["qps"],
+                    "p50_ms": single["p50_ms"],
+                    "p99_ms": single["p99_ms"],
+                    "single_queries": single["queries"],
+                    "short_results": int((found[:, : truth.shape[1]] < 0).any(axis=1).sum()),
+                    "pass_s": round(time.perf_counter() - start, 1),
+                }
+                sample = prepared[: int(plan.get("explain_queries", 0))]
+                explained = system.explain(sample) if sample else None
+                if explained is not None:
+                    row["explain"] = explained
+                result["filters"].append(row)
+                print(f"  [{name}] {fname}: {row}", file=sys.stderr, flush=True)
+                write_result(result_path, {**result, "info": system.info, "partial": True})
+            result["info"] = system.info
+        except Exception as exc:
+            result["failed"] = f"{type(exc).__name__}: {exc}"
+            result["traceback"] = traceback.format_exc()
+        finally:
+            sampler.sample()
+            result["rss"] = {"benchmark_process": self_peak_rss_mib(), **sampler.report()}
+            system.close()
+    return write_result(result_path, result)
+
+
 def write_result(path: Path, result: dict[str, Any]) -> int:
     path.write_text(json.dumps(result, indent=2, default=str))
     return 0
@@ -309,7 +396,11 @@ def worker_main(registry: Mapping[str, type[System]], argv: list[str] | None = N
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=PHASE_BUDGET_S)
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries")
+    parser.add_argument("--filtered", type=Path, default=None, help="bench/filtered.py's plan (JSON)")
     args = parser.parse_args(argv)
+    if args.filtered is not None:
+        plan = json.loads(args.filtered.read_text())
+        return run_filtered_worker(registry, args.worker, args.data, args.result, plan)
     return run_worker(
         registry,
         args.worker,

