@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +413,34 @@ def test_more_threads_give_the_same_results(
     plain_one = native.knn_query(queries, k=EF, num_threads=1)
     plain_two = native.knn_query(queries, k=EF, num_threads=2)
     np.testing.assert_array_equal(plain_two[0], plain_one[0])
+
+
+@native_only
+def test_concurrent_searches_from_python_threads(dataset: tuple[npt.NDArray[np.float32], Any]) -> None:
+    """Searches release the GIL and may run together (the first exact_query builds the label table)."""
+    data, queries = dataset
+    index = _native_index("l2", DIM)
+    index.init_index(max_elements=4_000, M=M, ef_construction=EF_CONSTRUCTION)
+    index.add_items(data[:4_000], np.arange(4_000), num_threads=2)
+    index.set_ef(1)
+    mask = np.zeros(4_000, dtype=bool)
+    mask[1::4] = True
+    labels = np.flatnonzero(mask)
+    barrier = threading.Barrier(4)
+
+    def work(_: int) -> tuple[Any, ...]:
+        barrier.wait()
+        return (
+            hnsw.exact_labels(index, queries, labels, 10),
+            hnsw.knn_allowed(index, queries, EF, mask),
+            index.knn_query(queries, k=EF, num_threads=1),
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(4)))
+    for got in results[1:]:
+        for (got_labels, got_dist), (want_labels, want_dist) in zip(got, results[0], strict=True):
+            np.testing.assert_array_equal(got_labels, want_labels)
+            np.testing.assert_array_equal(got_dist, want_dist)
+    want = top_k(brute_force(data[labels], queries, "l2"), labels, 10)
+    np.testing.assert_array_equal(results[0][0][0], want)
