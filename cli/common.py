@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from core.channels import close_channel
 from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
 from vsproto.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -113,7 +114,7 @@ class Connection:
         return self
 
     def close(self) -> None:
-        self.channel.close()
+        close_channel(self.channel)
 
     def __enter__(self) -> Connection:
         return self

@@ -19,13 +19,16 @@ from typing import Any, TypeVar
 import grpc
 
 from core import calls, status
+from core.channels import close_channel
 from core.errors import Cancelled
+from core.filters import Filter
 from core.spec import CollectionSpec
 from core.vectors import Batch, Queries
 from shard import convert
 from shard.records import WalEntry
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, ScanBatch, SearchReply, WriteResult
 from vsproto.common import matrix_to_proto, spec_from_proto, spec_to_proto
+from vsproto.filters import filter_to_proto
 from vsproto.v1 import shard_service_pb2 as pb
 from vsproto.v1 import shard_service_pb2_grpc as pb_grpc
 
@@ -45,7 +48,7 @@ class RemoteShard:
         self._stub = pb_grpc.ShardServiceStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        close_channel(self.channel)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
@@ -116,11 +119,21 @@ class RemoteShard:
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
-    ) -> list[QueryHits]:
+        *,
+        filter: Filter | None = None,
+        explain: bool = False,
+    ) -> SearchReply:
         request = pb.SearchRequest(
-            collection=collection, queries=matrix_to_proto(queries.vectors), k=k, ef=ef, allow_ids=allow_ids or ()
+            collection=collection,
+            queries=matrix_to_proto(queries.vectors),
+            k=k,
+            ef=ef,
+            allow_ids=allow_ids or (),
+            explain=explain,
         )
-        return convert.hits_from_proto(self._unary(self._stub.Search, request, timeout))
+        if filter is not None:
+            request.filter.CopyFrom(filter_to_proto(filter))
+        return convert.reply_from_proto(self._unary(self._stub.Search, request, timeout))
 
     # ------------------------------------------------------------------ maintenance and moves
     def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from core.channels import close_channel
 from vsproto.v1 import shard_service_pb2 as pb
 from vsproto.v1 import shard_service_pb2_grpc as pb_grpc
 from vsproto.v1 import types_pb2
@@ -44,7 +45,7 @@ class ShardClient:
         self.timeout = timeout
 
     def close(self) -> None:
-        self.channel.close()
+        close_channel(self.channel)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)

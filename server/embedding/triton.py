@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from core.channels import close_channel
 from core.errors import DeadlineExceeded, DomainError, InvalidArgument
 from server.embedding.cache import CacheKey, EmbeddingCache, LruCache, Vector
 from server.embedding.checks import check_image, check_text
@@ -291,7 +292,7 @@ class TritonEmbedder:
     def close(self) -> None:
         if self._channel is not None:
             self._channel.unsubscribe(self._on_connectivity)
-            self._channel.close()
+            close_channel(self._channel)
             self._channel = None
 
     def __enter__(self) -> TritonEmbedder:
