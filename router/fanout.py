@@ -267,7 +267,7 @@ class Router:
             targets = {s: [allow_ids[p] for p in positions] for s, positions in self._group(allow_ids).items()}
 
         def search_one(shard: ShardApi, allowed: Sequence[str] | None) -> list[QueryHits]:
-            return shard.search(collection, queries, k, ef, allowed, timeout)
+            return shard.search(collection, queries, k, ef, allowed, timeout).hits
 
         replies, errors = self._call(search_one, targets, timeout)
         for error in errors.values():

@@ -26,10 +26,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from core.filters import Filter
 from core.spec import CollectionSpec
 from core.vectors import Batch, Queries
 from shard.records import WalEntry
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, ScanBatch, SearchReply, WriteResult
 
 
 class ShardApi(Protocol):
@@ -66,10 +67,16 @@ class ShardApi(Protocol):
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
-    ) -> list[QueryHits]:
+        *,
+        filter: Filter | None = None,
+        explain: bool = False,
+    ) -> SearchReply:
         """Top-``k`` per query row (validated by ``core.vectors.prepare_queries``), nearest
-        first; restricted to ``allow_ids`` when given.
-        Sees every write acknowledged before the call; never waits for compaction."""
+        first; restricted to ``allow_ids`` or to the items whose payload matches ``filter``
+        (not both: InvalidArgument), planned by the shard on its own data; with the shard's
+        ``SearchStats`` when ``explain``. A filter on a collection holding items without a
+        payload is FailedPrecondition. Sees every write acknowledged before the call; never
+        waits for compaction."""
         ...
 
     def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:

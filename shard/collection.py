@@ -29,15 +29,27 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import CorruptionError, InvalidArgument, Unavailable
+from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, Unavailable
+from core.filters import Filter
 from core.keyhash import key_hashes
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, records, snapshot
+from shard import exact, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
+from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+from shard.types import (
+    CollectionStats,
+    CompactResult,
+    Fetched,
+    KeyRange,
+    QueryHits,
+    ScanBatch,
+    SearchReply,
+    SearchStats,
+    WriteResult,
+)
 from shard.wal import FsyncPolicy, Wal, WalOptions
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,7 @@ class CollectionOptions:
     build_threads: int = os.cpu_count() or 1
     search_threads: int = os.cpu_count() or 1
     exact_allow_max: int = 20_000
+    plan_costs: planner.PlanCosts = field(default_factory=planner.PlanCosts)
     snapshots_kept: int = 2
 
 
@@ -80,6 +93,7 @@ class Collection:
         self._applied_seq = 0
         self._sealed_seq = 0
         self._live = 0
+        self._legacy = 0  # live items without a payload (written before payloads): no fields
         self._snapshots: list[snapshot.SnapshotInfo] = []
         self._active_since: float | None = None
         self._compactions = 0
@@ -113,6 +127,7 @@ class Collection:
         if graph is not None:
             self._view = _View(graph, None, self._view.active)
             self._live = graph.live
+            self._legacy = graph.index_fields().legacy
         self._snapshots = kept if graph is not None else []
         self._applied_seq = base_seq
 
@@ -171,13 +186,19 @@ class Collection:
         return result.seq, result.count
 
     def upsert_batch(self, batch: Batch) -> WriteResult:
-        """Logs and applies an already validated batch (see ``core.vectors.Batch``)."""
+        """Logs and applies an already validated batch (see ``core.vectors.Batch``).
+        InvalidArgument, with nothing logged, if a payload is not a readable item payload
+        (``vsproto/payload.py``)."""
+        try:
+            fields = decode_batch(batch.payloads, len(batch.ids))
+        except CorruptionError as exc:
+            raise InvalidArgument(f"payload: {exc}") from exc
         op = records.UpsertOp(batch.ids, batch.vectors, batch.payloads)
         payload = records.encode(op)
         with self._write_lock:
             wal = self._check_open()
             seq = wal.write(payload)
-            self._apply(seq, op)
+            self._apply(seq, op, fields)
         self._await_durable(wal, seq)
         return WriteResult(seq, len(batch))
 
@@ -205,51 +226,61 @@ class Collection:
         if self.options.wal.fsync is FsyncPolicy.ALWAYS:
             wal.sync(seq)
 
-    def _apply(self, seq: int, op: records.Op) -> None:
-        """Applies one logged op to the layers. Caller holds the write lock (or is recovering)."""
+    def _apply(self, seq: int, op: records.Op, fields: list[Fields | None] | None = None) -> None:
+        """Applies one logged op to the layers, with the upsert's decoded payload fields (None:
+        decoded here). Caller holds the write lock (or is recovering)."""
         view = self._view
         active = view.active
         if isinstance(op, records.UpsertOp):
-            existed = sum(1 for item in op.ids if self._supersede(item, seq, view))
-            active.append(op.ids, op.vectors, seq, op.payloads)
+            existed = legacy = 0
+            for item in op.ids:
+                old = self._supersede(item, seq, view)
+                if old is not None:
+                    existed += 1
+                    legacy -= not old
+            active.append(op.ids, op.vectors, seq, op.payloads, fields)
+            legacy += len(op.ids) if op.payloads is None else sum(1 for p in op.payloads if not p)
             self._live += len(op.ids) - existed
+            self._legacy += legacy
         else:
             for item in op.ids:
-                if self._supersede(item, seq, view):
+                old = self._supersede(item, seq, view)
+                if old is not None:
                     active.tombstone(item, seq)
                     self._live -= 1
+                    self._legacy -= not old
         if self._active_since is None:
             self._active_since = time.monotonic()
         self._applied_seq = seq  # last: readers that see this seq see the whole op
 
     @staticmethod
-    def _supersede(item: str, seq: int, view: _View) -> bool:
+    def _supersede(item: str, seq: int, view: _View) -> bytes | None:
         """Hides the current version of ``item`` (if any) from reads at seq >= ``seq``.
 
-        Returns whether the id had a live version.
+        Returns that version's payload (b"": none), None if the id had no live version.
         """
         row = view.active.index.get(item)
         if row is not None:
             if row == TOMBSTONE:
-                return False
+                return None
             view.active.kill(row, seq)
-            return True
+            return view.active.payloads[row]
         sealed = view.sealed
         if sealed is not None:
             row = sealed.index.get(item)
             if row is not None:
                 # The graph label (if any) was shadowed when the sealed delta took this id.
                 if row == TOMBSTONE:
-                    return False
+                    return None
                 sealed.kill(row, seq)
-                return True
+                return sealed.payloads[row]
         graph = view.graph
         if graph is not None:
             label = graph.label_of.get(item)
             if label is not None:
                 graph.shadow(label, seq)
-                return True
-        return False
+                return graph.label_payloads[label]
+        return None
 
     # ================================================================== reads
     @staticmethod
@@ -315,22 +346,79 @@ class Collection:
         self, queries: Queries, k: int, ef: int = 0, allow_ids: Sequence[str] | None = None
     ) -> list[QueryHits]:
         """Top-k per query over graph + delta layers, nearest first, for validated queries."""
+        return self.plan_search(queries, k, ef, allow_ids=allow_ids).hits
+
+    def plan_search(
+        self,
+        queries: Queries,
+        k: int,
+        ef: int = 0,
+        *,
+        allow_ids: Sequence[str] | None = None,
+        filter: Filter | None = None,
+        explain: bool = False,
+    ) -> SearchReply:
+        """Top-k per query over graph + delta layers, nearest first, among the items matching
+        ``filter`` (planned per query, ``shard/planner.py``) or listed in ``allow_ids``; with
+        ``SearchStats`` when ``explain``. Sees every write applied before the call.
+
+        InvalidArgument for a bad k or ef, or for a filter together with allow_ids;
+        FailedPrecondition for a filter while the collection holds items without a payload
+        (``CollectionStats.legacy_items``): the shard cannot judge those."""
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be in 1..{MAX_K}, got {k}")
         if not 0 <= ef <= MAX_EF:
             raise InvalidArgument(f"ef must be in 0..{MAX_EF} (0 = collection default), got {ef}")
+        if filter is not None and allow_ids:
+            raise InvalidArgument("a search takes a filter or allow_ids, not both")
+        started = time.perf_counter()
         ef = ef or self.spec.ef_search
         prepared = queries.vectors
         view_seq = self._applied_seq  # read before the layers (see module docstring)
         view = self._view
         if allow_ids:
             allowed = validate_ids(allow_ids, "allow_ids")
-            return self._search_allowed(prepared, k, ef, allowed, view_seq, view)
-        parts = [self._search_graph(prepared, k, ef, view_seq, view.graph)]
+            return SearchReply(self._search_allowed(prepared, k, ef, allowed, view_seq, view))
+        if filter is not None and self._legacy:
+            raise FailedPrecondition(
+                f"collection {self.spec.name} holds {self._legacy} items written without metadata "
+                "payloads; the shard cannot filter them until they are rewritten"
+            )
+        nq = len(prepared)
+        graph = view.graph
+        plan, matched, scored, candidates, widenings = planner.PLAN_EMPTY, 0, 0, 0, 0
+        parts = []
+        if graph is not None and graph.live:
+            if filter is None:
+                plan, matched, part = planner.PLAN_GRAPH, graph.live, None
+            else:
+                threads = min(nq, self.options.search_threads)
+                outcome = planner.search_graph(
+                    graph, filter, prepared, k, max(ef, k), view_seq, self.options.plan_costs, threads
+                )
+                plan, matched, part = outcome.plan, outcome.matched, outcome.part
+                scored, candidates, widenings = outcome.scored, outcome.candidates, outcome.widenings
+            if part is None:
+                part = self._search_graph(prepared, k, ef, view_seq, graph)
+                candidates = max(ef, k)
+            parts.append(part)
+        in_delta = 0
+        space = self.spec.metric.hnsw_space
         for layer in (view.sealed, view.active):
             if layer is not None and layer.rows:
-                parts.append(self._search_delta(prepared, k, view_seq, layer, None))
-        return _merge(parts, k, len(prepared))
+                part, count = planner.search_delta(layer, filter, prepared, k, view_seq, space)
+                parts.append(part)
+                in_delta += count
+        if plan == planner.PLAN_EMPTY and in_delta:
+            plan = planner.PLAN_EXACT
+        hits = _merge(parts, k, nq)
+        if not explain:
+            return SearchReply(hits)
+        micros = int((time.perf_counter() - started) * 1e6)
+        return SearchReply(
+            hits,
+            SearchStats(plan, matched + in_delta, in_delta, scored + in_delta, candidates, widenings, micros),
+        )
 
     def _search_graph(
         self, queries: Matrix, k: int, ef: int, view_seq: int, graph: Graph | None
@@ -582,6 +670,9 @@ class Collection:
                 kept = np.fromiter((graph.label_of[item] for item in label_ids), dtype=np.int64, count=len(label_ids))
                 label_payloads = [graph.label_payloads[label] for label in kept.tolist()]
                 seq_parts.append(graph.label_seq[kept])
+                columns = graph.fields.columns.gather(kept)
+            else:
+                columns = FieldColumns()
             index = new_index(self.spec, len(label_ids) + live_count)
             if graph is not None:
                 for lo in range(0, len(label_ids), _BUILD_CHUNK):
@@ -595,6 +686,7 @@ class Collection:
             label_ids = private.label_ids
             label_payloads = private.label_payloads
             old_seq = private.label_seq.copy()
+            columns = graph.fields.columns.gather(np.arange(graph.elements))  # same labels
             for label in replaced:
                 index.mark_deleted(label)
                 label_ids[label] = ""
@@ -608,16 +700,19 @@ class Collection:
             label_ids.extend(ids)
             label_payloads.extend(payloads)
             seq_parts.append(seqs)
+            columns.append(decode_batch(payloads, len(ids)))  # logged payloads: they decode
         label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
         if rebuild:
-            label_of_new = {item: label for label, item in enumerate(label_ids)}
-            return Graph(index, label_ids, label_of_new, seal_seq, label_payloads, label_seq), graph is not None
-        assert graph is not None
-        label_of = dict(graph.label_of)
-        for item in sealed.index:
-            label_of.pop(item, None)
-        label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
-        return Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq), False
+            label_of = {item: label for label, item in enumerate(label_ids)}
+        else:
+            assert graph is not None
+            label_of = dict(graph.label_of)
+            for item in sealed.index:
+                label_of.pop(item, None)
+            label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
+        new_graph = Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq)
+        new_graph.index_fields(columns)
+        return new_graph, rebuild and graph is not None
 
     # ================================================================== introspection
     def stats(self) -> CollectionStats:
@@ -634,6 +729,7 @@ class Collection:
             snapshot_seq=self._snapshots[0].applied_seq if self._snapshots else 0,
             compactions=self._compactions,
             compacting=self._compacting,
+            legacy_items=self._legacy,
         )
 
     def read_wal(self, from_seq: int) -> Iterator[records.WalEntry]:

@@ -16,18 +16,46 @@ from core.spec import CollectionSpec
 from core.vectors import Batch, prepare_batch
 from shard import records
 from shard.records import WalEntry
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch
+from shard.types import (
+    CollectionStats,
+    CompactResult,
+    Fetched,
+    KeyRange,
+    QueryHits,
+    ScanBatch,
+    SearchReply,
+    SearchStats,
+)
 from vsproto.common import matrix_from_proto, matrix_to_proto
 from vsproto.v1 import shard_service_pb2 as pb
 
 
 # ---------------------------------------------------------------------- search
-def hits_to_proto(hits: list[QueryHits]) -> pb.SearchResponse:
-    return pb.SearchResponse(results=[pb.QueryResult(ids=h.ids, distances=h.distances.tolist()) for h in hits])
+def reply_to_proto(reply: SearchReply) -> pb.SearchResponse:
+    message = pb.SearchResponse(results=[pb.QueryResult(ids=h.ids, distances=h.distances.tolist()) for h in reply.hits])
+    stats = reply.stats
+    if stats is not None:
+        message.stats.CopyFrom(
+            pb.SearchStats(
+                plan=stats.plan,
+                matched=stats.matched,
+                matched_in_delta=stats.matched_in_delta,
+                scored=stats.scored,
+                candidates=stats.candidates,
+                widenings=stats.widenings,
+                micros=stats.micros,
+            )
+        )
+    return message
 
 
-def hits_from_proto(reply: pb.SearchResponse) -> list[QueryHits]:
-    return [QueryHits(list(r.ids), np.asarray(r.distances, dtype=np.float32)) for r in reply.results]
+def reply_from_proto(message: pb.SearchResponse) -> SearchReply:
+    hits = [QueryHits(list(r.ids), np.asarray(r.distances, dtype=np.float32)) for r in message.results]
+    if not message.HasField("stats"):
+        return SearchReply(hits)
+    s = message.stats
+    stats = SearchStats(s.plan, s.matched, s.matched_in_delta, s.scored, s.candidates, s.widenings, s.micros)
+    return SearchReply(hits, stats)
 
 
 # ---------------------------------------------------------------------- get
@@ -86,6 +114,7 @@ def stats_to_proto(stats: CollectionStats) -> pb.CollectionStats:
         snapshot_seq=stats.snapshot_seq,
         compactions=stats.compactions,
         compacting=stats.compacting,
+        legacy_items=stats.legacy_items,
     )
 
 
@@ -100,6 +129,7 @@ def stats_from_proto(message: pb.CollectionStats) -> CollectionStats:
         snapshot_seq=message.snapshot_seq,
         compactions=message.compactions,
         compacting=message.compacting,
+        legacy_items=message.legacy_items,
     )
 
 

@@ -12,13 +12,14 @@ After the collection seals a delta, only ``kill`` is still called on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from core.vectors import Matrix
+from shard.fields import FieldColumns, Fields, decode_batch
 
 NEVER = np.iinfo(np.int64).max
 TOMBSTONE = -1
@@ -50,17 +51,28 @@ class Delta:
         self.index: dict[str, int] = {}
         # id -> seq of the first operation on it in this delta (used to shadow older layers).
         self.first_seq: dict[str, int] = {}
+        # the filterable fields of every row (shard/fields.py); appended before ``rows`` grows.
+        self.columns = FieldColumns()
 
     def __len__(self) -> int:
         """Number of ids this delta has an operation for."""
         return len(self.index)
 
     # ------------------------------------------------------------------ writer side
-    def append(self, ids: list[str], vectors: Matrix, seq: int, payloads: list[bytes] | None = None) -> None:
-        """Appends one row per id (ids unique), with its payload (None: none). The caller has
+    def append(
+        self,
+        ids: list[str],
+        vectors: Matrix,
+        seq: int,
+        payloads: list[bytes] | None = None,
+        fields: Sequence[Fields | None] | None = None,
+    ) -> None:
+        """Appends one row per id (ids unique), with its payload (None: none) and the payload's
+        ``Fields`` (None: decoded here; CorruptionError if one cannot be). The caller has
         already killed older rows."""
         count = len(ids)
         start = self.rows
+        self.columns.append(decode_batch(payloads, count) if fields is None else fields)
         done = 0
         while done < count:
             block, offset = divmod(start + done, self.block_rows)

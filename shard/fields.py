@@ -309,6 +309,35 @@ class FieldColumns:
                 fresh = _resalted(column.strings, texts)
                 self.attributes[(name, STRING)] = self._rehashed_column(column, fresh)
 
+    def gather(self, rows: npt.NDArray[np.integer[Any]]) -> FieldColumns:
+        """New columns whose row ``i`` is this one's row ``rows[i]`` (rows published here, any
+        order, no repeats). Salts are kept; each string map keeps only the strings still held."""
+        picked: npt.NDArray[np.int64] = np.asarray(rows, dtype=np.int64)
+        size = self.rows
+        if len(picked) and (int(picked.min()) < 0 or int(picked.max()) >= size):
+            raise ValueError(f"gathering a row outside [0, {size})")
+        out = FieldColumns(self.hash_bits)
+        count = len(picked)
+        out.uri = _gathered(self.uri, size, picked)
+        uri_present = out.uri.present[:count]
+        out.legacy = int(count - np.count_nonzero(uri_present))
+        pair_rows, hashes = self.tags.view(size)
+        new_of_old = np.full(size, -1, dtype=np.int64)
+        new_of_old[picked] = np.arange(count)
+        mapped = new_of_old[pair_rows]
+        kept = mapped >= 0
+        order = np.argsort(mapped[kept], kind="stable")
+        kept_hashes = hashes[kept][order]
+        pairs = TagPairs(_pruned(self.tags.strings, kept_hashes), len(kept_hashes))
+        pairs.rows[:] = mapped[kept][order].astype(np.int32)
+        pairs.hashes[:] = kept_hashes
+        pairs.count = len(kept_hashes)
+        out.tags = pairs
+        for key, column in self.attributes.items():
+            out.attributes[key] = _gathered(column, size, picked)
+        out.rows = count
+        return out
+
     def _rehashed_column(self, column: Column, fresh: StringMap) -> Column:
         assert column.strings is not None
         new = Column(STRING, len(column.values), fresh)
@@ -321,6 +350,31 @@ class FieldColumns:
         rehashed[where] = _rehash(values[where], column.strings, fresh)
         new.values[:rows] = rehashed
         return new
+
+
+def _pruned(strings: StringMap, codes: npt.NDArray[np.uint64]) -> StringMap:
+    """A copy of ``strings`` (same salt) holding only the strings whose hash is in ``codes``."""
+    out = StringMap(strings.field, strings.bits, strings.generation)
+    by_hash = strings.by_hash
+    out.by_hash = {code: by_hash[code] for code in np.unique(codes).tolist()}
+    return out
+
+
+def _gathered(column: Column, size: int, rows: npt.NDArray[np.int64]) -> Column:
+    values, present = column.view(size)
+    out = Column(column.kind, len(rows), None)
+    out.values[:] = values[rows]
+    out.present[:] = present[rows]
+    if column.strings is not None:
+        out.strings = _pruned(column.strings, out.values[out.present].astype(np.uint64))
+    return out
+
+
+def decode_batch(payloads: Sequence[bytes] | None, count: int) -> list[Fields | None]:
+    """``decode_fields`` of each payload (None: ``count`` items without payloads)."""
+    if payloads is None:
+        return [None] * count
+    return [decode_fields(payload) for payload in payloads]
 
 
 # ------------------------------------------------------------------------------------ indexes
@@ -341,8 +395,12 @@ class ColumnIndex:
     """A filter's leaves as vectorised compares over ``FieldColumns`` (a delta layer), as of the
     rows published when it was made."""
 
-    def __init__(self, columns: FieldColumns) -> None:
-        self.size = columns.rows  # read first: every column below covers these rows
+    def __init__(self, columns: FieldColumns, rows: int | None = None) -> None:
+        """``rows``: the first rows only (a delta's published rows, read before this)."""
+        published = columns.rows  # read first: every column below covers these rows
+        if rows is not None and rows > published:
+            raise ValueError(f"{rows} rows asked of columns holding {published}")
+        self.size = published if rows is None else rows
         self._uri = columns.uri
         self._tags = columns.tags
         self._attributes = dict(columns.attributes)

@@ -28,6 +28,8 @@ from core.spec import CollectionSpec
 from core.vectors import Matrix
 from shard import exact
 from shard.delta import NEVER
+from shard.fields import FieldColumns, LayerIndex, decode_batch
+from shard.labelset import LabelSet
 
 Labels = npt.NDArray[np.uint64]
 
@@ -71,6 +73,18 @@ def new_index(spec: CollectionSpec, capacity: int) -> hnswlib.Index:
     return index
 
 
+@dataclass(frozen=True)
+class GraphFields:
+    """A graph's filterable fields: ``columns`` (one row per label, what the next fold gathers
+    from), their ``index``, the ``live`` labels, and how many live labels are ``legacy`` (an
+    item written without a payload, so without fields)."""
+
+    columns: FieldColumns
+    index: LayerIndex
+    live: LabelSet
+    legacy: int
+
+
 @dataclass
 class Graph:
     index: hnswlib.Index
@@ -97,6 +111,30 @@ class Graph:
         self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
         self._mapped: tuple[Matrix, npt.NDArray[np.int64]] | None = None
+        self._fields: GraphFields | None = None
+
+    def index_fields(self, columns: FieldColumns | None = None) -> GraphFields:
+        """Builds (once) the index of the labels' filterable fields from ``columns`` (one row per
+        label) or else by decoding every label's payload (CorruptionError if one cannot be).
+        Called before the graph is published; later calls return the same index."""
+        if self._fields is None:
+            if columns is None:
+                columns = FieldColumns()
+                columns.append(decode_batch(self.label_payloads, self.elements))
+            elif columns.rows != self.elements:
+                raise ValueError(f"field columns of {columns.rows} rows for {self.elements} labels")
+            live = np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)
+            uri_present = columns.uri.view(self.elements)[1]
+            legacy = int(self.live - np.count_nonzero(uri_present[live])) if self.live else 0
+            self._fields = GraphFields(
+                columns, LayerIndex.build(columns), LabelSet.from_labels(live, self.elements), legacy
+            )
+        return self._fields
+
+    @property
+    def fields(self) -> GraphFields:
+        """The field index (built by ``index_fields``, here if it was not yet)."""
+        return self._fields if self._fields is not None else self.index_fields()
 
     @property
     def elements(self) -> int:

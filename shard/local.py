@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from core.filters import Filter
 from core.spec import CollectionSpec
 from core.vectors import Batch, Queries
 from shard.records import WalEntry
 from shard.registry import Registry
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, QueryHits, ScanBatch, WriteResult
+from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, ScanBatch, SearchReply, WriteResult
 
 
 class LocalShard:
@@ -49,8 +50,13 @@ class LocalShard:
         ef: int = 0,
         allow_ids: Sequence[str] | None = None,
         timeout: float | None = None,
-    ) -> list[QueryHits]:
-        return self.registry.get(collection).search_queries(queries, k, ef, allow_ids)
+        *,
+        filter: Filter | None = None,
+        explain: bool = False,
+    ) -> SearchReply:
+        return self.registry.get(collection).plan_search(
+            queries, k, ef, allow_ids=allow_ids, filter=filter, explain=explain
+        )
 
     def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:
         return self.registry.get(collection).stats()

@@ -22,6 +22,7 @@ from core.vectors import prepare_queries
 from shard import convert
 from shard.local import LocalShard
 from vsproto.common import matrix_from_proto, spec_from_proto, spec_to_proto
+from vsproto.filters import filter_from_proto
 from vsproto.v1 import shard_service_pb2 as pb
 from vsproto.v1 import shard_service_pb2_grpc as pb_grpc
 
@@ -64,8 +65,17 @@ class ShardServicer(pb_grpc.ShardServiceServicer):
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Any:
         spec = self._shard.spec(request.collection)  # NOT_FOUND before the query is looked at
         queries = prepare_queries(matrix_from_proto(request.queries, "queries"), spec)
-        hits = self._shard.search(request.collection, queries, request.k, request.ef, request.allow_ids or None)
-        return convert.hits_to_proto(hits)
+        node = filter_from_proto(request.filter) if request.HasField("filter") else None
+        reply = self._shard.search(
+            request.collection,
+            queries,
+            request.k,
+            request.ef,
+            request.allow_ids or None,
+            filter=node,
+            explain=request.explain,
+        )
+        return convert.reply_to_proto(reply)
 
     @handled
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> Any:

@@ -25,6 +25,31 @@ class QueryHits:
 
 
 @dataclass(frozen=True)
+class SearchStats:
+    """How one shard answered a search (docs/filtered-search.md §6): its graph ``plan``
+    (``shard.planner.PLANS``), the items matching the filter (all layers; ``matched_in_delta``
+    of them in delta layers), the rows scored exactly plus graph candidates taken (``scored``),
+    the largest graph candidate list asked (``candidates``), widenings, and the time taken."""
+
+    plan: str
+    matched: int
+    matched_in_delta: int
+    scored: int
+    candidates: int
+    widenings: int
+    micros: int
+
+
+@dataclass(frozen=True)
+class SearchReply:
+    """A shard's answer to a search: one ``QueryHits`` per query, and its ``SearchStats`` when
+    they were asked for (``explain``)."""
+
+    hits: list[QueryHits]
+    stats: SearchStats | None = None
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """A logged write: its WAL sequence number (0 when nothing was logged) and how many
     distinct ids it wrote (upsert) or found and deleted (delete)."""
@@ -59,6 +84,8 @@ class CollectionStats:
     snapshot_seq: int
     compactions: int
     compacting: bool
+    # live items written without a payload (before payloads existed): the shard cannot filter them
+    legacy_items: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, OutOfRange, Unavailable
+from core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
+from core.filters import AllOf, Condition, Eq, In, Range
+from core.items import ItemMeta
 from core.keyhash import stable_hash64
 from core.spec import CollectionSpec, Metric, make_spec
 from core.vectors import Batch, Queries, prepare_batch, prepare_queries
@@ -25,6 +35,7 @@ from shard.remote import RemoteShard
 from shard.types import KeyRange
 from testkit.datasets import clustered
 from testkit.shardproc import ShardProcess
+from vsproto import payload
 
 DIM = 8
 
@@ -79,16 +90,16 @@ def test_writes_reads_and_search(shard: ShardApi) -> None:
     fetched = shard.get("c", ["i5", "nope", "i0"])
     assert fetched.ids == ["i5", "i0"] and fetched.missing == ["nope"]
     np.testing.assert_array_equal(fetched.vectors, data[[5, 0]])
-    hits = shard.search("c", q(data[:4]), 3)
+    hits = shard.search("c", q(data[:4]), 3).hits
     assert [h.ids[0] for h in hits] == ["i0", "i1", "i2", "i3"]
     assert all(h.distances[0] == 0 and list(h.distances) == sorted(h.distances) for h in hits)
-    allowed = shard.search("c", q(data[:1]), 5, allow_ids=["i7", "i9", "zz"])[0]
+    allowed = shard.search("c", q(data[:1]), 5, allow_ids=["i7", "i9", "zz"]).hits[0]
     assert sorted(allowed.ids) == ["i7", "i9"]
     deleted = shard.delete("c", ["i0", "i1", "missing"])
     assert (deleted.seq, deleted.count) == (2, 2)
     assert shard.delete("c", ["missing"]).seq == 0
     assert shard.get("c", ["i0"]).missing == ["i0"]
-    assert "i0" not in shard.search("c", q(data[:1]), 5)[0].ids
+    assert "i0" not in shard.search("c", q(data[:1]), 5).hits[0].ids
     result = shard.compact("c", wait=True)
     assert result is not None and result.snapshot_seq == 2
     stats = shard.stats("c")
@@ -118,28 +129,33 @@ def test_read_wal_streams_domain_entries(shard: ShardApi) -> None:
     assert [e.seq for e in shard.read_wal("c", 2)] == [2]
 
 
+def meta(uri: str) -> bytes:
+    return payload.encode(ItemMeta(uri=uri, attributes={"n": 1}))
+
+
 def test_payloads_are_stored_read_and_streamed_with_their_vectors(shard: ShardApi) -> None:
     shard.create_collection(spec())
     data = clustered(40, DIM, seed=8)
     ids = [f"m{n}" for n in range(40)]
-    payloads = [b"" if n % 5 == 0 else f"meta-{n}".encode() for n in range(40)]
+    payloads = [b"" if n % 5 == 0 else meta(f"meta-{n}") for n in range(40)]
     shard.upsert("c", prepare_batch(ids, data, spec(), payloads=payloads))
     fetched = shard.get("c", ["m3", "missing", "m5"])
-    assert fetched.ids == ["m3", "m5"] and fetched.payloads == [b"meta-3", b""]
+    assert fetched.ids == ["m3", "m5"] and fetched.payloads == [meta("meta-3"), b""]
     shard.compact("c", wait=True)
-    shard.upsert("c", prepare_batch(["m3"], data[:1], spec(), payloads=[b"meta-3-again"]))
+    shard.upsert("c", prepare_batch(["m3"], data[:1], spec(), payloads=[meta("meta-3-again")]))
     shard.upsert("c", batch(["m4"], data[:1]))  # rewritten without a payload
-    assert shard.get("c", ["m3", "m4", "m6"]).payloads == [b"meta-3-again", b"", b"meta-6"]
+    assert shard.get("c", ["m3", "m4", "m6"]).payloads == [meta("meta-3-again"), b"", meta("meta-6")]
     scanned = {i: p for b in shard.scan("c") for i, p in zip(b.ids, b.payloads, strict=True)}
-    assert scanned["m3"] == b"meta-3-again" and scanned["m4"] == b"" and scanned["m7"] == b"meta-7"
+    assert scanned["m3"] == meta("meta-3-again") and scanned["m4"] == b"" and scanned["m7"] == meta("meta-7")
     assert len(scanned) == 40
+    assert shard.stats("c").legacy_items == 8 + 1  # m0, m5, ..., m35 and m4
     entries = list(shard.read_wal("c", 1))
     first = entries[0].op
     assert isinstance(first, records.UpsertOp) and first.payloads == payloads
     last = entries[-1].op
     assert isinstance(last, records.UpsertOp) and last.payloads is None
     with pytest.raises(InvalidArgument, match="payloads"):
-        shard.upsert("c", Batch(["x", "y"], np.ascontiguousarray(data[:2]), [b"only one"]))
+        shard.upsert("c", Batch(["x", "y"], np.ascontiguousarray(data[:2]), [meta("only one")]))
 
 
 def test_versions_are_the_seq_of_the_write_and_read_with_the_item(shard: ShardApi) -> None:
@@ -256,3 +272,25 @@ def test_remote_errors_are_unavailable_when_the_shard_is_gone(tmp_path: Path) ->
     with pytest.raises(Unavailable):
         remote.stats("c", timeout=2)
     remote.close()
+
+
+def test_filtered_search_with_explain(shard: ShardApi) -> None:
+    shard.create_collection(spec())
+    data = clustered(60, DIM, seed=21)
+    ids = [f"f{n}" for n in range(60)]
+    metas = [ItemMeta(uri=f"u{n}", tags=["odd"] if n % 2 else [], attributes={"n": n}) for n in range(60)]
+    shard.upsert("c", prepare_batch(ids, data, spec(), payloads=[payload.encode(m) for m in metas]))
+    shard.compact("c", wait=True)
+    odd_small = AllOf((Condition("tags", Eq("odd")), Condition("attributes.n", Range(lt=10))))
+    reply = shard.search("c", q(data[:2]), 10, filter=odd_small, explain=True)
+    assert [sorted(h.ids) for h in reply.hits] == [["f1", "f3", "f5", "f7", "f9"]] * 2
+    assert reply.stats is not None and reply.stats.plan == "exact" and reply.stats.matched == 5
+    assert shard.search("c", q(data[:1]), 3, filter=odd_small).stats is None  # stats only when asked
+    nothing = shard.search("c", q(data[:1]), 3, filter=Condition("uri", In(())), explain=True)
+    assert nothing.hits[0].ids == [] and nothing.stats is not None and nothing.stats.plan == "empty"
+    with pytest.raises(InvalidArgument):
+        shard.search("c", q(data[:1]), 3, allow_ids=["f1"], filter=odd_small)
+    shard.upsert("c", batch(["bare"], data[:1]))  # an item without a payload: the shard cannot filter it
+    assert shard.stats("c").legacy_items == 1
+    with pytest.raises(FailedPrecondition):
+        shard.search("c", q(data[:1]), 3, filter=odd_small)

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from core.errors import CorruptionError, InvalidArgument
+from core.items import ItemMeta
 from core.spec import Metric, make_spec
+from core.vectors import prepare_batch
 from shard.collection import Collection, CollectionOptions
 from testkit.datasets import Matrix, clustered
 from testkit.truth import exact_top_k
+from vsproto import payload
 
 OPTS = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=2)
 
@@ -303,60 +306,76 @@ def payload_of(col: Collection, item: str) -> bytes:
     return fetched.payloads[0]
 
 
-def test_payloads_travel_with_their_vectors_through_compaction_and_recovery(tmp_path: Path) -> None:
-    from core.vectors import prepare_batch
+def meta(uri: str) -> bytes:
+    return payload.encode(ItemMeta(uri=uri, tags=["t"]))
 
+
+def test_payloads_travel_with_their_vectors_through_compaction_and_recovery(tmp_path: Path) -> None:
     col = make(tmp_path)
     data = clustered(600, 8, seed=11)
     ids = [f"p{i}" for i in range(600)]
     expected: dict[str, bytes] = {}
 
-    def write(rows: range, tag: bytes) -> None:
-        payloads = [b"" if i % 7 == 0 else tag + str(i).encode() for i in rows]
+    def write(rows: range, tag: str) -> None:
+        payloads = [b"" if i % 7 == 0 else meta(tag + str(i)) for i in rows]
         col.upsert_batch(prepare_batch([ids[i] for i in rows], data[list(rows)], col.spec, payloads=payloads))
         expected.update(zip((ids[i] for i in rows), payloads, strict=True))
 
     def scanned() -> dict[str, bytes]:
+        assert col.stats().legacy_items == sum(1 for p in expected.values() if not p)  # no payload: no fields
         return {i: p for b in col.scan() for i, p in zip(b.ids, b.payloads, strict=True)}
 
-    write(range(0, 300), b"first-")
+    write(range(0, 300), "first-")
     col.upsert(["bare"], data[:1])  # a write without payloads
     expected["bare"] = b""
-    assert payload_of(col, "p1") == b"first-1" and payload_of(col, "p7") == b"" and payload_of(col, "bare") == b""
+    assert col.stats().legacy_items == 43 + 1  # rows 0, 7, ..., 294 and "bare"
+    assert payload_of(col, "p1") == meta("first-1") and payload_of(col, "p7") == b"" and payload_of(col, "bare") == b""
     col.compact()  # the first graph
-    assert payload_of(col, "p2") == b"first-2" and scanned() == expected
-    write(range(290, 400), b"second-")  # replaces a few graph items, adds new ones
-    assert payload_of(col, "p295") == b"second-295" and payload_of(col, "p50") == b"first-50"
+    assert payload_of(col, "p2") == meta("first-2") and scanned() == expected
+    write(range(290, 400), "second-")  # replaces a few graph items, adds new ones
+    assert payload_of(col, "p295") == meta("second-295") and payload_of(col, "p50") == meta("first-50")
     assert not col.compact().rebuilt  # the incremental fold: replaced labels drop their payload
-    assert payload_of(col, "p295") == b"second-295" and payload_of(col, "p351") == b"second-351"
+    assert payload_of(col, "p295") == meta("second-295") and payload_of(col, "p351") == meta("second-351")
     assert scanned() == expected
     col.delete([f"p{i}" for i in range(0, 200)])  # past the tombstone ratio: the next fold rebuilds
     for i in range(0, 200):
         expected.pop(f"p{i}")
-    write(range(400, 450), b"third-")
+    write(range(400, 450), "third-")
     assert col.compact().rebuilt  # payloads carried from the old graph into the rebuilt one
     assert scanned() == expected
-    write(range(450, 480), b"fourth-")  # only in the log after the last snapshot
+    write(range(450, 480), "fourth-")  # only in the log after the last snapshot
     col = reopen(col)  # snapshot (with payloads.bin) + log replay
     assert scanned() == expected
-    assert payload_of(col, "p460") == b"fourth-460" and payload_of(col, "p250") == b"first-250"
+    assert payload_of(col, "p460") == meta("fourth-460") and payload_of(col, "p250") == meta("first-250")
     np.testing.assert_array_equal(col.fetch(["p420", "p220"]).vectors, data[[420, 220]])
     col.close()
 
 
 def test_duplicate_ids_keep_the_payload_of_their_last_occurrence(tmp_path: Path) -> None:
-    from core.vectors import prepare_batch
-
     col = make(tmp_path)
     data = clustered(3, 8, seed=12)
-    batch = prepare_batch(["a", "b", "a"], data, col.spec, payloads=[b"a-first", b"b", b"a-last"])
-    assert batch.ids == ["b", "a"] and batch.payloads == [b"b", b"a-last"]
+    batch = prepare_batch(["a", "b", "a"], data, col.spec, payloads=[meta("a-first"), meta("b"), meta("a-last")])
+    assert batch.ids == ["b", "a"] and batch.payloads == [meta("b"), meta("a-last")]
     col.upsert_batch(batch)
     fetched = col.fetch(["a", "b"])
-    assert fetched.payloads == [b"a-last", b"b"]
+    assert fetched.payloads == [meta("a-last"), meta("b")]
     np.testing.assert_array_equal(fetched.vectors[0], data[2])
     with pytest.raises(InvalidArgument, match="payloads"):
         prepare_batch(["a", "b"], data[:2], col.spec, payloads=[b"x"])
+    col.close()
+
+
+def test_an_unreadable_payload_is_refused_before_anything_is_logged(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(3, 8, seed=13)
+    col.upsert_batch(prepare_batch(["a"], data[:1], col.spec, payloads=[meta("a")]))
+    before = col.stats().last_applied_seq
+    for bad in (b"\x09future-version", b"\x01\xff\xff", b"opaque"):
+        with pytest.raises(InvalidArgument, match="payload"):
+            col.upsert_batch(prepare_batch(["b", "c"], data[1:], col.spec, payloads=[meta("b"), bad]))
+    assert col.stats().last_applied_seq == before and col.fetch(["b", "c"]).missing == ["b", "c"]
+    col = reopen(col)
+    assert col.stats().last_applied_seq == before and col.stats().count == 1
     col.close()
 
 
