@@ -34,7 +34,7 @@ from core.filters import Filter
 from core.keyhash import key_hashes
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, planner, records, snapshot
+from shard import exact, hnsw, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
@@ -390,7 +390,7 @@ class Collection:
         parts = []
         if graph is not None and graph.live:
             if filter is None:
-                plan, matched, part = planner.PLAN_GRAPH, graph.live, None
+                plan, part = planner.PLAN_GRAPH, None
             else:
                 threads = min(nq, self.options.search_threads)
                 outcome = planner.search_graph(
@@ -415,10 +415,9 @@ class Collection:
         if not explain:
             return SearchReply(hits)
         micros = int((time.perf_counter() - started) * 1e6)
-        return SearchReply(
-            hits,
-            SearchStats(plan, matched + in_delta, in_delta, scored + in_delta, candidates, widenings, micros),
-        )
+        # unfiltered: every live item matches (graph labels superseded in a delta count once)
+        total = matched + in_delta if filter is not None else self._live
+        return SearchReply(hits, SearchStats(plan, total, in_delta, scored + in_delta, candidates, widenings, micros))
 
     def _search_graph(
         self, queries: Matrix, k: int, ef: int, view_seq: int, graph: Graph | None
@@ -520,9 +519,14 @@ class Collection:
             return np.empty((nq, 0), dtype=object), np.empty((nq, 0), dtype=np.float32)
         wanted = min(max(k, ef), count)
         try:
-            found, dist = graph.index.knn_query(
-                queries, k=wanted, num_threads=1, filter=lambda label: bool(mask[label])
-            )
+            if hnsw.is_native(graph.index):  # the mask checked in C++, rows padded (-1, inf)
+                found, dist = hnsw.knn_allowed(graph.index, queries, wanted, mask)
+                if (found[:, : min(k, count)] < 0).any():
+                    raise RuntimeError("an allowed label out of the graph's reach")
+            else:
+                found, dist = graph.index.knn_query(
+                    queries, k=wanted, num_threads=1, filter=lambda label: bool(mask[label])
+                )
         except RuntimeError:  # could not fill the result: search the allowed labels exactly
             allowed_labels = np.flatnonzero(mask)
             order, best = exact.search(queries, graph.vectors(allowed_labels), graph.index.space, k)

@@ -20,15 +20,15 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 import numpy.typing as npt
 
 from core.spec import CollectionSpec
 from core.vectors import Matrix
-from shard import exact
+from shard import exact, hnsw
 from shard.delta import NEVER
 from shard.fields import FieldColumns, LayerIndex, decode_batch
+from shard.hnsw import HnswIndex
 from shard.labelset import LabelSet
 
 Labels = npt.NDArray[np.uint64]
@@ -66,8 +66,9 @@ def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDA
     return vectors, internal_of_label
 
 
-def new_index(spec: CollectionSpec, capacity: int) -> hnswlib.Index:
-    index = hnswlib.Index(space=spec.metric.hnsw_space, dim=spec.dimension)
+def new_index(spec: CollectionSpec, capacity: int) -> HnswIndex:
+    """An empty index for ``spec`` (``shard/hnsw.py``: the native class when it is built)."""
+    index = hnsw.new_index(spec.metric.hnsw_space, spec.dimension)
     index.init_index(max_elements=max(1, capacity), M=spec.m, ef_construction=spec.ef_construction)
     index.set_ef(1)
     return index
@@ -87,7 +88,7 @@ class GraphFields:
 
 @dataclass
 class Graph:
-    index: hnswlib.Index
+    index: HnswIndex
     label_ids: list[str]
     label_of: dict[str, int]
     applied_seq: int

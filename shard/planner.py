@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from core.filters import Filter
 from core.vectors import Matrix
-from shard import exact
+from shard import exact, hnsw
 from shard.delta import Delta
 from shard.fields import ColumnIndex
 from shard.filtering import evaluate
@@ -61,19 +61,35 @@ Part = tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]
 
 @dataclass(frozen=True)
 class PlanCosts:
-    """The cost model's constants (microseconds) and an override for tests and benchmarks:
-    ``force`` = ``"exact"`` or ``"graph"`` takes that plan whenever some but not all labels
-    match."""
+    """The cost model's constants (microseconds; None: the measured defaults of the index at
+    hand, native or not) and an override for tests and benchmarks: ``force`` = ``"exact"`` or
+    ``"graph"`` takes that plan whenever some but not all labels match."""
 
-    exact_row_us: float = 0.3
-    graph_node_us: float = 1.0
+    exact_row_us: float | None = None
+    graph_node_us: float | None = None
     force: str = FORCE_AUTO
 
     def __post_init__(self) -> None:
         if self.force not in (FORCE_AUTO, FORCE_EXACT, FORCE_GRAPH):
             raise ValueError(f"force must be auto, exact or graph, got {self.force!r}")
-        if self.exact_row_us <= 0 or self.graph_node_us <= 0:
+        if any(c is not None and c <= 0 for c in (self.exact_row_us, self.graph_node_us)):
             raise ValueError("plan costs must be positive")
+
+    def of(self, native: bool) -> tuple[float, float]:
+        """(µs per label scored exactly, µs per unit of E·N/m of graph search) for a native
+        index or an hnswlib one."""
+        exact_us, graph_us = _NATIVE_COSTS if native else _NUMPY_COSTS
+        return (
+            exact_us if self.exact_row_us is None else self.exact_row_us,
+            graph_us if self.graph_node_us is None else self.graph_node_us,
+        )
+
+
+# bench/filter_cost.py (50k x 384, one thread; bench/results/filter-cost.md): native exact_query
+# ~0.2 µs a label, the native masked search ~0.6-1.6 µs per E·N/m; numpy gather + exact ~0.3-0.45
+# µs a label, hnswlib's unfiltered search ~1.4 µs a candidate (asked for 1.2·E·N/m of them).
+_NATIVE_COSTS = (0.2, 0.9)
+_NUMPY_COSTS = (0.4, 1.6)
 
 
 @dataclass
@@ -113,18 +129,53 @@ def search_graph(
         return GraphOutcome(_empty(nq), PLAN_EMPTY, 0)
     if m == n:
         return GraphOutcome(None, PLAN_GRAPH, m)
-    exact_cost = costs.exact_row_us * m
-    graph_cost = costs.graph_node_us * ef * n / m
-    use_exact = costs.force == FORCE_EXACT or (costs.force == FORCE_AUTO and (m <= 2 * ef or exact_cost <= graph_cost))
+    native = hnsw.is_native(graph.index)
+    exact_us, graph_us = costs.of(native)
+    use_exact = costs.force == FORCE_EXACT or (
+        costs.force == FORCE_AUTO and (m <= 2 * ef or exact_us * m <= graph_us * ef * n / m)
+    )
     if use_exact:
         labels = allowed.labels().astype(np.int64)
-        return GraphOutcome(_exact_part(graph, queries, labels, k), PLAN_EXACT, m, scored=m)
-    return _postfiltered(graph, allowed, queries, k, ef, n, costs, threads)
+        return GraphOutcome(_exact_part(graph, queries, labels, k, threads), PLAN_EXACT, m, scored=m)
+    if native:
+        return _masked(graph, allowed, queries, k, ef, threads)
+    return _postfiltered(graph, allowed, queries, k, ef, n, (exact_us, graph_us), threads)
+
+
+def _masked(graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, threads: int) -> GraphOutcome:
+    """The native graph search with the allowed labels checked per candidate in C++ (it keeps
+    expanding until it holds ``ef`` allowed results); a query it leaves short (allowed labels
+    out of its reach) is answered exactly."""
+    m = allowed.count
+    take = min(k, m)
+    want = min(ef, m)
+    labels, dist = hnsw.knn_allowed(graph.index, queries, want, allowed.mask(), threads)
+    labels, dist = labels[:, :take], dist[:, :take]
+    outcome = GraphOutcome(None, PLAN_FILTERED_GRAPH, m, scored=labels.size, candidates=want)
+    short = np.flatnonzero((labels < 0).any(axis=1))
+    if len(short):
+        labels, dist = labels.copy(), dist.copy()
+        found, best = _exact_labels(graph, queries[short], allowed.labels().astype(np.int64), take, threads)
+        labels[short], dist[short] = found, best
+        outcome.scored += m * len(short)
+        outcome.widenings = 1
+    outcome.part = (graph.ids_of(labels), dist)
+    return outcome
 
 
 def _postfiltered(
-    graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, n: int, costs: PlanCosts, threads: int
+    graph: Graph,
+    allowed: LabelSet,
+    queries: Matrix,
+    k: int,
+    ef: int,
+    n: int,
+    costs: tuple[float, float],
+    threads: int,
 ) -> GraphOutcome:
+    """Without the native module: unfiltered graph candidates with the allowed ones kept,
+    widened fourfold while a query is short, and answered exactly once that costs less."""
+    exact_us, graph_us = costs
     m = allowed.count
     mask = allowed.mask()
     nq = len(queries)
@@ -151,10 +202,10 @@ def _postfiltered(
             break
         pending = np.array(short, dtype=np.int64)
         exhausted = labels.shape[1] >= graph.live
-        if exhausted or costs.graph_node_us * want * _WIDEN > costs.exact_row_us * m:
+        if exhausted or graph_us * want * _WIDEN > exact_us * m:
             # The graph holds too few allowed labels near these queries: answer them exactly.
             labels_exact = allowed.labels().astype(np.int64)
-            found_labels, found_dist = _exact_labels(graph, queries[pending], labels_exact, take)
+            found_labels, found_dist = _exact_labels(graph, queries[pending], labels_exact, take, threads)
             out_labels[pending] = found_labels
             out_dist[pending] = found_dist
             outcome.scored += m * len(pending)
@@ -166,14 +217,18 @@ def _postfiltered(
 
 
 def _exact_labels(
-    graph: Graph, queries: Matrix, labels: npt.NDArray[np.int64], k: int
+    graph: Graph, queries: Matrix, labels: npt.NDArray[np.int64], k: int, threads: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Exact top-``k`` over live ``labels``: the native scan of the index's own storage, else
+    a numpy gather and ``shard/exact.py``."""
+    if hnsw.is_native(graph.index):
+        return hnsw.exact_labels(graph.index, queries, labels, k, threads)
     order, best = exact.search(queries, graph.vectors(labels), graph.index.space, k)
     return labels[order], best
 
 
-def _exact_part(graph: Graph, queries: Matrix, labels: npt.NDArray[np.int64], k: int) -> Part:
-    found, best = _exact_labels(graph, queries, labels, k)
+def _exact_part(graph: Graph, queries: Matrix, labels: npt.NDArray[np.int64], k: int, threads: int) -> Part:
+    found, best = _exact_labels(graph, queries, labels, k, threads)
     return graph.ids_of(found), best
 
 

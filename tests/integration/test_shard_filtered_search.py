@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from core.filters import AllOf, AnyOf, Condition, Eq, Filter, In, Not, Range, ma
 from core.items import ItemMeta
 from core.spec import Metric, make_spec
 from core.vectors import prepare_batch, prepare_queries
-from shard import planner
+from shard import hnsw, planner
 from shard.collection import Collection, CollectionOptions
 from testkit.datasets import clustered
 from testkit.truth import exact_top_k, recall_at_k
@@ -135,21 +136,31 @@ def check(col: Collection, model: Model, queries: np.ndarray, where: str) -> Non
     col.options = OPTS
 
 
-@pytest.fixture
-def collection(tmp_path: Path) -> Iterator[Collection]:
+@pytest.fixture(params=["native", "hnswlib"])
+def collection(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Collection, bool]]:
+    """A collection on the native index (allowed mask and exact scan in C++), and one on
+    hnswlib's (the fallback: numpy exact, post-filtered graph candidates widened in the shard)."""
+    if request.param == "hnswlib":
+        monkeypatch.setattr(hnsw, "index_class", lambda: hnswlib.Index)
+    else:
+        assert hnsw.NATIVE, "shard._vsnative is not built (scripts/setup.sh builds it)"
     col = Collection.create(tmp_path / "c", make_spec("c", DIM, Metric.COSINE.value), OPTS)
-    yield col
+    yield col, request.param == "native"
     col.close()
 
 
 def test_filtered_search_equals_brute_force_over_the_matching_items_through_every_layer(
-    collection: Collection, data: np.ndarray
+    collection: tuple[Collection, bool], data: np.ndarray
 ) -> None:
-    col, model = collection, Model()
+    (col, native), model = collection, Model()
     queries = clustered(NQ, DIM, seed=152)
     write(col, model, data, range(0, 10_000), 0)
     check(col, model, queries, "delta only")
     assert not col.compact().rebuilt
+    graph = col._view.graph
+    assert graph is not None and hnsw.is_native(graph.index) == native
     check(col, model, queries, "graph only")
     write(col, model, data, range(0, 600), 1)  # updates: new vectors and new filter values
     delete(col, model, range(600, 900))
@@ -170,8 +181,8 @@ def test_filtered_search_equals_brute_force_over_the_matching_items_through_ever
         reopened.close()
 
 
-def test_a_filtered_search_is_refused_while_items_without_payloads_remain(collection: Collection) -> None:
-    col = collection
+def test_a_filtered_search_is_refused_while_items_without_payloads_remain(collection: tuple[Collection, bool]) -> None:
+    col, _ = collection
     data = clustered(20, DIM, seed=153)
     col.upsert([f"old{i}" for i in range(10)], data[:10])  # no payloads: legacy items
     write(col, Model(), data, range(10, 20), 0)
