@@ -13,8 +13,9 @@ The router knows shards only through ``shard.api.ShardApi`` (in-process ``LocalS
   misses the deadline is reported in ``SearchOutcome.failed`` — or, with ``require_all``, the
   search raises ``ShardsUnavailable``. A single shard's answer needs no merge: its hits are
   taken as they are, ties re-ordered by id as the merge would.
-* A shard's ``InvalidArgument`` is the caller's fault and is raised as it is; ``NotFound``
-  from every shard asked is raised as ``NotFound``.
+* A shard's ``InvalidArgument`` is the caller's fault and is raised as it is, and so is a
+  shard's ``FailedPrecondition`` to a filtered search (the engine then plans it itself);
+  ``NotFound`` from every shard asked is raised as ``NotFound``.
 
 Thread-safety: a Router is immutable once built; build a new one when the topology changes.
 """
@@ -40,6 +41,7 @@ from core.errors import (
     NotFound,
     ShardsUnavailable,
 )
+from core.filters import Filter
 from core.spec import CollectionSpec
 from core.vectors import Batch, Matrix, Queries
 from router.merge import Hit, merge_batches
@@ -47,7 +49,7 @@ from router.ring import HashRing
 from router.topology import Topology
 from shard.api import ShardApi
 from shard.remote import RemoteShard
-from shard.types import CollectionStats, QueryHits
+from shard.types import CollectionStats, QueryHits, SearchReply, SearchStats
 
 NO_SHARDS = (
     "the cluster has no shards: register one (python -m server --register-shard ID=HOST:PORT, or "
@@ -73,6 +75,8 @@ class StoredItem(NamedTuple):
 class SearchOutcome:
     results: list[list[Hit]]
     failed: dict[str, str] = field(default_factory=dict)
+    # shard id -> how that shard answered (only when asked for with ``explain``)
+    stats: dict[str, SearchStats] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -252,11 +256,17 @@ class Router:
         timeout: float,
         require_all: bool = False,
         allow_ids: Sequence[str] | None = None,
+        *,
+        filter: Filter | None = None,
+        explain: bool = False,
     ) -> SearchOutcome:
         """Top-k per query over every shard; see the module docstring for failure handling.
 
         With ``allow_ids``, results are restricted to those ids: each is sent only to its
-        owning shard, and shards that own none of them are not asked at all.
+        owning shard, and shards that own none of them are not asked at all. With ``filter``,
+        every shard plans the search on its own items; a shard's ``FailedPrecondition`` (it
+        holds items it cannot filter) is raised as it is. With ``explain``, each shard's
+        ``SearchStats`` come back in ``SearchOutcome.stats``.
         """
         self.require_shards()
         if allow_ids is not None and not allow_ids:
@@ -266,13 +276,15 @@ class Router:
         else:
             targets = {s: [allow_ids[p] for p in positions] for s, positions in self._group(allow_ids).items()}
 
-        def search_one(shard: ShardApi, allowed: Sequence[str] | None) -> list[QueryHits]:
-            return shard.search(collection, queries, k, ef, allowed, timeout).hits
+        def search_one(shard: ShardApi, allowed: Sequence[str] | None) -> SearchReply:
+            return shard.search(collection, queries, k, ef, allowed, timeout, filter=filter, explain=explain)
 
-        replies, errors = self._call(search_one, targets, timeout)
+        answers, errors = self._call(search_one, targets, timeout)
         for error in errors.values():
-            if isinstance(error, InvalidArgument):
+            if isinstance(error, InvalidArgument | FailedPrecondition):
                 raise error
+        replies = {s: a.hits for s, a in answers.items()}
+        stats = {s: a.stats for s, a in answers.items() if a.stats is not None}
         if len(errors) == len(targets) and all(isinstance(e, NotFound) for e in errors.values()):
             raise NotFound(f"collection {collection!r} does not exist")
         failed = {s: status.describe(e) for s, e in errors.items()}
@@ -280,9 +292,9 @@ class Router:
             raise ShardsUnavailable(failed)
         if len(replies) == 1:
             (only,) = replies.values()
-            return SearchOutcome([_as_hits(h) for h in only], failed)
+            return SearchOutcome([_as_hits(h) for h in only], failed, stats)
         per_shard = [[_as_hits(h) for h in reply] for reply in replies.values()]
-        return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed)
+        return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed, stats)
 
 
 def _as_hits(found: QueryHits) -> list[Hit]:

@@ -17,7 +17,18 @@ from core.errors import DomainError, InvalidArgument, ResourceExhausted
 from core.items import ItemMeta
 from core.vectors import Matrix
 from server.media import ItemOutcome, MediaItem
-from server.query import ImageTarget, ItemTarget, SearchQuery, SearchResult, ShardHealth, TextTarget, VectorTarget
+from server.query import (
+    PLAN_LEGACY_SQL,
+    ImageTarget,
+    ItemTarget,
+    SearchExplain,
+    SearchQuery,
+    SearchResult,
+    ShardHealth,
+    TextTarget,
+    VectorTarget,
+)
+from shard.planner import PLAN_EMPTY, PLAN_EXACT, PLAN_FILTERED_GRAPH, PLAN_GRAPH
 from shard.types import CollectionStats
 from vsproto.common import matrix_from_proto
 from vsproto.filters import filter_from_proto as filter_from_proto
@@ -83,6 +94,7 @@ def _search_query(
         include_metadata=request.include_metadata,
         include_vectors=request.include_vectors,
         require_all_shards=request.require_all_shards,
+        explain=request.explain,
     )
 
 
@@ -156,7 +168,34 @@ def search_result_to_proto(result: SearchResult) -> pb.SearchResponse:
             vector = result.vectors.get(hit.id)
             if vector is not None:
                 out.vector.extend(vector.tolist())
+    if result.explain is not None:
+        reply.explain.CopyFrom(explain_to_proto(result.explain))
     return reply
+
+
+_PLANS = {
+    PLAN_GRAPH: pb.SEARCH_PLAN_GRAPH,
+    PLAN_EXACT: pb.SEARCH_PLAN_EXACT,
+    PLAN_FILTERED_GRAPH: pb.SEARCH_PLAN_FILTERED_GRAPH,
+    PLAN_EMPTY: pb.SEARCH_PLAN_EMPTY,
+    PLAN_LEGACY_SQL: pb.SEARCH_PLAN_LEGACY_SQL,
+}
+
+
+def explain_to_proto(explain: SearchExplain) -> pb.SearchExplain:
+    message = pb.SearchExplain(matched=explain.matched, plan=_PLANS.get(explain.plan, pb.SEARCH_PLAN_UNSPECIFIED))
+    for shard_id, stats in sorted(explain.shards.items()):
+        message.shards.add(
+            shard_id=shard_id,
+            plan=_PLANS.get(stats.plan, pb.SEARCH_PLAN_UNSPECIFIED),
+            matched=stats.matched,
+            matched_in_delta=stats.matched_in_delta,
+            scored=stats.scored,
+            candidates=stats.candidates,
+            widenings=stats.widenings,
+            micros=stats.micros,
+        )
+    return message
 
 
 # ---------------------------------------------------------------------------------- admin

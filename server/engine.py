@@ -8,13 +8,16 @@ Write order: input is validated completely first (ids, vectors, metadata types) 
 there), then metadata is committed. A failure in between leaves state that a retry of the same
 idempotent write repairs. Deletes run in the same order.
 
-Filtered search planning: the number of items matching the filter is counted in SQL. When
-few match (at most ``allow_list_small``, or a selectivity of at most
-``allow_list_selectivity``, and never more than ``allow_list_max``), their ids become
-per-shard allow-lists and the shards search exactly among them. Otherwise the graph is
-searched for ``k / selectivity * oversample`` candidates, which are then filtered in one
-SQL query; the candidate count grows 4x until k results are found or the collection is
-exhausted (falling back to an allow-list when it would exceed the shards' k limit).
+Filtered search: the filter's attribute types are checked against the collection's (cached,
+``check_types``), then the filter goes to every shard, which plans the search on its own items
+and judges each item on the metadata payload stored with its vector (``shard/planner.py``,
+docs/filtered-search.md): no SQL and no re-check here. A collection whose shards still hold
+items written before payloads (they answer FAILED_PRECONDITION) is planned on the SQL index
+instead (``_filtered``, explain plan ``legacy-sql``): when few items match (at most
+``allow_list_small``, or a selectivity of at most ``allow_list_selectivity``, and never more
+than ``allow_list_max``), their ids become per-shard allow-lists; otherwise the graph is
+searched for ``k / selectivity * oversample`` candidates, filtered in one SQL query, growing
+4x until k results are found, and the hits' own metadata has the last word.
 
 Thread-safety: every method may be called from any thread; ``router`` may be replaced (a new
 topology) at any time and each call uses the one it read first.
@@ -35,12 +38,13 @@ from core.errors import (
     AlreadyExists,
     DeadlineExceeded,
     DomainError,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
-from core.filters import matches
+from core.filters import Filter, matches
 from core.items import ItemMeta
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec, validate_name
@@ -48,9 +52,17 @@ from core.text import quote
 from core.vectors import Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from router.fanout import Router, SearchOutcome, StoredItem
 from router.topology import Topology
-from server.filters import compile_filter
+from server.filters import check_types, compile_filter
 from server.metadata import MetadataStore
-from server.query import ItemTarget, SearchQuery, SearchResult, ShardHealth, VectorTarget
+from server.query import (
+    PLAN_LEGACY_SQL,
+    ItemTarget,
+    SearchExplain,
+    SearchQuery,
+    SearchResult,
+    ShardHealth,
+    VectorTarget,
+)
 from shard.api import ShardApi
 from shard.remote import RemoteShard
 from shard.types import CollectionStats
@@ -84,6 +96,7 @@ class Engine:
         self.router = router
         self.options = options or EngineOptions()
         self._specs: dict[str, tuple[float, CollectionSpec]] = {}
+        self._attr_types: dict[str, tuple[float, dict[str, str]]] = {}
 
     def spec(self, name: str) -> CollectionSpec:
         """The collection's spec, cached for ``SPEC_TTL_S`` (specs are immutable; the TTL only
@@ -129,6 +142,7 @@ class Engine:
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
         self._specs.pop(name, None)
+        self._attr_types.pop(name, None)
         in_shards = self.router.drop_collection(name, self.timeout_for(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
@@ -286,30 +300,63 @@ class Engine:
             raise Internal(f"the engine searches vectors and items, not {type(query.target).__name__}")
         deadline = time.monotonic() + self.timeout_for(remaining)
         want = query.k + (1 if exclude is not None else 0)
-        if query.filter is None:
-            timeout = _left(deadline, "the search")
-            outcome = self.router.search(query.collection, queries, want, query.ef, timeout, query.require_all_shards)
-            strategy = "graph"
-        else:
-            outcome, strategy = self._filtered(query, queries, want, deadline)
+        if query.filter is not None:
+            self._check_filter_types(query.collection, query.filter)
+        legacy = False
+        try:
+            outcome = self.router.search(
+                query.collection,
+                queries,
+                want,
+                query.ef,
+                _left(deadline, "the search"),
+                query.require_all_shards,
+                filter=query.filter,
+                explain=query.explain,
+            )
+            explain = _explain(outcome) if query.explain else None
+        except FailedPrecondition:
+            if query.filter is None:
+                raise
+            # A shard holds items written before payloads: it cannot judge them, SQL can.
+            outcome, matching = self._filtered(query, queries, want, deadline)
+            legacy = True
+            explain = SearchExplain(PLAN_LEGACY_SQL, matching) if query.explain else None
         rows = outcome.results
         if exclude is not None:
             rows = [[h for h in row if h.id != exclude] for row in rows]
-        if query.filter is None and not query.include_metadata and not query.include_vectors:
-            return SearchResult([row[: query.k] for row in rows], outcome.failed, {}, {}, strategy)
+        if not legacy and not query.include_metadata and not query.include_vectors:
+            return SearchResult([row[: query.k] for row in rows], outcome.failed, {}, {}, explain)
         ids = list(dict.fromkeys(h.id for row in rows for h in row))
         stored = self.router.fetch(query.collection, ids, _left(deadline, "fetching the hits")) if ids else {}
         metadata = self._metadata_of(query.collection, stored)
-        if query.filter is not None:
+        if legacy and query.filter is not None:
             # The filter was planned on the SQL index; the item's own metadata, read with its
-            # vector, has the last word (the index may lag a write, never lead it).
+            # vector, has the last word (the index may lag a write, never lead it). Shards
+            # filter on that metadata themselves.
             flt = query.filter
             rows = [[h for h in row if h.id in metadata and matches(flt, metadata[h.id])] for row in rows]
         hits = [row[: query.k] for row in rows]
         kept = {h.id for row in hits for h in row}
         metadata = {i: m for i, m in metadata.items() if i in kept} if query.include_metadata else {}
         vectors = {i: s.vector for i, s in stored.items() if i in kept} if query.include_vectors else {}
-        return SearchResult(hits, outcome.failed, metadata, vectors, strategy)
+        return SearchResult(hits, outcome.failed, metadata, vectors, explain)
+
+    def _check_filter_types(self, collection: str, node: Filter) -> None:
+        """InvalidArgument when ``node`` names an attribute no item of the collection has, or
+        gives one a value of another type (``server/filters.py::check_types``). The types are
+        cached for ``SPEC_TTL_S`` and re-read once before refusing (an attribute may be new)."""
+        now = time.monotonic()
+        cached = self._attr_types.get(collection)
+        if cached is not None and now - cached[0] < SPEC_TTL_S:
+            try:
+                check_types(node, cached[1])
+                return
+            except InvalidArgument:
+                pass
+        types = self.metadata.attribute_types(collection)
+        self._attr_types[collection] = (now, types)
+        check_types(node, types)
 
     def _stored_vector(self, collection: str, item_id: str, remaining: float | None) -> Matrix:
         vectors, _ = self.get(collection, [item_id], remaining)
@@ -317,15 +364,17 @@ class Engine:
             raise NotFound(f"item {item_id!r} does not exist in {collection!r}")
         return vectors[item_id][None, :]
 
-    def _filtered(self, query: SearchQuery, queries: Queries, k: int, deadline: float) -> tuple[SearchOutcome, str]:
-        """Plans and runs a filtered search; every shard round trip gets what is left of the one
-        ``deadline`` and starts only while the caller is still there (``_left``)."""
+    def _filtered(self, query: SearchQuery, queries: Queries, k: int, deadline: float) -> tuple[SearchOutcome, int]:
+        """Plans a filtered search on the SQL index (a collection with items the shards cannot
+        filter) and runs it; returns the outcome and the number of matching items. Every shard
+        round trip gets what is left of the one ``deadline`` and starts only while the caller
+        is still there (``_left``)."""
         collection, ef, require_all = query.collection, query.ef, query.require_all_shards
         assert query.filter is not None
         clause = compile_filter(query.filter, collection, self.metadata.attribute_types(collection))
         matching = self.metadata.count_matching(collection, clause)
         if matching == 0:
-            return SearchOutcome([[] for _ in range(len(queries))]), "empty"
+            return SearchOutcome([[] for _ in range(len(queries))]), 0
         total = max(matching, self.metadata.count(collection))
         options = self.options
         if matching <= options.allow_list_max and (
@@ -333,7 +382,7 @@ class Engine:
         ):
             allowed = self.metadata.ids_matching(collection, clause)
             timeout = _left(deadline, "the allow-list search")
-            return self.router.search(collection, queries, k, ef, timeout, require_all, allow_ids=allowed), "allow-list"
+            return self.router.search(collection, queries, k, ef, timeout, require_all, allow_ids=allowed), matching
         fetch = min(SHARD_MAX_K, max(k, math.ceil(k * total / matching * self.options.oversample)))
         while True:
             timeout = _left(deadline, f"a search for {fetch} candidates")
@@ -343,13 +392,11 @@ class Engine:
             results = [[h for h in row if h.id in passing][:k] for row in outcome.results]
             done = all(len(r) >= min(k, matching) for r in results)
             if done or fetch >= total:
-                return SearchOutcome(results, outcome.failed), "post-filter"
+                return SearchOutcome(results, outcome.failed), matching
             if fetch >= SHARD_MAX_K:
                 allowed = self.metadata.ids_matching(collection, clause)
                 timeout = _left(deadline, "the allow-list search")
-                return self.router.search(
-                    collection, queries, k, ef, timeout, require_all, allow_ids=allowed
-                ), "allow-list-fallback"
+                return self.router.search(collection, queries, k, ef, timeout, require_all, allow_ids=allowed), matching
             fetch = min(SHARD_MAX_K, fetch * 4)
 
     # ------------------------------------------------------------------ cluster
@@ -373,6 +420,12 @@ class Engine:
                 if temporary is not None:
                     temporary.close()
         return out
+
+
+def _explain(outcome: SearchOutcome) -> SearchExplain:
+    plans = {stats.plan for stats in outcome.stats.values()}
+    plan = plans.pop() if len(plans) == 1 else ""
+    return SearchExplain(plan, sum(s.matched for s in outcome.stats.values()), dict(outcome.stats))
 
 
 def _left(deadline: float, step: str) -> float:

@@ -11,6 +11,7 @@ from core.filters import Filter
 from core.items import ItemMeta
 from core.vectors import Matrix
 from router.merge import Hit
+from shard.types import SearchStats
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,36 @@ class SearchQuery:
     include_metadata: bool = False
     include_vectors: bool = False
     require_all_shards: bool = False
+    explain: bool = False
+
+
+PLAN_LEGACY_SQL = "legacy-sql"
+"""The collection holds items the shards cannot filter (written before payloads): the server
+planned the filter on its SQL index (docs/filtered-search.md §9)."""
+
+
+@dataclass(frozen=True)
+class SearchExplain:
+    """How a search was answered: the ``plan`` every shard took (``shard.planner.PLANS``),
+    ``PLAN_LEGACY_SQL``, or "" when the shards took different ones; the items matching the filter
+    over the shards that answered; each answering shard's ``SearchStats``."""
+
+    plan: str
+    matched: int
+    shards: dict[str, SearchStats] = field(default_factory=dict)
 
 
 @dataclass
 class SearchResult:
     """One hit list per query row, nearest first; ``failed`` names shards that did not
     answer (a partial result); metadata and vectors of the hits when they were asked for;
-    ``strategy`` says how a filter was applied (graph, allow-list, post-filter, ...)."""
+    ``explain`` when it was asked for."""
 
     hits: list[list[Hit]]
     failed: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, ItemMeta] = field(default_factory=dict)
     vectors: dict[str, Matrix] = field(default_factory=dict)
-    strategy: str = "graph"
+    explain: SearchExplain | None = None
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from core.errors import InvalidArgument
+from core.filters import AllOf, Condition, Eq, Filter, Range
 from core.items import ItemMeta
 from core.spec import make_spec
-from core.vectors import prepare_queries
+from core.vectors import prepare_batch, prepare_queries
 from router.fanout import Router
 from router.topology import TopologyStore, make_engine
 from server.convert import filter_from_proto
 from server.engine import Engine
 from server.metadata import MetadataStore
-from server.query import SearchQuery, VectorTarget
+from server.query import PLAN_LEGACY_SQL, SearchQuery, SearchResult, VectorTarget
 from testkit.shardproc import ShardProcess
 from tests.pg import fresh_schema_url
 from vsproto.v1 import search_service_pb2 as pb
@@ -64,7 +66,8 @@ def test_statements_per_search_do_not_grow_with_hits(engine: Engine) -> None:
             assert all(result.metadata[h.id].uri == f"u{h.id[1:]}" for row in result.hits for h in row)
             counts[(k, flt is not None)] = len(statements)
     assert counts[(1, False)] == counts[(50, False)] <= 2, counts  # spec lookup + one metadata read
-    assert counts[(1, True)] == counts[(50, True)], counts
+    # a filtered search is planned on the shards: SQL only reads the attribute types, once (cached)
+    assert counts[(1, True)] <= 1 and counts[(50, True)] == 0, counts
 
 
 class GoneContext:
@@ -94,3 +97,39 @@ def test_work_stops_when_the_caller_has_gone(engine: Engine) -> None:
     with pytest.raises(DeadlineExceeded, match="deadline passed before"):  # no time left for a round trip
         engine._filtered(query, queries, 2, deadline=time.monotonic() - 0.001)
     assert len(engine.search(query).hits[0]) == 2  # the same search, served normally
+
+
+def test_filtered_search_is_planned_by_the_shards_and_by_sql_while_legacy_items_remain(engine: Engine) -> None:
+    engine.create_collection(make_spec("c", 8, 3))
+    data = np.random.default_rng(1).standard_normal((200, 8)).astype(np.float32)
+    ids = [f"i{i}" for i in range(200)]
+    metas = [ItemMeta(f"u{i}", ["even"] if i % 2 == 0 else [], {"n": i}) for i in range(200)]
+    engine.upsert("c", ids, data, metas)
+    small = AllOf((Condition("tags", Eq("even")), Condition("attributes.n", Range(lt=20))))
+    expected = {f"i{i}" for i in range(0, 20, 2)}
+
+    def search(node: Filter) -> SearchResult:
+        return engine.search(SearchQuery("c", VectorTarget(data[:3]), 20, 0, node, explain=True))
+
+    result = search(small)
+    assert all({h.id for h in row} == expected for row in result.hits)
+    assert result.explain is not None and result.explain.plan == "exact" and result.explain.matched == 10
+    assert list(result.explain.shards) == ["s0"] and result.explain.shards["s0"].matched == 10
+    nothing = search(Condition("attributes.n", Eq(5000)))
+    assert nothing.hits == [[], [], []] and nothing.explain is not None and nothing.explain.plan == "empty"
+    with pytest.raises(InvalidArgument, match="attribute 'missing'"):
+        search(Condition("attributes.missing", Eq(1)))
+    with pytest.raises(InvalidArgument, match="the attribute is int"):
+        search(Condition("attributes.n", Eq("5")))
+
+    # An item written straight to the shard without a payload (as before payloads existed): the
+    # shard cannot judge it, so the server plans on its SQL index, and says so.
+    shard = engine.router.shards["s0"]
+    spec = engine.spec("c")
+    shard.upsert("c", prepare_batch(["old"], data[:1], spec))
+    legacy = search(small)
+    assert all({h.id for h in row} == expected for row in legacy.hits)
+    assert legacy.explain is not None and legacy.explain.plan == PLAN_LEGACY_SQL and legacy.explain.matched == 10
+    engine.delete("c", ["old"])
+    again = search(small)
+    assert again.explain is not None and again.explain.plan == "exact"

@@ -1,7 +1,7 @@
 """The public server over real sockets: 3 shard processes, metadata in the real Postgres.
 
 Search and filtered search are checked against brute force over all items (recall@10 >= 0.95
-at 1%, 10% and 50% selectivity, on both planner strategies); a killed shard gives partial
+at 1%, 10% and 50% selectivity, planned by each shard, with explain); a killed shard gives partial
 results naming it; a hung shard cannot hold a search past the caller's deadline; bad input
 gets precise status codes.
 """
@@ -135,16 +135,17 @@ def test_admin_compact_folds_every_shard(loaded, dataset) -> None:
 
 
 @pytest.mark.parametrize("tag", ["p1", "p10", "p50"])
-def test_filtered_recall_allow_list_strategy(loaded, dataset, tag: str) -> None:
+def test_filtered_recall(loaded, dataset, tag: str) -> None:
     _, stub = loaded
     data, queries = dataset
     subset = [i for i in range(N) if tag in tags_of(i)]
     assert recall(stub, data, queries, subset, tag_filter(tag)) >= 0.95
 
 
-def test_filtered_recall_post_filter_strategy(tmp_path: Path, dataset) -> None:
+def test_filtered_recall_with_small_messages(tmp_path: Path, dataset) -> None:
     data, queries = dataset
-    # tiny allow-list thresholds force post-filtering; --max-message-mb 1 checks the size limit too
+    # the allow-list flags only steer collections planned in SQL (legacy items): shards ignore
+    # them; --max-message-mb 1 checks the size limit
     flags = ("--allow-list-small", "10", "--allow-list-selectivity", "0", "--max-message-mb", "1")
     cluster, stub = start_loaded(tmp_path / "c", data, *flags)
     try:
@@ -158,6 +159,29 @@ def test_filtered_recall_post_filter_strategy(tmp_path: Path, dataset) -> None:
         assert stub.Get(pb.GetRequest(collection="imgs", ids=["img-1"])).items[0].id == "img-1"  # still serving
     finally:
         cluster.stop()
+
+
+def test_explain_reports_each_shards_plan(loaded, dataset) -> None:
+    _, stub = loaded
+    _, queries = dataset
+    request = pb.SearchRequest(collection="imgs", queries=vectors(queries[:2]), k=10, filter=tag_filter("p1"))
+    assert not stub.Search(request).HasField("explain")  # only when asked
+    request.explain = True
+    explain = stub.Search(request).explain
+    assert explain.matched == N // 100
+    assert [s.shard_id for s in explain.shards] == ["shard-0", "shard-1", "shard-2"]
+    assert sum(s.matched for s in explain.shards) == explain.matched
+    assert all(s.plan == pb.SEARCH_PLAN_EXACT and s.scored >= s.matched for s in explain.shards)  # 40 items: exact
+    assert explain.plan == pb.SEARCH_PLAN_EXACT
+    request.filter.condition.field = "tags"
+    request.filter.condition.eq.string_value = "no-such-tag"
+    empty = stub.Search(request)
+    assert all(len(r.hits) == 0 for r in empty.results) and empty.explain.plan == pb.SEARCH_PLAN_EMPTY
+    unfiltered = stub.Search(pb.SearchRequest(collection="imgs", queries=vectors(queries[:1]), k=5, explain=True))
+    assert unfiltered.explain.matched == N and {s.plan for s in unfiltered.explain.shards} <= {
+        pb.SEARCH_PLAN_GRAPH,
+        pb.SEARCH_PLAN_EXACT,  # a shard whose items are all still in its delta
+    }
 
 
 def test_compound_filters_match_a_python_model(loaded, dataset) -> None:
