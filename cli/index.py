@@ -51,6 +51,7 @@ class IndexOptions:
     dim: int | None = None
     retries: int = 5
     timeout_s: float = 300.0
+    tags: tuple[str, ...] = ()  # given to every image indexed (not to those already stored)
 
 
 @dataclass
@@ -229,7 +230,8 @@ class Indexer:
 
     def _ingest(self, files: list[tuple[Path, bytes]]) -> list[pb.ItemStatus]:
         """One IngestImages call with one message; a refused stream (too many at once) is retried."""
-        items = [pb.ImageItem(data=data, metadata=pb.Metadata(uri=path.as_uri())) for path, data in files]
+        tags = self.options.tags
+        items = [pb.ImageItem(data=data, metadata=pb.Metadata(uri=path.as_uri(), tags=tags)) for path, data in files]
         request = pb.IngestImagesRequest(collection=self.options.collection, items=items)
         for attempt in range(self.options.retries + 1):
             try:

@@ -2,7 +2,7 @@
 
     vsearch up [--weights HF_DIR]                  a local cluster with CLIP on Triton (Ctrl-C stops it)
     vsearch index DIR|GLOB ... [--collection C]    index image files (resumable)
-    vsearch search "a red bicycle" | --image FILE  the nearest images, as a table
+    vsearch search "a red bicycle" | --image FILE  the nearest images, as a table (--tag T: only tagged ones)
     vsearch status                                 collections, counts, model, shard health
 
 Every command but ``up`` talks to ``--address`` (else ``$VSEARCH_ADDRESS``, else
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch", type=int, default=32, help="files per request (at most 256)")
     index.add_argument("--jobs", type=int, default=4, help="requests in flight at once")
     index.add_argument(
+        "--tag", action="append", default=[], help="a tag for every newly indexed image (repeat for more)"
+    )
+    index.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
         default="auto",
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="results (default 10)")
     search.add_argument("--json", action="store_true", help="JSON instead of a table")
     search.add_argument("--wide", action="store_true", help="full ids")
+    search.add_argument("--tag", action="append", default=[], help="only images with this tag (repeat: all of them)")
+    search.add_argument("--explain", action="store_true", help="how each shard searched (plan and counts)")
 
     status = commands.add_parser("status", help="collections, counts, embedding model, shard health")
     status.add_argument("--json", action="store_true", help="JSON instead of tables")
@@ -63,7 +68,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= 256 or args.jobs < 1:
         raise CliError("--batch must be 1..256 and --jobs at least 1")
     files = find_files(args.paths)
-    options = IndexOptions(args.collection, batch=args.batch, jobs=args.jobs, dim=args.dim)
+    options = IndexOptions(args.collection, batch=args.batch, jobs=args.jobs, dim=args.dim, tags=tuple(args.tag))
     with Connection(args.address).open() as conn:
         described = ensure_collection(conn, options)
         print(
@@ -105,7 +110,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cli import search
 
     with Connection(args.address).open() as conn:
-        answer = search.search(conn, args.collection, args.k, text=args.text, image=args.image)
+        answer = search.search(
+            conn, args.collection, args.k, text=args.text, image=args.image, tags=args.tag, explain=args.explain
+        )
     print(search.format_json(answer) if args.json else search.format_table(answer, wide=args.wide))
     return 0
 

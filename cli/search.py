@@ -1,5 +1,6 @@
 """``vsearch search "text"`` / ``vsearch search --image FILE``: the k nearest items as a table
-(rank, score, distance, id, uri) or JSON.
+(rank, score, distance, id, uri) or JSON; ``--tag`` keeps the images with every tag given,
+``--explain`` adds how each shard searched (plan, items matched, vectors scored, time).
 
 Contract: one query per call; the collection must have been built with the model the server
 serves (else the server's FAILED_PRECONDITION is reported). ``score`` is the cosine similarity
@@ -33,16 +34,49 @@ class Row:
 
 
 @dataclass(frozen=True)
+class ShardPlan:
+    shard_id: str
+    plan: str
+    matched: int
+    scored: int
+    micros: int
+
+
+@dataclass(frozen=True)
 class Answer:
     rows: list[Row]
     partial: bool
     failed_shards: list[str]
+    explain: list[ShardPlan] | None = None
 
 
-def search(conn: Connection, collection: str, k: int, text: str | None = None, image: Path | None = None) -> Answer:
-    """Searches ``collection`` by ``text`` or by the image file ``image`` (exactly one)."""
+def tags_filter(tags: list[str]) -> pb.Filter | None:
+    """Items carrying every tag of ``tags`` (None: no filter)."""
+    conditions = [pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value=t))) for t in tags]
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else pb.Filter(all_of=pb.FilterList(filters=conditions))
+
+
+def plan_name(plan: int) -> str:
+    """``SEARCH_PLAN_FILTERED_GRAPH`` -> ``filtered-graph``."""
+    return pb.SearchPlan.Name(plan).removeprefix("SEARCH_PLAN_").lower().replace("_", "-")
+
+
+def search(
+    conn: Connection,
+    collection: str,
+    k: int,
+    text: str | None = None,
+    image: Path | None = None,
+    tags: list[str] | None = None,
+    explain: bool = False,
+) -> Answer:
+    """Searches ``collection`` by ``text`` or by the image file ``image`` (exactly one), among
+    the items with every tag of ``tags``."""
     if (text is None) == (image is None):
         raise CliError("search needs a text or --image FILE (not both)")
+    where = tags_filter(tags or [])
     try:
         described = conn.search.DescribeCollection(pb.DescribeCollectionRequest(collection=collection), timeout=30)
         if image is not None:
@@ -51,11 +85,16 @@ def search(conn: Connection, collection: str, k: int, text: str | None = None, i
             except OSError as exc:
                 raise CliError(f"{image}: cannot read: {exc.strerror or exc}") from None
             reply = conn.search.SearchByImage(
-                pb.SearchByImageRequest(collection=collection, images=[data], k=k, include_metadata=True), timeout=60
+                pb.SearchByImageRequest(
+                    collection=collection, images=[data], k=k, filter=where, include_metadata=True, explain=explain
+                ),
+                timeout=60,
             )
         else:
             reply = conn.search.SearchByText(
-                pb.SearchByTextRequest(collection=collection, texts=[text or ""], k=k, include_metadata=True),
+                pb.SearchByTextRequest(
+                    collection=collection, texts=[text or ""], k=k, filter=where, include_metadata=True, explain=explain
+                ),
                 timeout=60,
             )
     except grpc.RpcError as exc:
@@ -65,7 +104,12 @@ def search(conn: Connection, collection: str, k: int, text: str | None = None, i
         Row(rank, hit.id, hit.distance, 1.0 - hit.distance if cosine else None, hit.metadata.uri)
         for rank, hit in enumerate(reply.results[0].hits, start=1)
     ]
-    return Answer(rows, reply.partial, list(reply.failed_shards))
+    plans = None
+    if explain:
+        plans = [ShardPlan(s.shard_id, plan_name(s.plan), s.matched, s.scored, s.micros) for s in reply.explain.shards]
+        if not plans and reply.explain.plan:  # planned by the server (legacy-sql): no shard entries
+            plans = [ShardPlan("server", plan_name(reply.explain.plan), reply.explain.matched, 0, 0)]
+    return Answer(rows, reply.partial, list(reply.failed_shards), plans)
 
 
 def short_id(item_id: str, width: int = ID_WIDTH) -> str:
@@ -92,6 +136,12 @@ def format_table(answer: Answer, wide: bool = False) -> str:
         )
     if answer.partial:
         text += f"\n(partial: no answer from {', '.join(answer.failed_shards)})"
+    if answer.explain is not None:
+        text += "\n\n" + table.render(
+            ["shard", "plan", "matched", "scored", "µs"],
+            [[p.shard_id, p.plan, p.matched, p.scored, p.micros] for p in answer.explain],
+            right=[False, False, True, True, True],
+        )
     return text
 
 

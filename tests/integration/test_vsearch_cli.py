@@ -154,3 +154,25 @@ def test_errors_are_one_line_with_a_non_zero_exit(up: Up) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("vsearch: search 'nope': NOT_FOUND")
     nothing = vsearch(up, "index", str(up.cwd / "no-such-dir"))
     assert nothing.returncode == 2 and "no such file" in nothing.stderr
+
+
+def test_search_by_tag_with_explain(up: Up) -> None:
+    tagged = vsearch(
+        up, "index", str(up.photos / "p01*.jpg"), "--collection", "tagged", "--tag", "red", "--progress", "off"
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    plain = vsearch(up, "index", str(up.photos / "p02*.jpg"), "--collection", "tagged", "--progress", "off")
+    assert plain.returncode == 0, plain.stderr
+    target = up.photos / "p021.jpg"  # untagged: the filter must keep it out
+    reply = vsearch(
+        up, "search", "--image", str(target), "--collection", "tagged", "--tag", "red", "--explain", "--json"
+    )
+    assert reply.returncode == 0, reply.stderr
+    answer = json.loads(reply.stdout)
+    assert len(answer["rows"]) == 10 and all("/p01" in row["uri"] for row in answer["rows"])
+    assert sum(p["matched"] for p in answer["explain"]) == 10 and {p["plan"] for p in answer["explain"]} == {"exact"}
+    shown = vsearch(
+        up, "search", "--image", str(target), "--collection", "tagged", "--tag", "red", "--tag", "blue", "--explain"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "no results" in shown.stdout and "empty" in shown.stdout  # no image has both tags: nothing compared
