@@ -288,13 +288,7 @@ def run_worker(
             except ImportError as exc:
                 result["skipped"] = f"cannot import: {exc}"
                 return write_result(result_path, result)
-            rows = base.shape[0]
-            result["ingest"] = {
-                "ack_s": round(load["ack_s"], 2),
-                "ack_rows_per_s": round(rows / load["ack_s"], 1),
-                "indexed_s": round(load["indexed_s"], 2),
-                "indexed_rows_per_s": round(rows / load["indexed_s"], 1),
-            }
+            result["ingest"] = ingest_summary(load, base.shape[0])
             print(f"  [{name}] ingest {result['ingest']}", file=sys.stderr, flush=True)
             result["searches"] = measure(system, queries, truth, ef_values, warmup, clients, budget_s)
             result["info"] = system.info
@@ -306,6 +300,16 @@ def run_worker(
             result["rss"] = {"benchmark_process": self_peak_rss_mib(), **sampler.report()}
             system.close()
     return write_result(result_path, result)
+
+
+def ingest_summary(load: Mapping[str, float], rows: int) -> dict[str, float]:
+    """Seconds until the load was acknowledged and until it was indexed, and the rows/s of each."""
+    return {
+        "ack_s": round(load["ack_s"], 2),
+        "ack_rows_per_s": round(rows / load["ack_s"], 1),
+        "indexed_s": round(load["indexed_s"], 2),
+        "indexed_rows_per_s": round(rows / load["indexed_s"], 1),
+    }
 
 
 def run_filtered_worker(
@@ -331,13 +335,7 @@ def run_filtered_worker(
             except ImportError as exc:
                 result["skipped"] = f"cannot import: {exc}"
                 return write_result(result_path, result)
-            rows = base.shape[0]
-            result["ingest"] = {
-                "ack_s": round(load["ack_s"], 2),
-                "ack_rows_per_s": round(rows / load["ack_s"], 1),
-                "indexed_s": round(load["indexed_s"], 2),
-                "indexed_rows_per_s": round(rows / load["indexed_s"], 1),
-            }
+            result["ingest"] = ingest_summary(load, base.shape[0])
             print(f"  [{name}] ingest with fields {result['ingest']}", file=sys.stderr, flush=True)
             prepared = system.prepare_queries(queries)
             system.set_ef(int(plan["ef"]))
