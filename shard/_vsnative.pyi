@@ -7,6 +7,17 @@ import numpy.typing as npt
 
 HNSWLIB_VERSION: str
 BUILD_FLAGS: str
+SIMD: str
+"""hnswlib's distance kernels in this build on this CPU: "avx512", "avx", "sse" or "none"."""
+
+def _acorn_tuning(
+    cap: int = 0, min_seen: int = 0, budget: int = 0, sweep_density: float = -1.0, seed_batch: int = 0
+) -> None:
+    """Benchmarks only: ACORN parameters of later knn_query calls, process-wide (0 / -1: defaults)."""
+
+def _acorn_stats() -> dict[str, int]:
+    """Work of the ACORN queries since the last call, summed (reset by the call): queries,
+    expansions, distances, lists (two-hop link lists read), seeds (extra entry points)."""
 
 class Index:
     """hnswlib 0.8.0's HierarchicalNSW; the same file format as ``hnswlib.Index``.
@@ -48,7 +59,9 @@ class Index:
         num_threads: int = -1,
         filter: Callable[[int], bool] | None = None,
         allowed: npt.NDArray[np.bool_] | npt.NDArray[np.uint8] | None = None,
-    ) -> tuple[npt.NDArray[np.uint64] | npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+        strategy: str = "sweep",
+    ) -> tuple[npt.NDArray[np.uint64] | npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """strategy "sweep" (hnswlib's filtered traversal) or "acorn" (ACORN-1; needs allowed)."""
     def exact_query(
         self, data: npt.ArrayLike, labels: npt.ArrayLike, k: int = 1, num_threads: int = -1
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...

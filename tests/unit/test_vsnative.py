@@ -441,3 +441,187 @@ def test_concurrent_searches_from_python_threads(dataset: tuple[npt.NDArray[np.f
             np.testing.assert_array_equal(got_dist, want_dist)
     want = top_k(brute_force(data[labels], queries, "l2"), labels, 10)
     np.testing.assert_array_equal(results[0][0][0], want)
+
+
+# ---- knn_query(allowed=, strategy="acorn") ------------------------------------------------------
+
+
+def _mask(kind: str, selectivity: float, n: int = N) -> npt.NDArray[np.bool_]:
+    """``random``: a seeded random subset; ``structured``: ``label % 100 < 100 * selectivity``
+    (bench/datasets.py's ``cat < s``: every hundredth label block, as an attribute filter)."""
+    if kind == "random":
+        rng = np.random.default_rng(int(selectivity * 10_000) + 1)
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.choice(n, size=int(n * selectivity), replace=False)] = True
+        return mask
+    return np.arange(n) % 100 < round(100 * selectivity)
+
+
+def _recall(labels: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], k: int) -> float:
+    return sum(len(np.intersect1d(labels[row, :k], truth[row])) for row in range(len(truth))) / truth.size
+
+
+@native_only
+@pytest.mark.parametrize("kind", ["random", "structured"])
+@pytest.mark.parametrize("selectivity", [0.5, 0.1, 0.02])
+def test_acorn_recall_and_only_allowed_labels(
+    selectivity: float, kind: str, native: Any, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    data, queries = dataset
+    mask = _mask(kind, selectivity)
+    k = 10
+    labels, dist = hnsw.knn_allowed(native, queries, max(EF, k), mask, num_threads=1, strategy="acorn")
+    assert labels.dtype == np.int64 and dist.dtype == np.float32 and labels.shape == (NQ, max(EF, k))
+    assert (labels >= 0).all(), "a row was left short with enough allowed labels"
+    assert mask[labels].all(), "a label outside the allowed set was returned"
+    assert (np.diff(dist, axis=1) >= 0).all()
+    for row in range(NQ):
+        assert len(np.unique(labels[row])) == labels.shape[1]
+    allowed = np.flatnonzero(mask)
+    truth = top_k(brute_force(data[allowed], queries, "l2"), allowed, k)
+    recall = _recall(labels, truth, k)
+    assert recall >= 0.95, f"acorn recall@{k} {recall:.3f} at {kind} selectivity {selectivity}"
+    # the distances are the index's own: those of the labels returned
+    want = ((queries[:, None, :].astype(np.float64) - data[labels].astype(np.float64)) ** 2).sum(axis=2)
+    np.testing.assert_allclose(dist, want, rtol=1e-4, atol=1e-4)
+    uint8_labels, uint8_dist = native.knn_query(
+        queries, k=max(EF, k), num_threads=1, allowed=mask.view(np.uint8), strategy="acorn"
+    )
+    np.testing.assert_array_equal(uint8_labels, labels)
+    np.testing.assert_array_equal(uint8_dist, dist)
+
+
+@native_only
+def test_acorn_all_allowed_finds_what_the_unfiltered_search_finds(
+    native: Any, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    data, queries = dataset
+    labels, _ = hnsw.knn_allowed(native, queries, EF, np.ones(N, dtype=bool), strategy="acorn")
+    truth = top_k(brute_force(data, queries, "l2"), np.arange(N), 10)
+    plain, _ = native.knn_query(queries, k=EF, num_threads=1)
+    assert _recall(labels, truth, 10) >= _recall(plain.astype(np.int64), truth, 10) - 0.01
+
+
+@native_only
+@pytest.mark.parametrize("strategy", ["sweep", "acorn"])
+def test_acorn_and_sweep_pad_short_rows(
+    strategy: str, native: Any, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    data, queries = dataset
+    allowed = np.array([17, 4_000, 9_999])
+    mask = np.zeros(N, dtype=np.uint8)
+    mask[allowed] = 1
+    labels, dist = hnsw.knn_allowed(native, queries[:5], 10, mask, strategy=strategy)  # type: ignore[arg-type]
+    assert labels.shape == dist.shape == (5, 10)
+    np.testing.assert_array_equal(labels[:, 3:], -1)
+    assert np.isposinf(dist[:, 3:]).all()
+    np.testing.assert_array_equal(labels[:, :3], top_k(brute_force(data[allowed], queries[:5], "l2"), allowed, 3))
+    labels, dist = hnsw.knn_allowed(native, queries[:3], 4, np.zeros(N, dtype=bool), strategy=strategy)  # type: ignore[arg-type]
+    assert (labels == -1).all() and np.isposinf(dist).all()
+    labels, _ = hnsw.knn_allowed(native, queries[:3], 4, np.zeros(0, dtype=bool), strategy=strategy)  # type: ignore[arg-type]
+    assert (labels == -1).all()
+
+
+@native_only
+def test_acorn_finds_every_allowed_label_of_a_scattered_small_set(
+    native: Any, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    """Fewer allowed labels than asked, far apart in the graph: the extra entry points find all."""
+    data, queries = dataset
+    allowed = np.arange(5, N, 211)  # 48 labels
+    mask = np.zeros(N, dtype=bool)
+    mask[allowed] = True
+    labels, dist = hnsw.knn_allowed(native, queries, EF, mask, strategy="acorn")
+    np.testing.assert_array_equal(labels[:, len(allowed) :], -1)
+    assert np.isposinf(dist[:, len(allowed) :]).all() and np.isfinite(dist[:, : len(allowed)]).all()
+    np.testing.assert_array_equal(np.sort(labels[:, : len(allowed)], axis=1), np.tile(allowed, (NQ, 1)))
+    truth = top_k(brute_force(data[allowed], queries, "l2"), allowed, len(allowed))
+    np.testing.assert_array_equal(labels[:, : len(allowed)], truth)
+
+
+@native_only
+@pytest.mark.parametrize("layout", ["identity", "shuffled", "sparse"])
+def test_acorn_never_returns_deleted_labels(
+    layout: str, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    """Labels equal to the internal ids (one thread in order), not (two threads, shuffled
+    order), and sparse labels (no dense table): the three ways labels are resolved."""
+    data, queries = dataset
+    n = 3_000
+    rows = np.arange(n)
+    if layout == "identity":
+        ids, threads = rows, 1
+    elif layout == "shuffled":
+        ids, threads = np.random.default_rng(4).permutation(n), 2
+    else:
+        ids, threads = rows * 1_000 + 7, 2
+    index = _native_index("ip", DIM)
+    index.init_index(max_elements=n, M=M, ef_construction=EF_CONSTRUCTION)
+    index.add_items(data[:n], ids, num_threads=threads)
+    index.set_ef(1)
+    size = int(ids.max()) + 1
+    mask = np.zeros(size, dtype=bool)
+    mask[ids[rows % 4 != 1]] = True  # 75% of the rows
+    deleted = ids[rows % 4 == 0][:400]  # allowed and deleted
+    for label in deleted:
+        index.mark_deleted(int(label))
+    live_allowed = np.setdiff1d(np.flatnonzero(mask), deleted)
+    labels, dist = hnsw.knn_allowed(index, queries, 40, mask, strategy="acorn")
+    assert (labels >= 0).all() and mask[labels].all()
+    assert not np.isin(labels, deleted).any()
+    order = np.argsort(ids)
+    x = data[:n][order][np.searchsorted(ids[order], live_allowed)]
+    truth = top_k(brute_force(x, queries, "ip"), live_allowed, 10)
+    assert _recall(labels, truth, 10) >= 0.95
+    # a mask allowing only deleted labels and one live one: that one, then padding
+    only = np.zeros(size, dtype=bool)
+    only[deleted] = True
+    only[live_allowed[0]] = True
+    labels, dist = hnsw.knn_allowed(index, queries[:4], 5, only, strategy="acorn")
+    np.testing.assert_array_equal(labels[:, 0], live_allowed[0])
+    np.testing.assert_array_equal(labels[:, 1:], -1)
+    assert np.isposinf(dist[:, 1:]).all()
+
+
+@native_only
+def test_acorn_threads_give_identical_results(
+    native: Any, dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    _, queries = dataset
+    for mask in (_mask("random", 0.1), _mask("structured", 0.5)):
+        one = hnsw.knn_allowed(native, queries, EF, mask, num_threads=1, strategy="acorn")
+        for threads in (2, 4, 0):
+            got = hnsw.knn_allowed(native, queries, EF, mask, num_threads=threads, strategy="acorn")
+            np.testing.assert_array_equal(got[0], one[0])
+            np.testing.assert_array_equal(got[1], one[1])
+        rows = [hnsw.knn_allowed(native, queries[i], EF, mask, strategy="acorn") for i in range(0, NQ, 17)]
+        np.testing.assert_array_equal(np.concatenate([r[0] for r in rows]), one[0][::17])
+
+
+@native_only
+def test_acorn_argument_errors(native: Any, dataset: tuple[npt.NDArray[np.float32], Any]) -> None:
+    _, queries = dataset
+    with pytest.raises(ValueError, match="strategy"):
+        hnsw.knn_allowed(native, queries[:2], 4, np.ones(N, dtype=bool), strategy="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strategy"):
+        native.knn_query(queries[:2], k=4, allowed=np.ones(N, dtype=bool), strategy="fast")
+    with pytest.raises(ValueError, match="needs allowed"):
+        native.knn_query(queries[:2], k=4, strategy="acorn")
+    with pytest.raises(TypeError):
+        hnsw.knn_allowed(native, queries[:2], 4, np.ones(N, dtype=np.int64), strategy="acorn")  # type: ignore[arg-type]
+    labels, _ = native.knn_query(queries[:2], k=4, strategy="sweep")  # the default, spelled out
+    assert labels.dtype == np.uint64
+
+
+@native_only
+def test_acorn_work_counters(native: Any, dataset: tuple[npt.NDArray[np.float32], Any]) -> None:
+    from shard import _vsnative
+
+    _, queries = dataset
+    _vsnative._acorn_stats()
+    hnsw.knn_allowed(native, queries[:7], EF, _mask("random", 0.1), strategy="acorn")
+    stats = _vsnative._acorn_stats()
+    assert stats["queries"] == 7 and stats["expansions"] >= 7 * EF // 2 and stats["distances"] >= 7 * EF
+    assert stats["lists"] > 0
+    assert _vsnative._acorn_stats()["queries"] == 0
+    assert _vsnative.SIMD in ("avx512", "avx", "sse", "none")
