@@ -182,6 +182,28 @@ struct LabelTables {
     }
 };
 
+// A compact copy of the level-0 link lists: (2M + 1) words a node, the count then the ids (13 MB
+// at 100k nodes, M 16: 8% of the index). ACORN reads the lists of many nodes whose vectors it
+// never reads, and hnswlib keeps each list in the node's element (1.7 KB at 384-d), one cache
+// miss apart; the compact copy mostly stays in the L3 cache. Measured at 100k MiniLM rows: 5%
+// less time at 20% allowed, 10% at 10%, 15% at 5%, 20% at 2%.
+struct CompactLinks {
+    std::vector<tableint> words;
+    size_t stride = 0;
+
+    void build(const Hnsw& alg) {
+        const size_t count = alg.cur_element_count;
+        stride = alg.maxM0_ + 1;
+        words.assign(count * stride, 0);
+        for (size_t i = 0; i < count; i++) {
+            const hnswlib::linklistsizeint* list = alg.get_linklist0(static_cast<tableint>(i));
+            const size_t size = alg.getListCount(const_cast<hnswlib::linklistsizeint*>(list));
+            words[i * stride] = static_cast<tableint>(size);
+            std::memcpy(&words[i * stride + 1], list + 1, size * sizeof(tableint));
+        }
+    }
+};
+
 // One bit per internal id (the visited set of one query: 12.5 KB at 100k nodes, so it stays in
 // L1/L2 while the vectors stream through; hnswlib's visited list is 2 bytes a node).
 class Bits {
@@ -245,12 +267,17 @@ class AcornSearch {
     using Candidate = std::pair<float, tableint>;
     using Heap = std::priority_queue<Candidate, std::vector<Candidate>, Hnsw::CompareByFirst>;
 
-    AcornSearch(const Hnsw& alg, const uint8_t* mask, size_t mask_size, const LabelTables& tables)
+    AcornSearch(const Hnsw& alg, const uint8_t* mask, size_t mask_size, const LabelTables& tables,
+                const CompactLinks& links)
         : alg_(alg),
           mask_(mask),
           mask_size_(mask_size),
           tables_(tables),
           label_of_(tables.label_of.empty() ? nullptr : tables.label_of.data()),
+          links_(links.words.size() == alg.cur_element_count * links.stride && links.stride == alg.maxM0_ + 1
+                     ? links.words.data()
+                     : nullptr),
+          links_stride_(links.stride),
           count_(alg.cur_element_count),
           base_(alg.data_level0_memory_),
           stride_(alg.size_data_per_element_),
@@ -332,6 +359,11 @@ class AcornSearch {
     const char* vector_of(tableint id) const { return base_ + id * stride_ + data_offset_; }
 
     const tableint* links0(tableint id, size_t* size) const {
+        if (links_ != nullptr) {
+            const tableint* at = links_ + id * links_stride_;
+            *size = at[0];
+            return at + 1;
+        }
         const hnswlib::linklistsizeint* list = alg_.get_linklist0(id);
         *size = alg_.getListCount(const_cast<hnswlib::linklistsizeint*>(list));
         return reinterpret_cast<const tableint*>(list + 1);
@@ -339,6 +371,13 @@ class AcornSearch {
 
     void prefetch_list(tableint id) const {
 #ifdef USE_SSE
+        if (links_ != nullptr) {
+            const char* at = reinterpret_cast<const char*>(links_ + id * links_stride_);
+            _mm_prefetch(at, _MM_HINT_T0);
+            _mm_prefetch(at + 64, _MM_HINT_T0);
+            _mm_prefetch(at + 128, _MM_HINT_T0);
+            return;
+        }
         const char* at = reinterpret_cast<const char*>(alg_.get_linklist0(id));
         const size_t bytes = alg_.size_links_level0_;
         for (size_t offset = 0; offset < bytes; offset += 64) {
@@ -563,6 +602,8 @@ class AcornSearch {
     size_t mask_size_;
     const LabelTables& tables_;
     const uint32_t* label_of_;
+    const tableint* links_;
+    size_t links_stride_;
     size_t count_;
     const char* base_;
     size_t stride_;
@@ -768,7 +809,7 @@ class Index {
             const auto mask_size = static_cast<size_t>(mask_array.shape(0));
             if (acorn) {
                 py::gil_scoped_release release;  // label tables (first search after a mutation), bits
-                acorn_search = std::make_unique<AcornSearch>(alg, mask, mask_size, label_tables(alg));
+                acorn_search = std::make_unique<AcornSearch>(alg, mask, mask_size, label_tables(alg), compact_links(alg));
             } else {
                 functor = std::make_unique<MaskFilter>(mask, mask_size);
             }
@@ -1031,7 +1072,22 @@ class Index {
         return tables_;
     }
 
-    void invalidate_table() { tables_ready_.store(false, std::memory_order_release); }
+    // The compact level-0 lists for ACORN (CompactLinks), built and invalidated as the tables.
+    const CompactLinks& compact_links(const Hnsw& alg) {
+        if (!links_ready_.load(std::memory_order_acquire)) {
+            std::lock_guard<std::mutex> guard(table_mutex_);
+            if (!links_ready_.load(std::memory_order_relaxed)) {
+                links_.build(alg);
+                links_ready_.store(true, std::memory_order_release);
+            }
+        }
+        return links_;
+    }
+
+    void invalidate_table() {
+        tables_ready_.store(false, std::memory_order_release);
+        links_ready_.store(false, std::memory_order_release);
+    }
 
     std::string space_name_;
     int dim_;
@@ -1045,6 +1101,8 @@ class Index {
     std::mutex table_mutex_;
     std::atomic<bool> tables_ready_{false};
     LabelTables tables_;
+    std::atomic<bool> links_ready_{false};
+    CompactLinks links_;
 };
 
 }  // namespace

@@ -625,3 +625,31 @@ def test_acorn_work_counters(native: Any, dataset: tuple[npt.NDArray[np.float32]
     assert stats["lists"] > 0
     assert _vsnative._acorn_stats()["queries"] == 0
     assert _vsnative.SIMD in ("avx512", "avx", "sse", "none")
+
+
+@native_only
+def test_acorn_sees_items_added_and_deleted_after_its_first_search(
+    dataset: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+) -> None:
+    """The label tables and compact link lists are rebuilt after add_items; deletions are read live."""
+    data, queries = dataset
+    index = _native_index("l2", DIM)
+    index.init_index(max_elements=3_000, M=M, ef_construction=EF_CONSTRUCTION)
+    index.add_items(data[:2_000], np.arange(2_000), num_threads=2)
+    index.set_ef(1)
+    mask = np.zeros(3_000, dtype=bool)
+    mask[1::2] = True
+    before, _ = hnsw.knn_allowed(index, queries, 20, mask, strategy="acorn")
+    assert (before < 2_000).all()
+    index.add_items(data[2_000:3_000], np.arange(2_000, 3_000), num_threads=2)
+    new_only = np.zeros(3_000, dtype=bool)
+    new_only[2_001::2] = True
+    labels, _ = hnsw.knn_allowed(index, queries, 20, new_only, strategy="acorn")
+    allowed = np.flatnonzero(new_only)
+    truth = top_k(brute_force(data[allowed], queries, "l2"), allowed, 10)
+    assert new_only[labels].all() and _recall(labels, truth, 10) >= 0.95
+    gone = np.unique(labels[:, :3])
+    for label in gone:
+        index.mark_deleted(int(label))
+    labels, _ = hnsw.knn_allowed(index, queries, 20, new_only, strategy="acorn")
+    assert not np.isin(labels, gone).any() and (labels >= 0).all()
