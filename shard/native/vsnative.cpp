@@ -26,8 +26,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -38,6 +40,11 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "hnswlib.h"
 
@@ -619,6 +626,72 @@ class AcornSearch {
 };
 
 
+// Transparent huge pages for hnswlib's level-0 block (vectors and level-0 links of every node,
+// 1.7 KB a node at 384-d: 170 MB at 100k). A search reads a few thousand nodes scattered over it,
+// nearly each one a TLB miss with 4 KB pages; with 2 MB pages the whole block fits the TLB.
+// Measured at 100k MiniLM rows, one thread: 9-15% less time for unfiltered, sweep, ACORN and
+// exact searches. Linux only; a no-op elsewhere, when THP is "never", when the block is under
+// 4 MB, or with VS_NATIVE_HUGEPAGES=0. Where THP is "madvise" (the common default) the block must
+// be advised before its pages are first touched, so a block hnswlib already filled (load_index)
+// is copied into a fresh advised one, 16 MB at a time, each copied part of the old block released
+// at once (~60 ms at 170 MB, 16 MB above the block's size at the peak). The layout, the file
+// format and hnswlib's free()/realloc() of the block are unchanged (posix_memalign memory).
+bool huge_pages_wanted(size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr size_t kHuge = size_t{2} << 20;
+    if (bytes < 2 * kHuge) {
+        return false;
+    }
+    const char* env = std::getenv("VS_NATIVE_HUGEPAGES");
+    if (env != nullptr && std::string(env) == "0") {
+        return false;
+    }
+    static const bool enabled = [] {
+        std::ifstream file("/sys/kernel/mm/transparent_hugepage/enabled");
+        std::string line;
+        return static_cast<bool>(std::getline(file, line)) && line.find("[never]") == std::string::npos;
+    }();
+    return enabled;
+#else
+    (void)bytes;
+    return false;
+#endif
+}
+
+// Replaces alg.data_level0_memory_ by a 2 MB-aligned block advised for huge pages; copies the
+// first `used` bytes (0 for a fresh index: nothing to copy, nothing touched).
+void move_level0_to_huge_pages(Hnsw& alg, size_t used) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t bytes = alg.max_elements_ * alg.size_data_per_element_;
+    if (!huge_pages_wanted(bytes)) {
+        return;
+    }
+    constexpr size_t kHuge = size_t{2} << 20;
+    void* block = nullptr;
+    if (posix_memalign(&block, kHuge, bytes) != 0) {
+        return;  // keep hnswlib's block
+    }
+    madvise(block, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+    char* old = alg.data_level0_memory_;
+    constexpr size_t kChunk = size_t{16} << 20;
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    for (size_t at = 0; at < used; at += kChunk) {
+        const size_t n = std::min(kChunk, used - at);
+        std::memcpy(static_cast<char*>(block) + at, old + at, n);
+        const uintptr_t from = (reinterpret_cast<uintptr_t>(old + at) + page - 1) & ~(page - 1);
+        const uintptr_t to = reinterpret_cast<uintptr_t>(old + at + n) & ~(page - 1);
+        if (to > from) {
+            madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);  // freed below anyway
+        }
+    }
+    free(old);
+    alg.data_level0_memory_ = static_cast<char*>(block);
+#else
+    (void)alg;
+    (void)used;
+#endif
+}
+
 class Index {
  public:
     Index(const std::string& space, int dim) : space_name_(space), dim_(dim) {
@@ -647,6 +720,7 @@ class Index {
         }
         alg_ = std::make_unique<Hnsw>(space_.get(), max_elements, M, ef_construction, random_seed,
                                       allow_replace_deleted);
+        move_level0_to_huge_pages(*alg_, 0);
         alg_->ef_ = default_ef_;
         cur_l_ = 0;
         ep_added_ = false;
@@ -658,6 +732,7 @@ class Index {
         {
             py::gil_scoped_release release;
             loaded = std::make_unique<Hnsw>(space_.get(), path, false, max_elements, allow_replace_deleted);
+            move_level0_to_huge_pages(*loaded, loaded->cur_element_count * loaded->size_data_per_element_);
         }
         alg_ = std::move(loaded);
         cur_l_ = alg_->cur_element_count;

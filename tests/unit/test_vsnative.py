@@ -653,3 +653,42 @@ def test_acorn_sees_items_added_and_deleted_after_its_first_search(
         index.mark_deleted(int(label))
     labels, _ = hnsw.knn_allowed(index, queries, 20, new_only, strategy="acorn")
     assert not np.isin(labels, gone).any() and (labels >= 0).all()
+
+
+@native_only
+def test_huge_page_blocks_search_save_and_resize_like_plain_ones(tmp_path: Path) -> None:
+    """Level-0 blocks of 4 MB and more move to memory advised for transparent huge pages (at
+    init_index and load_index; VS_NATIVE_HUGEPAGES=0 turns it off): same files, same results,
+    resize_index (hnswlib's realloc of the block) still works."""
+    code = (
+        "import sys, numpy as np\n"
+        "from shard import _vsnative\n"
+        "from testkit.datasets import data_and_queries\n"
+        "data, queries = data_and_queries(3_000, 20, 24, seed=3)\n"
+        "index = _vsnative.Index('l2', 24)\n"
+        "index.init_index(max_elements=40_000, M=16, ef_construction=60, random_seed=1)\n"
+        "index.add_items(data, np.arange(3_000), num_threads=1)\n"
+        "index.save_index(sys.argv[1] + '.built')\n"
+        "loaded = _vsnative.Index('l2', 24)\n"
+        "loaded.load_index(sys.argv[1] + '.built', max_elements=40_000)\n"
+        "loaded.resize_index(60_000)\n"
+        "loaded.add_items(data[:10] + 1, np.arange(3_000, 3_010), num_threads=1)\n"
+        "loaded.save_index(sys.argv[1] + '.resized')\n"
+        "mask = np.arange(3_010) % 3 == 0\n"
+        "out = [loaded.knn_query(queries, k=10, num_threads=1)[0],\n"
+        "       loaded.knn_query(queries, k=10, num_threads=1, allowed=mask, strategy='acorn')[0],\n"
+        "       loaded.exact_query(queries, np.arange(0, 3_010, 7), k=10, num_threads=1)[0]]\n"
+        "np.save(sys.argv[1] + '.npy', np.concatenate([o.astype(np.int64) for o in out], axis=1))\n"
+    )
+    outputs = {}
+    for setting in ("1", "0"):
+        prefix = str(tmp_path / f"hp{setting}")
+        env = {**os.environ, "VS_NATIVE_HUGEPAGES": setting}
+        done = subprocess.run(
+            [sys.executable, "-c", code, prefix], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[setting] = prefix
+    for suffix in (".built", ".resized"):
+        assert Path(outputs["1"] + suffix).read_bytes() == Path(outputs["0"] + suffix).read_bytes()
+    np.testing.assert_array_equal(np.load(outputs["1"] + ".npy"), np.load(outputs["0"] + ".npy"))
