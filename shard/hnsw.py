@@ -149,14 +149,18 @@ def knn_allowed(
     - ``"sweep"`` (default): hnswlib's filtered traversal. Every neighbour of an expanded node is
       scored and disallowed ones are expanded too; it keeps expanding until it holds ``k``
       allowed results or the reachable graph is exhausted, so its cost grows like
-      ``k / selectivity`` (cheap at 30-50%, ~8x an unfiltered search at 10%).
+      ``k / selectivity`` (bench/results/filter-cost.md, 100k MiniLM rows, against an unfiltered
+      search at the same ``k``: 1.75x at 50%, 7x at 10%, 44x at 1%; asked for ``k * sqrt(s)``
+      results it has about the unfiltered search's recall for 1.3x at 50%, 2.2x at 20%).
     - ``"acorn"``: ACORN-1 (docs/filtered-search.md §7): only allowed nodes are scored; a
       disallowed neighbour is looked through to its own neighbours (two hops, more where
-      allowed nodes are sparse), about ``4 * M`` allowed nodes collected per expansion; where a
-      quarter or more of a node's neighbours are allowed it sweeps instead. Its cost grows far
-      more slowly as the selectivity falls (~2-3x an unfiltered search at 5-20%). When the
-      graph around the query runs out of allowed nodes, more allowed labels are taken as entry
-      points, so a row is short only when fewer than ``k`` allowed live labels exist.
+      allowed nodes are sparse), up to ``4 * M`` allowed nodes collected per expansion; where a
+      quarter or more of a node's neighbours are allowed it sweeps instead. Its cost is nearly
+      flat in the selectivity: 2-2.5x the unfiltered search at the same ``k`` from 1% to 10%
+      (3.8-4.8x at 20%, the sweep's at 50%); its recall falls below ~5% (ask ~1.5x ``k``
+      there). When the graph around the query runs out of allowed nodes, more allowed labels are
+      taken as entry points, so a row is short only when fewer than ``k`` allowed live labels
+      exist.
 
     Returns ``(labels int64[nq, k], distances float32[nq, k])``, each row ascending by distance;
     a row with fewer than ``k`` allowed results found is padded with label ``-1`` and distance
