@@ -28,7 +28,7 @@ from server.query import (
     TextTarget,
     VectorTarget,
 )
-from shard.planner import PLAN_EMPTY, PLAN_EXACT, PLAN_FILTERED_GRAPH, PLAN_GRAPH
+from shard.planner import PLAN_ACORN, PLAN_EMPTY, PLAN_EXACT, PLAN_FILTERED_GRAPH, PLAN_GRAPH
 from shard.types import CollectionStats
 from vsproto.common import matrix_from_proto
 from vsproto.filters import filter_from_proto as filter_from_proto
@@ -177,6 +177,7 @@ _PLANS = {
     PLAN_GRAPH: pb.SEARCH_PLAN_GRAPH,
     PLAN_EXACT: pb.SEARCH_PLAN_EXACT,
     PLAN_FILTERED_GRAPH: pb.SEARCH_PLAN_FILTERED_GRAPH,
+    PLAN_ACORN: pb.SEARCH_PLAN_ACORN,
     PLAN_EMPTY: pb.SEARCH_PLAN_EMPTY,
     PLAN_LEGACY_SQL: pb.SEARCH_PLAN_LEGACY_SQL,
 }

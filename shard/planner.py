@@ -5,15 +5,19 @@ gives the exact number of matching items per layer before any vector is touched.
 
 * delta layers (at most ``compact_delta_items`` rows) are always searched exactly, with the
   rows that do not match hidden;
-* the graph is searched by the cheaper of two plans under a cost model with two constants
-  (``PlanCosts``): exact search over the matching labels costs ``exact_row_us`` per label;
-  a graph search costs ``graph_node_us`` per node it visits, about ``E * N / m`` for ``m`` of
-  ``N`` labels allowed and ``E = max(ef, k)`` results wanted (Lucene and Qdrant pick the same
-  way). A filter that matches every live label is a plain graph search; one that matches none
-  skips the graph.
+* the graph is searched by the cheapest plan under a cost model (``PlanCosts``; ``m`` of ``N``
+  visible labels allowed, ``E = max(ef, k)`` results wanted): exact search over the matching
+  labels (``exact_row_us`` a label; also whenever ``m <= 2E``); the swept masked graph search,
+  which scores every neighbour and keeps expanding until it holds ``E`` allowed results
+  (``graph_node_us`` per unit of ``E·N/m``); or, while at most ``ACORN_MAX_SHARE`` is allowed,
+  ACORN-1, which scores only allowed nodes (``acorn_per_ef_us`` per unit of ``E``, about flat in
+  ``N/m``). Lucene, Qdrant and Weaviate choose between the same kinds of plan. A filter that
+  matches every live label is a plain graph search; one that matches none skips the graph.
 
-The graph plan (``filtered-graph``) asks hnswlib for ``ceil(1.2 * E * N / m)`` candidates and
-keeps the allowed ones; a query left with fewer than ``min(k, m)`` widens its candidate list
+The native searches (``shard._vsnative``) check the allowed labels in C++ per candidate; a query
+they leave short of ``min(k, m)`` results (allowed labels out of the traversal's reach) is
+answered exactly. Without the module the graph plan asks hnswlib for ``ceil(1.2 * E * N / m)``
+unfiltered candidates and keeps the allowed ones; a short query widens its candidate list
 fourfold inside the shard (no round trip), and once the next widening would cost more than the
 exact plan it is answered exactly. So every query gets ``min(k, m)`` results: recall is the
 graph's, never a short page.
@@ -44,14 +48,20 @@ PLAN_GRAPH = "graph"
 PLAN_EXACT = "exact"
 """Exact search over the matching items."""
 PLAN_FILTERED_GRAPH = "filtered-graph"
-"""Graph search keeping the allowed candidates, widened in the shard while a query is short."""
+"""Graph search keeping the allowed candidates: the native masked sweep, or without the module
+unfiltered candidates post-filtered and widened in the shard while a query is short."""
+PLAN_ACORN = "acorn"
+"""Native ACORN-1 graph search: only allowed nodes are scored, reached through disallowed ones."""
 PLAN_EMPTY = "empty"
 """Nothing matches: no vector is touched."""
-PLANS = (PLAN_GRAPH, PLAN_EXACT, PLAN_FILTERED_GRAPH, PLAN_EMPTY)
+PLANS = (PLAN_GRAPH, PLAN_EXACT, PLAN_FILTERED_GRAPH, PLAN_ACORN, PLAN_EMPTY)
 
 FORCE_AUTO = "auto"
 FORCE_EXACT = "exact"
 FORCE_GRAPH = "graph"
+FORCE_SWEEP = "sweep"
+FORCE_ACORN = "acorn"
+FORCES = (FORCE_AUTO, FORCE_EXACT, FORCE_GRAPH, FORCE_SWEEP, FORCE_ACORN)
 
 _OVERSAMPLE = 1.2
 _WIDEN = 4
@@ -62,37 +72,44 @@ Part = tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]
 @dataclass(frozen=True)
 class PlanCosts:
     """The cost model's constants (microseconds; None: the measured defaults of the index at
-    hand, native or not) and an override for tests and benchmarks: ``force`` = ``"exact"`` or
-    ``"graph"`` takes that plan whenever some but not all labels match."""
+    hand, native or not) and an override for tests and benchmarks: ``force`` takes that plan
+    whenever some but not all labels match (``"graph"``: the cheaper graph plan; ``"acorn"``
+    falls back to ``"sweep"`` without the native module)."""
 
     exact_row_us: float | None = None
     graph_node_us: float | None = None
+    acorn_per_ef_us: float | None = None
     force: str = FORCE_AUTO
 
     def __post_init__(self) -> None:
-        if self.force not in (FORCE_AUTO, FORCE_EXACT, FORCE_GRAPH):
-            raise ValueError(f"force must be auto, exact or graph, got {self.force!r}")
-        if any(c is not None and c <= 0 for c in (self.exact_row_us, self.graph_node_us)):
+        if self.force not in FORCES:
+            raise ValueError(f"force must be one of {FORCES}, got {self.force!r}")
+        if any(c is not None and c <= 0 for c in (self.exact_row_us, self.graph_node_us, self.acorn_per_ef_us)):
             raise ValueError("plan costs must be positive")
 
-    def of(self, native: bool) -> tuple[float, float]:
-        """(µs per label scored exactly, µs per unit of E·N/m of graph search) for a native
-        index or an hnswlib one."""
-        exact_us, graph_us = _NATIVE_COSTS if native else _NUMPY_COSTS
-        return (
-            exact_us if self.exact_row_us is None else self.exact_row_us,
-            graph_us if self.graph_node_us is None else self.graph_node_us,
-        )
+    def of(self, native: bool) -> tuple[float, float, float]:
+        """(µs per label scored exactly, µs per unit of E·N/m of a swept graph search, µs per
+        unit of E of an ACORN search; inf without the native module)."""
+        defaults = _NATIVE_COSTS if native else _NUMPY_COSTS
+        given = (self.exact_row_us, self.graph_node_us, self.acorn_per_ef_us if native else None)
+        exact_us, sweep_us, acorn_us = (d if g is None else g for g, d in zip(given, defaults, strict=True))
+        return exact_us, sweep_us, acorn_us
 
 
-# Measured on 50k real MiniLM 384-d embeddings (bench/data/minilm), M 16, one thread: native
-# exact_query 0.06-0.11 µs a label (5k-25k labels); the native masked graph search ("sweep")
-# about 0.66 x the unfiltered search / selectivity, i.e. ~3.5 µs per unit of E·N/m (an
-# unfiltered search at ef 64 took 350 µs); without the module, numpy gather + exact 0.3-0.45 µs
-# a label and hnswlib's unfiltered search for 1.2·E·N/m candidates ~5 µs per unit. (Clustered
-# synthetic data is ~4x cheaper to traverse; the crossover moves with it, the plans stay exact.)
-_NATIVE_COSTS = (0.1, 3.5)
-_NUMPY_COSTS = (0.4, 5.0)
+# Measured on 100k real MiniLM 384-d embeddings (bench/filter_cost.py --data bench/data/minilm,
+# bench/results/filter-cost.md), M 16, one thread, where an unfiltered search at ef 64 takes
+# ~340 µs: native exact_query 0.08 µs a label while the set stays in cache (~5k labels), 0.15-0.19
+# beyond 10k; the swept masked search ~3.7-4.6 µs per unit of E·N/m; ACORN ~13 µs per unit of E
+# from 1% to 15% allowed (it barely depends on N/m; its recall at a given E falls below ~8%, so it
+# is asked for 1.5·E there). Without the module: numpy gather + exact 0.3-0.45 µs a label, and
+# hnswlib's unfiltered search for 1.2·E·N/m candidates ~5 µs per unit.
+_NATIVE_COSTS = (0.16, 4.0, 13.0)
+_NUMPY_COSTS = (0.4, 5.0, math.inf)
+ACORN_MAX_SHARE = 0.15
+"""ACORN is considered only while at most this share of the labels is allowed: above it the
+allowed labels are dense enough that it sweeps anyway and costs what the sweep does."""
+ACORN_WIDE_BELOW = 0.08
+"""Below this share ACORN is asked for 1.5·E results, which keeps its recall at E's level."""
 
 
 @dataclass
@@ -133,28 +150,47 @@ def search_graph(
     if m == n:
         return GraphOutcome(None, PLAN_GRAPH, m)
     native = hnsw.is_native(graph.index)
-    exact_us, graph_us = costs.of(native)
-    use_exact = costs.force == FORCE_EXACT or (
-        costs.force == FORCE_AUTO and (m <= 2 * ef or exact_us * m <= graph_us * ef * n / m)
-    )
-    if use_exact:
+    exact_us, sweep_us, acorn_us = costs.of(native)
+    share = m / n
+    acorn_ef = math.ceil(1.5 * ef) if share < ACORN_WIDE_BELOW else ef
+    price = {
+        PLAN_EXACT: 0.0 if m <= 2 * ef else exact_us * m,
+        PLAN_FILTERED_GRAPH: sweep_us * ef * n / m,
+        PLAN_ACORN: acorn_us * acorn_ef if share <= ACORN_MAX_SHARE else math.inf,
+    }
+    force = costs.force
+    if force == FORCE_EXACT:
+        plan = PLAN_EXACT
+    elif force == FORCE_SWEEP or (force == FORCE_ACORN and not native):
+        plan = PLAN_FILTERED_GRAPH
+    elif force == FORCE_ACORN:
+        plan = PLAN_ACORN
+    else:
+        if force == FORCE_GRAPH:
+            del price[PLAN_EXACT]
+        plan = min(price, key=lambda p: price[p])
+    if plan == PLAN_EXACT:
         labels = allowed.labels().astype(np.int64)
         return GraphOutcome(_exact_part(graph, queries, labels, k, threads), PLAN_EXACT, m, scored=m)
-    if native:
-        return _masked(graph, allowed, queries, k, ef, threads)
-    return _postfiltered(graph, allowed, queries, k, ef, n, (exact_us, graph_us), threads)
+    if not native:
+        return _postfiltered(graph, allowed, queries, k, ef, n, (exact_us, sweep_us), threads)
+    if plan == PLAN_ACORN:
+        return _masked(graph, allowed, queries, k, max(acorn_ef, k), threads, PLAN_ACORN)
+    return _masked(graph, allowed, queries, k, ef, threads, PLAN_FILTERED_GRAPH)
 
 
-def _masked(graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, threads: int) -> GraphOutcome:
-    """The native graph search with the allowed labels checked per candidate in C++ (it keeps
-    expanding until it holds ``ef`` allowed results); a query it leaves short (allowed labels
-    out of its reach) is answered exactly."""
+def _masked(graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, threads: int, plan: str) -> GraphOutcome:
+    """The native graph search with the allowed labels checked per candidate in C++, swept
+    (``PLAN_FILTERED_GRAPH``: every neighbour scored, expanding until ``ef`` allowed results are
+    held) or by ACORN-1 (``PLAN_ACORN``: only allowed nodes scored, reached through disallowed
+    ones); a query it leaves short (allowed labels out of its reach) is answered exactly."""
     m = allowed.count
     take = min(k, m)
     want = min(ef, m)
-    labels, dist = hnsw.knn_allowed(graph.index, queries, want, allowed.mask(), threads)
+    strategy: hnsw.Strategy = "acorn" if plan == PLAN_ACORN else "sweep"
+    labels, dist = hnsw.knn_allowed(graph.index, queries, want, allowed.mask(), threads, strategy)
     labels, dist = labels[:, :take], dist[:, :take]
-    outcome = GraphOutcome(None, PLAN_FILTERED_GRAPH, m, scored=labels.size, candidates=want)
+    outcome = GraphOutcome(None, plan, m, scored=labels.size, candidates=want)
     short = np.flatnonzero((labels < 0).any(axis=1))
     if len(short):
         labels, dist = labels.copy(), dist.copy()

@@ -112,7 +112,9 @@ def delete(col: Collection, model: Model, rows: range) -> None:
 
 def check(col: Collection, model: Model, queries: np.ndarray, where: str) -> None:
     prepared = prepare_queries(queries, col.spec)
-    forced = {force: replace(OPTS, plan_costs=planner.PlanCosts(force=force)) for force in ("auto", "exact", "graph")}
+    forced = {
+        force: replace(OPTS, plan_costs=planner.PlanCosts(force=force)) for force in ("auto", "exact", "sweep", "acorn")
+    }
     for name, node in FILTERS.items():
         ids, truth = model.truth(node, queries)
         want = min(K, len(ids))
@@ -125,8 +127,11 @@ def check(col: Collection, model: Model, queries: np.ndarray, where: str) -> Non
             assert all(matches(node, model.metas[item]) for row in found for item in row), (where, name, force)
             recall = recall_at_k(truth, found, ids)
             if force != "auto" and len(ids) < len(model.metas):  # some but not all match
-                assert reply.stats.plan in (planner.PLAN_EXACT, planner.PLAN_FILTERED_GRAPH)
+                assert reply.stats.plan in (planner.PLAN_EXACT, planner.PLAN_FILTERED_GRAPH, planner.PLAN_ACORN)
                 assert (reply.stats.plan == planner.PLAN_EXACT) == (force == "exact") or not col.stats().graph_elements
+                graph = col._view.graph
+                if force == "acorn" and graph is not None and hnsw.is_native(graph.index):
+                    assert reply.stats.plan == planner.PLAN_ACORN, (where, name, reply.stats)
             floor = 0.999 if reply.stats.plan == planner.PLAN_EXACT else 0.95
             assert recall >= floor, (where, name, force, reply.stats, recall)
     for name, node in NOTHING.items():
