@@ -232,14 +232,15 @@ class Collection:
         view = self._view
         active = view.active
         if isinstance(op, records.UpsertOp):
-            existed = legacy = 0
+            existed = legacy = 0  # ids that had a live version; change in items without payload
             for item in op.ids:
                 old = self._supersede(item, seq, view)
                 if old is not None:
                     existed += 1
-                    legacy -= not old
+                    if old == b"":
+                        legacy -= 1
             active.append(op.ids, op.vectors, seq, op.payloads, fields)
-            legacy += len(op.ids) if op.payloads is None else sum(1 for p in op.payloads if not p)
+            legacy += len(op.ids) if op.payloads is None else op.payloads.count(b"")
             self._live += len(op.ids) - existed
             self._legacy += legacy
         else:
@@ -248,7 +249,8 @@ class Collection:
                 if old is not None:
                     active.tombstone(item, seq)
                     self._live -= 1
-                    self._legacy -= not old
+                    if old == b"":
+                        self._legacy -= 1
         if self._active_since is None:
             self._active_since = time.monotonic()
         self._applied_seq = seq  # last: readers that see this seq see the whole op
