@@ -6,7 +6,9 @@ restart; a filter that matches nothing gives exactly nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -202,3 +204,65 @@ def test_a_filtered_search_is_refused_while_items_without_payloads_remain(collec
     assert [h.ids for h in col.plan_search(query, 5, filter=cat(10)).hits] == [["i10"]]
     with pytest.raises(InvalidArgument, match="not both"):
         col.plan_search(query, 5, filter=cat(7), allow_ids=["i10"])
+
+
+def test_filtered_searches_during_writes_and_compactions_see_only_matching_items(
+    collection: tuple[Collection, bool],
+) -> None:
+    """Readers never lock: while one thread writes (new items, rewrites that keep each id's tag)
+    and another folds the delta into new graphs, every filtered search returns only items whose
+    tag matches, and never fails."""
+    col, _ = collection
+    data = clustered(6_000, DIM, seed=154)
+    even = Condition("tags", Eq("even"))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                while not stop.is_set():
+                    work()
+            except BaseException as exc:  # reported by the test thread
+                errors.append(exc)
+                stop.set()
+
+        return run
+
+    written = [0]
+
+    def write() -> None:
+        lo = written[0] % 5_800
+        rows = range(lo, lo + 200)
+        metas = [ItemMeta(uri=f"u{i}", tags=["even" if i % 2 == 0 else "odd"]) for i in rows]
+        col.upsert_batch(
+            prepare_batch(
+                [f"i{i}" for i in rows], data[list(rows)], col.spec, payloads=[payload.encode(m) for m in metas]
+            )
+        )
+        written[0] += 200
+
+    def fold() -> None:
+        col.compact()
+        time.sleep(0.05)
+
+    query = prepare_queries(data[:4], col.spec)
+    threads = [threading.Thread(target=guarded(w)) for w in (write, fold)]
+    for thread in threads:
+        thread.start()
+    searches = 0
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and not stop.is_set():
+            for force in ("auto", "exact", "sweep", "acorn"):
+                col.options = replace(OPTS, plan_costs=planner.PlanCosts(force=force))
+                for hits in col.plan_search(query, 10, filter=even).hits:
+                    assert all(int(item[1:]) % 2 == 0 for item in hits.ids), hits.ids
+                searches += 1
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        col.options = OPTS
+    assert not errors, errors
+    assert searches > 20 and col.stats().compactions >= 2 and written[0] >= 1_000
