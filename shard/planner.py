@@ -189,8 +189,9 @@ def _masked(graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, t
     want = min(ef, m)
     strategy: hnsw.Strategy = "acorn" if plan == PLAN_ACORN else "sweep"
     labels, dist = hnsw.knn_allowed(graph.index, queries, want, allowed.mask(), threads, strategy)
+    taken = int(np.count_nonzero(labels >= 0))  # the allowed results the traversal gathered
     labels, dist = labels[:, :take], dist[:, :take]
-    outcome = GraphOutcome(None, plan, m, scored=labels.size, candidates=want)
+    outcome = GraphOutcome(None, plan, m, scored=taken, candidates=want)
     short = np.flatnonzero((labels < 0).any(axis=1))
     if len(short):
         labels, dist = labels.copy(), dist.copy()
