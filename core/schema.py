@@ -26,7 +26,7 @@ TOPOLOGY_VERSION = 1
 METADATA = "metadata"
 """Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``,
 ``vs_attr_types``, ``vs_pending_writes``)."""
-METADATA_VERSION = 3  # 2: vs_pending_writes; 3: vs_collection_models
+METADATA_VERSION = 4  # 2: vs_pending_writes; 3: vs_collection_models; 4: vs_payload_only
 COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION}
 """Every component and the schema version of it this code writes."""
 
@@ -70,6 +70,15 @@ collection_models = sa.Table(
     metadata,
     sa.Column("collection", sa.String(128), primary_key=True),
     sa.Column("model", sa.String(512), nullable=False),
+)
+# A collection created since item metadata travels in shard payloads: its shards filter its items
+# and serve their metadata, so no SQL item index (vs_items, vs_item_tags, vs_item_attrs,
+# vs_pending_writes) is kept for it. Collections created before keep theirs (docs/filtered-search.md
+# §9); their shards may hold items without payloads, whose metadata only SQL has.
+payload_only = sa.Table(
+    "vs_payload_only",
+    metadata,
+    sa.Column("collection", sa.String(128), primary_key=True),
 )
 items = sa.Table(
     "vs_items",

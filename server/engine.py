@@ -4,9 +4,11 @@ Combines the metadata store (SQL) and the router (shards). Takes and returns dom
 only (``server/query.py``, ``core.filters``, numpy arrays); knows nothing of gRPC or protobuf.
 
 Write order: input is validated completely first (ids, vectors, metadata types) into a
-``core.vectors.Batch``, so bad input changes nothing; then vectors go to their shards (durable
-there), then metadata is committed. A failure in between leaves state that a retry of the same
-idempotent write repairs. Deletes run in the same order.
+``core.vectors.Batch``, so bad input changes nothing; new attribute types are fixed in SQL; then
+the items (vector and metadata payload in one record) go to their shards, durable there. A
+collection created before payload-only collections (``MetadataStore.keeps_index``) also keeps
+its SQL item index: a marker before the shard write, the rows after it; a failure in between
+leaves a marker that ``repair_index`` resolves from the shards. Deletes run in the same order.
 
 Filtered search: the filter's attribute types are checked against the collection's (cached,
 ``check_types``), then the filter goes to every shard, which plans the search on its own items
@@ -97,6 +99,7 @@ class Engine:
         self.options = options or EngineOptions()
         self._specs: dict[str, tuple[float, CollectionSpec]] = {}
         self._attr_types: dict[str, tuple[float, dict[str, str]]] = {}
+        self._index_kept: dict[str, tuple[float, bool]] = {}
 
     def spec(self, name: str) -> CollectionSpec:
         """The collection's spec, cached for ``SPEC_TTL_S`` (specs are immutable; the TTL only
@@ -143,6 +146,7 @@ class Engine:
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
         self._specs.pop(name, None)
         self._attr_types.pop(name, None)
+        self._index_kept.pop(name, None)
         in_shards = self.router.drop_collection(name, self.timeout_for(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
@@ -187,6 +191,12 @@ class Engine:
         items = [(item, metas[last[item]]) for item in batch.ids]
         new_types = self.metadata.check_types(collection, items)
         calls.check("the shard write")
+        if not self._keeps_index(collection):  # the shards are the only index: types, then the write
+            if new_types:
+                self.metadata.record_types(collection, new_types)
+            self.router.upsert(collection, batch, self.timeout_for(remaining))
+            faults.point("after_shard_write")
+            return len(batch)
         marker = self.metadata.begin_write(collection, batch.ids, new_types)  # types fixed before any shard sees them
         self.router.upsert(collection, batch, self.timeout_for(remaining))
         faults.point("after_shard_write")
@@ -197,6 +207,10 @@ class Engine:
         self.spec(collection)
         id_list = list(dict.fromkeys(validate_ids(ids, max_items=limits.MAX_BATCH_ITEMS)))
         calls.check("the shard delete")
+        if not self._keeps_index(collection):
+            deleted = self.router.delete(collection, id_list, self.timeout_for(remaining))
+            faults.point("after_shard_delete")
+            return deleted
         marker = self.metadata.begin_write(collection, id_list)
         deleted = self.router.delete(collection, id_list, self.timeout_for(remaining))
         faults.point("after_shard_delete")
@@ -316,8 +330,8 @@ class Engine:
             )
             explain = _explain(outcome) if query.explain else None
         except FailedPrecondition:
-            if query.filter is None:
-                raise
+            if query.filter is None or not self._keeps_index(query.collection):
+                raise  # (without an item index a shard holds no item without a payload)
             # A shard holds items written before payloads: it cannot judge them, SQL can.
             outcome, matching = self._filtered(query, queries, want, deadline)
             legacy = True
@@ -341,6 +355,17 @@ class Engine:
         metadata = {i: m for i, m in metadata.items() if i in kept} if query.include_metadata else {}
         vectors = {i: s.vector for i, s in stored.items() if i in kept} if query.include_vectors else {}
         return SearchResult(hits, outcome.failed, metadata, vectors, explain)
+
+    def _keeps_index(self, collection: str) -> bool:
+        """Whether the collection keeps the SQL item index (``MetadataStore.keeps_index``),
+        cached for ``SPEC_TTL_S``."""
+        now = time.monotonic()
+        cached = self._index_kept.get(collection)
+        if cached is not None and now - cached[0] < SPEC_TTL_S:
+            return cached[1]
+        kept = self.metadata.keeps_index(collection)
+        self._index_kept[collection] = (now, kept)
+        return kept
 
     def _check_filter_types(self, collection: str, node: Filter) -> None:
         """InvalidArgument when ``node`` names an attribute no item of the collection has, or

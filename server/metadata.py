@@ -30,6 +30,7 @@ from core.schema import attr_types as attr_types
 from core.schema import collection_models as collection_models
 from core.schema import collections as collections
 from core.schema import items as items
+from core.schema import payload_only as payload_only
 from core.schema import pending_writes as pending_writes
 from core.spec import CollectionSpec
 from core.text import quote
@@ -66,6 +67,7 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:
+        """Creates the collection (idempotent); a new one is payload-only (:meth:`keeps_index`)."""
         with self.engine.begin() as conn:
             inserted = conn.execute(
                 _insert(self.engine, collections)
@@ -73,6 +75,8 @@ class MetadataStore:
                 .on_conflict_do_nothing()
                 .returning(collections.c.name)
             ).first()
+            if inserted is not None:
+                conn.execute(_insert(self.engine, payload_only).values(collection=spec.name).on_conflict_do_nothing())
             stored = CollectionSpec.from_json(
                 conn.execute(sa.select(collections.c.spec).where(collections.c.name == spec.name)).scalar_one()
             )
@@ -94,7 +98,7 @@ class MetadataStore:
 
     def drop_collection(self, name: str) -> bool:
         with self.engine.begin() as conn:
-            for table in (tags, attrs, items, attr_types, pending_writes, collection_models):
+            for table in (tags, attrs, items, attr_types, pending_writes, collection_models, payload_only):
                 conn.execute(table.delete().where(table.c.collection == name))
             return bool(conn.execute(collections.delete().where(collections.c.name == name)).rowcount)
 
@@ -255,6 +259,21 @@ class MetadataStore:
             if new_types:
                 self._fix_types(conn, collection, new_types)
             self._write_rows(conn, collection, batch)
+
+    def keeps_index(self, collection: str) -> bool:
+        """Whether the collection keeps the SQL item index: it was created before item metadata
+        travelled in shard payloads (``vs_payload_only`` has no row for it), so its shards may
+        hold items whose metadata only SQL has."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(payload_only.c.collection).where(payload_only.c.collection == collection))
+            return row.first() is None
+
+    def record_types(self, collection: str, new_types: dict[str, str]) -> None:
+        """Fixes the types of new attributes (from :meth:`check_types`) of a collection without
+        an item index; InvalidArgument, and nothing recorded, when a concurrent write just gave
+        one of them another type."""
+        with self.engine.begin() as conn:
+            self._fix_types(conn, collection, new_types)
 
     def _fix_types(self, conn: sa.Connection, collection: str, new_types: dict[str, str]) -> None:
         conn.execute(

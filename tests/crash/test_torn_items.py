@@ -194,8 +194,19 @@ def begin_cycle(stub: pb_grpc.SearchServiceStub, cycle: int, database: str, writ
     if cycle == 0:
         spec = types_pb2.CollectionSpec(name="items", dimension=DIM, metric=types_pb2.METRIC_COSINE)
         stub.CreateCollection(pb.CreateCollectionRequest(spec=spec))
+        keep_sql_index(database, "items")
     else:
         wait_for_repaired_index(stub, database, writers, check(stub, writers))
+
+
+def keep_sql_index(database: str, collection: str) -> None:
+    """Makes the collection one created before payload-only collections, which keeps the SQL item
+    index and its repair (what this test checks besides torn items). Before its first write, so
+    the server has not cached the collection's kind yet."""
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        conn.execute(schema.payload_only.delete().where(schema.payload_only.c.collection == collection))
+    engine.dispose()
 
 
 def write_until_death(

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from core.errors import InvalidArgument
+from core import schema
+from core.errors import FailedPrecondition, InvalidArgument
 from core.filters import AllOf, Condition, Eq, Filter, Range
 from core.items import ItemMeta
 from core.spec import make_spec
@@ -77,11 +78,19 @@ class GoneContext:
         return False
 
 
+def keep_sql_index(engine: Engine, collection: str) -> None:
+    """Makes ``collection`` one created before payload-only collections (it keeps the SQL item
+    index), as an upgraded database holds them; before its first write."""
+    with engine.metadata.engine.begin() as conn:
+        conn.execute(schema.payload_only.delete().where(schema.payload_only.c.collection == collection))
+
+
 def test_work_stops_when_the_caller_has_gone(engine: Engine) -> None:
     from core import calls
     from core.errors import Cancelled, DeadlineExceeded
 
     engine.create_collection(make_spec("c", 4, 3))
+    keep_sql_index(engine, "c")  # markers and the SQL planner exist only there
     rows = np.eye(4, dtype=np.float32)
     with calls.serving(GoneContext()), pytest.raises(Cancelled, match="shard write"):
         engine.upsert("c", ["a", "b", "c", "d"], rows, [ItemMeta() for _ in range(4)])
@@ -101,6 +110,7 @@ def test_work_stops_when_the_caller_has_gone(engine: Engine) -> None:
 
 def test_filtered_search_is_planned_by_the_shards_and_by_sql_while_legacy_items_remain(engine: Engine) -> None:
     engine.create_collection(make_spec("c", 8, 3))
+    keep_sql_index(engine, "c")
     data = np.random.default_rng(1).standard_normal((200, 8)).astype(np.float32)
     ids = [f"i{i}" for i in range(200)]
     metas = [ItemMeta(f"u{i}", ["even"] if i % 2 == 0 else [], {"n": i}) for i in range(200)]
@@ -133,3 +143,29 @@ def test_filtered_search_is_planned_by_the_shards_and_by_sql_while_legacy_items_
     engine.delete("c", ["old"])
     again = search(small)
     assert again.explain is not None and again.explain.plan == "exact"
+
+
+def test_a_new_collection_keeps_no_sql_item_index(engine: Engine) -> None:
+    """Created since metadata travels in shard payloads: writes touch SQL only to fix new attribute
+    types; the shards filter, and Get reads metadata from the payloads."""
+    engine.create_collection(make_spec("c", 8, 3))
+    assert not engine.metadata.keeps_index("c")
+    data = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    metas = [ItemMeta(f"u{i}", ["odd"] if i % 2 else [], {"n": i}) for i in range(50)]
+    engine.upsert("c", [f"i{i}" for i in range(50)], data, metas)
+    engine.delete("c", ["i1", "i2"])
+    with engine.metadata.engine.connect() as conn:
+        for table in (schema.items, schema.item_tags, schema.item_attrs, schema.pending_writes):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0, table.name
+    assert engine.metadata.attribute_types("c") == {"n": "i"}
+    with pytest.raises(InvalidArgument, match="'n'"):  # the type stays fixed by the first write
+        engine.upsert("c", ["x"], data[:1], [ItemMeta(attributes={"n": "text"})])
+    odd = engine.search(SearchQuery("c", VectorTarget(data[:2]), 50, 0, Condition("tags", Eq("odd")), explain=True))
+    assert all({h.id for h in row} == {f"i{i}" for i in range(3, 50, 2)} for row in odd.hits)
+    _, got = engine.get("c", ["i3", "i1"])
+    assert got == {"i3": metas[3]}
+    # A shard item without a payload (written around the server) cannot be judged, and there is
+    # no SQL index to plan on: the search says so instead of guessing.
+    engine.router.shards["s0"].upsert("c", prepare_batch(["bare"], data[:1], engine.spec("c")))
+    with pytest.raises(FailedPrecondition, match="without metadata"):
+        engine.search(SearchQuery("c", VectorTarget(data[:1]), 5, 0, Condition("tags", Eq("odd"))))

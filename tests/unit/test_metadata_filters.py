@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from core import filters as f
+from core import schema
 from core.errors import AlreadyExists, InvalidArgument
 from core.filters import matches
 from core.items import ItemMeta
@@ -365,3 +367,27 @@ def test_upsert_replaces_metadata_in_collections_with_and_without_tags(store: Me
     assert after["i10"] == ItemMeta("x") and after["i11"] == ItemMeta("", ["t"], {"n": -1})
     assert after["i12"] == item(12) and before["i10"] != after["i10"]
     assert store.count("c") == N
+
+
+def test_an_upgraded_database_keeps_the_index_of_its_older_collections(store: MetadataStore) -> None:
+    """A metadata schema of version 3 (before vs_payload_only): migrating adds the table; the
+    collections it held keep their SQL item index, new ones are payload-only."""
+    store.create_collection(make_spec("old", 4, 3))
+    with store.engine.begin() as conn:  # back to what version 3 held
+        schema.payload_only.drop(conn)
+        conn.execute(
+            schema.schema_version.update().where(schema.schema_version.c.component == schema.METADATA).values(version=3)
+        )
+    store.migrate()
+    with store.engine.connect() as conn:
+        version = conn.execute(
+            sa.select(schema.schema_version.c.version).where(schema.schema_version.c.component == schema.METADATA)
+        ).scalar_one()
+    assert version == schema.METADATA_VERSION == 4
+    assert store.keeps_index("old")
+    store.create_collection(make_spec("new", 4, 3))
+    assert not store.keeps_index("new") and store.keeps_index("old")
+    assert store.create_collection(make_spec("old", 4, 3))[0] is False and store.keeps_index("old")
+    store.drop_collection("new")
+    store.create_collection(make_spec("new", 4, 3))
+    assert not store.keeps_index("new")
