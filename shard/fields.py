@@ -224,7 +224,6 @@ class FieldColumns:
     def __init__(self, hash_bits: int = HASH_BITS) -> None:
         self.hash_bits = hash_bits
         self.rows = 0
-        self.legacy = 0  # rows appended without Fields (payload b""): in no column
         self.uri = Column(STRING, 0, StringMap(URI, hash_bits))
         self.tags = TagPairs(StringMap(TAGS, hash_bits))
         self.attributes: dict[tuple[str, str], Column] = {}
@@ -240,10 +239,8 @@ class FieldColumns:
         tags = self.tags
         tags.reserve(tags.count + tag_count)
         at = tags.count
-        legacy = 0
         for row, fields in enumerate(batch, start):
-            if fields is None:
-                legacy += 1
+            if fields is None:  # a legacy row (payload b""): in no column, its uri absent
                 continue
             assert uri.strings is not None
             uri.values[row] = uri.strings.hash(fields.uri)
@@ -262,7 +259,6 @@ class FieldColumns:
                     column.values[row] = value
                 column.present[row] = True
         tags.count = at
-        self.legacy += legacy
         self.rows = end  # publish
 
     def _column(self, key: tuple[str, str]) -> Column:
@@ -319,8 +315,6 @@ class FieldColumns:
         out = FieldColumns(self.hash_bits)
         count = len(picked)
         out.uri = _gathered(self.uri, size, picked)
-        uri_present = out.uri.present[:count]
-        out.legacy = int(count - np.count_nonzero(uri_present))
         pair_rows, hashes = self.tags.view(size)
         new_of_old = np.full(size, -1, dtype=np.int64)
         new_of_old[picked] = np.arange(count)
