@@ -34,11 +34,12 @@ from core.filters import Filter
 from core.keyhash import key_hashes
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, hnsw, planner, records, snapshot
+from shard import exact, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
+from shard.labelset import LabelSet
 from shard.types import (
     CollectionStats,
     CompactResult,
@@ -511,30 +512,18 @@ class Collection:
     def _search_graph_filtered(
         self, queries: Matrix, k: int, ef: int, allowed: set[str], view_seq: int, graph: Graph
     ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
-        mask = np.zeros(graph.elements, dtype=bool)
+        """The graph's part of an allow-list search: the listed ids' visible labels, planned as a
+        filter's matches are (``planner.search_allowed``)."""
+        universe = planner.graph_universe(graph, view_seq)
         labels = [graph.label_of[item] for item in allowed if item in graph.label_of]
-        mask[labels] = True
-        mask &= graph.shadow_seq[: graph.elements] > view_seq
-        count = int(mask.sum())
-        nq = len(queries)
-        if count == 0:
-            return np.empty((nq, 0), dtype=object), np.empty((nq, 0), dtype=np.float32)
-        wanted = min(max(k, ef), count)
-        try:
-            if hnsw.is_native(graph.index):  # the mask checked in C++, rows padded (-1, inf)
-                found, dist = hnsw.knn_allowed(graph.index, queries, wanted, mask)
-                if (found[:, : min(k, count)] < 0).any():
-                    raise RuntimeError("an allowed label out of the graph's reach")
-            else:
-                found, dist = graph.index.knn_query(
-                    queries, k=wanted, num_threads=1, filter=lambda label: bool(mask[label])
-                )
-        except RuntimeError:  # could not fill the result: search the allowed labels exactly
-            allowed_labels = np.flatnonzero(mask)
-            order, best = exact.search(queries, graph.vectors(allowed_labels), graph.index.space, k)
-            return graph.ids_of(allowed_labels[order]), best
-        found = found[:, :k].astype(np.int64)
-        return graph.ids_of(found), dist[:, :k]
+        listed = LabelSet.from_labels(labels, graph.elements) & universe
+        threads = min(len(queries), self.options.search_threads)
+        outcome = planner.search_allowed(
+            graph, listed, universe.count, queries, k, max(ef, k), self.options.plan_costs, threads
+        )
+        if outcome.part is None:  # every visible label is listed
+            return self._search_graph(queries, k, ef, view_seq, graph)
+        return outcome.part
 
     def scan(self, ranges: Sequence[KeyRange] = (), batch_size: int = 1024) -> Iterator[ScanBatch]:
         """Every item live at the moment of the call whose id hash falls in one of ``ranges``

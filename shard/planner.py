@@ -143,7 +143,15 @@ def search_graph(
     (``ef``: the candidate list of an unfiltered search, already at least ``k``)."""
     universe = graph_universe(graph, view_seq)
     allowed = evaluate(node, graph.fields.index, universe)
-    m, n = allowed.count, universe.count
+    return search_allowed(graph, allowed, universe.count, queries, k, ef, costs, threads)
+
+
+def search_allowed(
+    graph: Graph, allowed: LabelSet, n: int, queries: Matrix, k: int, ef: int, costs: PlanCosts, threads: int
+) -> GraphOutcome:
+    """The graph's top-``k`` per query among ``allowed``, visible labels of the ``n`` visible
+    ones, by the cheapest plan (``ef`` as for :func:`search_graph`)."""
+    m = allowed.count
     nq = len(queries)
     if m == 0:
         return GraphOutcome(_empty(nq), PLAN_EMPTY, 0)
