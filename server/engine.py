@@ -32,8 +32,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from core import calls, faults, limits, status
 from core.errors import (
@@ -71,6 +72,7 @@ from shard.types import CollectionStats
 from vsproto import payload
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 MAX_K = limits.MAX_K
 MODEL_IDENTITY = re.compile(r"[!-?A-~]{1,400}@sha256:[0-9a-f]{64}")  # printable ASCII but "@", then the digest
@@ -97,23 +99,21 @@ class Engine:
         self.metadata = metadata
         self.router = router
         self.options = options or EngineOptions()
-        self._specs: dict[str, tuple[float, CollectionSpec]] = {}
-        self._attr_types: dict[str, tuple[float, dict[str, str]]] = {}
-        self._index_kept: dict[str, tuple[float, bool]] = {}
+        # per collection, each read from SQL at most once per SPEC_TTL_S
+        self._specs: TtlCache[CollectionSpec] = TtlCache(SPEC_TTL_S)
+        self._attr_types: TtlCache[dict[str, str]] = TtlCache(SPEC_TTL_S)
+        self._index_kept: TtlCache[bool] = TtlCache(SPEC_TTL_S)
 
     def spec(self, name: str) -> CollectionSpec:
         """The collection's spec, cached for ``SPEC_TTL_S`` (specs are immutable; the TTL only
         bounds how long a drop by another server goes unnoticed here — the shards answer
         NOT_FOUND meanwhile)."""
-        now = time.monotonic()
-        cached = self._specs.get(name)
-        if cached is None:
+
+        def load() -> CollectionSpec:
             validate_name(name)  # a name no collection can have is refused before any SQL
-        if cached is not None and now - cached[0] < SPEC_TTL_S:
-            return cached[1]
-        spec = self.metadata.spec(name)
-        self._specs[name] = (now, spec)
-        return spec
+            return self.metadata.spec(name)
+
+        return self._specs.get(name, load)
 
     def timeout_for(self, remaining: float | None) -> float:
         """The time a step may take: what is left of the caller's deadline (less a margin to
@@ -144,9 +144,8 @@ class Engine:
         return created, stored
 
     def drop_collection(self, name: str, remaining: float | None = None) -> bool:
-        self._specs.pop(name, None)
-        self._attr_types.pop(name, None)
-        self._index_kept.pop(name, None)
+        for cache in (self._specs, self._attr_types, self._index_kept):
+            cache.drop(name)
         in_shards = self.router.drop_collection(name, self.timeout_for(remaining))
         return self.metadata.drop_collection(name) or in_shards
 
@@ -359,29 +358,20 @@ class Engine:
     def _keeps_index(self, collection: str) -> bool:
         """Whether the collection keeps the SQL item index (``MetadataStore.keeps_index``),
         cached for ``SPEC_TTL_S``."""
-        now = time.monotonic()
-        cached = self._index_kept.get(collection)
-        if cached is not None and now - cached[0] < SPEC_TTL_S:
-            return cached[1]
-        kept = self.metadata.keeps_index(collection)
-        self._index_kept[collection] = (now, kept)
-        return kept
+        return self._index_kept.get(collection, lambda: self.metadata.keeps_index(collection))
 
     def _check_filter_types(self, collection: str, node: Filter) -> None:
         """InvalidArgument when ``node`` names an attribute no item of the collection has, or
         gives one a value of another type (``server/filters.py::check_types``). The types are
         cached for ``SPEC_TTL_S`` and re-read once before refusing (an attribute may be new)."""
-        now = time.monotonic()
-        cached = self._attr_types.get(collection)
-        if cached is not None and now - cached[0] < SPEC_TTL_S:
-            try:
-                check_types(node, cached[1])
-                return
-            except InvalidArgument:
-                pass
-        types = self.metadata.attribute_types(collection)
-        self._attr_types[collection] = (now, types)
-        check_types(node, types)
+
+        def load() -> dict[str, str]:
+            return self.metadata.attribute_types(collection)
+
+        try:
+            check_types(node, self._attr_types.get(collection, load))
+        except InvalidArgument:
+            check_types(node, self._attr_types.get(collection, load, fresh=True))
 
     def _stored_vector(self, collection: str, item_id: str, remaining: float | None) -> Matrix:
         vectors, _ = self.get(collection, [item_id], remaining)
@@ -445,6 +435,28 @@ class Engine:
                 if temporary is not None:
                     temporary.close()
         return out
+
+
+class TtlCache(Generic[V]):
+    """Values by collection name, each loaded again once it is ``ttl_s`` old. Thread-safe as
+    dict operations are: two threads may both load a stale entry; the last one stays."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, V]] = {}
+
+    def get(self, key: str, load: Callable[[], V], fresh: bool = False) -> V:
+        """The cached value, or ``load()``'s (always with ``fresh``), which is then cached."""
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and not fresh and now - cached[0] < self.ttl_s:
+            return cached[1]
+        value = load()
+        self._entries[key] = (now, value)
+        return value
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
 
 
 def _explain(outcome: SearchOutcome) -> SearchExplain:
