@@ -72,5 +72,11 @@ class ShardsUnavailable(Unavailable):
         super().__init__("shards unavailable: " + ", ".join(f"{s} ({r})" for s, r in self.failed.items()))
 
 
+class WrongRoute(DomainError):
+    """The request reached a shard through a stale view of the cluster: its ring version is
+    older than the shard accepts, or it writes an id the shard no longer takes (the id is
+    moving or has moved). Nothing was changed; reload the topology and retry on the new ring."""
+
+
 class SchemaTooNew(FailedPrecondition):
     """The database was migrated by a newer version of the service."""

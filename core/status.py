@@ -33,6 +33,7 @@ _TABLE: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
     (errors.Internal, grpc.StatusCode.INTERNAL),
+    (errors.WrongRoute, grpc.StatusCode.ABORTED),
 )
 _TO_CODE: dict[type[errors.DomainError], grpc.StatusCode] = dict(_TABLE)
 _FROM_CODE: dict[grpc.StatusCode, type[errors.DomainError]] = {}

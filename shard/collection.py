@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, Unavailable
 from core.filters import Filter
-from core.keyhash import key_hashes
+from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from shard import exact, planner, records, snapshot
@@ -560,14 +560,11 @@ class Collection:
                     np.concatenate([b.row_seq for b in blocks])[positions],
                 )
             )
+        wanted = RangeSet(ranges)
         for ids, rows_of, payloads, versions in layers:
             keep = np.arange(len(ids))
             if ranges:
-                hashes = key_hashes(ids)
-                mask = np.zeros(len(ids), dtype=bool)
-                for key_range in ranges:
-                    mask |= key_range.contains(hashes)
-                keep = np.flatnonzero(mask)
+                keep = np.flatnonzero(wanted.contains_ids(ids))
             for lo in range(0, len(keep), batch_size):
                 chunk = keep[lo : lo + batch_size]
                 positions = chunk.tolist()

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from core.keyranges import KeyRange as KeyRange
 from core.vectors import Matrix
-
-_TOP = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -92,28 +91,6 @@ class CollectionStats:
 class CompactResult:
     snapshot_seq: int
     rebuilt: bool
-
-
-@dataclass(frozen=True)
-class KeyRange:
-    """An arc of the 64-bit id-hash ring (``core.keyhash``): the hashes clockwise after
-    ``start`` up to and including ``end``, wrapping past 2**64 - 1 when ``end <= start``;
-    ``start == end`` is the whole ring. A virtual node at position p owns (previous p, p]."""
-
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.start < _TOP and 0 <= self.end < _TOP):
-            raise ValueError(f"key range bounds must be in [0, 2**64), got ({self.start}, {self.end}]")
-
-    def contains(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
-        start, end = np.uint64(self.start), np.uint64(self.end)
-        if self.start == self.end:
-            return np.ones(len(hashes), dtype=bool)
-        if self.start < self.end:
-            return (hashes > start) & (hashes <= end)
-        return (hashes > start) | (hashes <= end)
 
 
 @dataclass(frozen=True)
