@@ -135,3 +135,9 @@ class RebalanceAdmin(Protocol):
     def abort(self) -> RebalanceStatus:
         """Aborts the running rebalance (rolls back before SWITCHED, forward after)."""
         ...
+
+    def shard_states(self) -> dict[str, str]:
+        """Each known shard's membership: "active" (in the ring), "joining" (added, not yet
+        switched in), "draining" (being emptied), "drained" (out of the ring, removable).
+        ClusterStatus reports it per shard."""
+        ...
