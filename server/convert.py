@@ -8,14 +8,18 @@ meant for the client; nothing is partially converted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 
 from core import limits, status
-from core.errors import DomainError, InvalidArgument, ResourceExhausted
+from core.errors import DomainError, Internal, InvalidArgument, ResourceExhausted
 from core.items import ItemMeta
+from core.text import check_text, quote
 from core.vectors import Matrix
+from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 from server.media import ItemOutcome, MediaItem
 from server.query import (
     PLAN_LEGACY_SQL,
@@ -209,8 +213,18 @@ def compact_response_to_proto(stats: dict[str, CollectionStats]) -> admin_pb.Com
     return reply
 
 
-def cluster_status_to_proto(ring_version: int, shards: Sequence[ShardHealth]) -> admin_pb.ClusterStatusResponse:
+def cluster_status_to_proto(
+    ring_version: int,
+    shards: Sequence[ShardHealth],
+    *,
+    shard_states: Mapping[str, str] | None = None,
+    rebalance: RebalanceStatus | None = None,
+) -> admin_pb.ClusterStatusResponse:
+    """The cluster as probed; ``shard_states`` (shard id -> "active", "joining", "draining",
+    "drained"; a shard not named is sent without a state) and the running ``rebalance`` when
+    the server has a rebalancer."""
     reply = admin_pb.ClusterStatusResponse(ring_version=ring_version)
+    states = shard_states or {}
     for health in shards:
         status = reply.shards.add(
             shard_id=health.shard_id,
@@ -218,6 +232,207 @@ def cluster_status_to_proto(ring_version: int, shards: Sequence[ShardHealth]) ->
             weight=health.weight,
             healthy=health.healthy,
             error=health.error,
+            state=states.get(health.shard_id, ""),
         )
         status.collection_counts.update(health.collection_counts)
+    if rebalance is not None:
+        reply.rebalance.CopyFrom(rebalance_status_to_proto(rebalance))
     return reply
+
+
+# ---------------------------------------------------------------------------------- rebalancing
+# router/moves.py's domain types <-> the RebalanceState/RebalanceKind enums and the MovePlan,
+# MoveStatus and RebalanceStatus messages. Each enum member maps to the proto value of the same
+# name (State.CATCHING_UP <-> REBALANCE_STATE_CATCHING_UP); tests/unit/test_admin_convert.py
+# fails when a member has none.
+
+# The bounds of the topology tables' columns (core/schema.py, vs_shards).
+MAX_SHARD_ID_BYTES = 128
+MAX_ADDRESS_BYTES = 512
+
+_STATE_PREFIX = "REBALANCE_STATE_"
+_KIND_PREFIX = "REBALANCE_KIND_"
+_STATE_TO_PROTO: dict[State, admin_pb.RebalanceState] = {
+    s: getattr(admin_pb, _STATE_PREFIX + s.name)
+    for s in State
+    if _STATE_PREFIX + s.name in admin_pb.RebalanceState.DESCRIPTOR.values_by_name
+}
+_STATE_FROM_PROTO: dict[int, State] = {v: s for s, v in _STATE_TO_PROTO.items()}
+_KIND_TO_PROTO: dict[Kind, admin_pb.RebalanceKind] = {
+    k: getattr(admin_pb, _KIND_PREFIX + k.name)
+    for k in Kind
+    if _KIND_PREFIX + k.name in admin_pb.RebalanceKind.DESCRIPTOR.values_by_name
+}
+_KIND_FROM_PROTO: dict[int, Kind] = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+
+def state_to_proto(state: State) -> admin_pb.RebalanceState:
+    """The RebalanceState value of ``state``; Internal when the proto has none (a bug: add it)."""
+    try:
+        return _STATE_TO_PROTO[state]
+    except KeyError:
+        raise Internal(f"rebalance state {state.name} has no RebalanceState value") from None
+
+
+def state_from_proto(value: int) -> State:
+    """The State of a RebalanceState value; InvalidArgument for UNSPECIFIED or an unknown one."""
+    try:
+        return _STATE_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown rebalance state {value}") from None
+
+
+def kind_to_proto(kind: Kind) -> admin_pb.RebalanceKind:
+    """The RebalanceKind value of ``kind``; Internal when the proto has none (a bug: add it)."""
+    try:
+        return _KIND_TO_PROTO[kind]
+    except KeyError:
+        raise Internal(f"rebalance kind {kind.name} has no RebalanceKind value") from None
+
+
+def kind_from_proto(value: int) -> Kind:
+    """The Kind of a RebalanceKind value; InvalidArgument for UNSPECIFIED or an unknown one."""
+    try:
+        return _KIND_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown rebalance kind {value}") from None
+
+
+def move_plan_to_proto(plan: MovePlan) -> admin_pb.MovePlan:
+    message = admin_pb.MovePlan(
+        source=plan.source, target=plan.target, ranges=plan.ranges, total_items=plan.total_items
+    )
+    message.items.update(plan.items)
+    return message
+
+
+def move_plan_from_proto(message: admin_pb.MovePlan) -> MovePlan:
+    """The domain plan (``total_items`` is recomputed from ``items``)."""
+    return MovePlan(message.source, message.target, message.ranges, dict(message.items))
+
+
+def move_status_to_proto(move: MoveStatus) -> admin_pb.MoveStatus:
+    return admin_pb.MoveStatus(
+        source=move.source,
+        target=move.target,
+        state=state_to_proto(move.state),
+        items_planned=move.items_planned,
+        items_copied=move.items_copied,
+        wal_lag=move.wal_lag,
+        elapsed_s=move.elapsed_s,
+        error=move.error,
+    )
+
+
+def move_status_from_proto(message: admin_pb.MoveStatus) -> MoveStatus:
+    return MoveStatus(
+        source=message.source,
+        target=message.target,
+        state=state_from_proto(message.state),
+        items_planned=message.items_planned,
+        items_copied=message.items_copied,
+        wal_lag=message.wal_lag,
+        elapsed_s=message.elapsed_s,
+        error=message.error,
+    )
+
+
+def rebalance_status_to_proto(status: RebalanceStatus) -> admin_pb.RebalanceStatus:
+    return admin_pb.RebalanceStatus(
+        rebalance_id=status.rebalance_id,
+        kind=kind_to_proto(status.kind),
+        state=state_to_proto(status.state),
+        from_ring_version=status.from_version,
+        to_ring_version=status.to_version,
+        moves=[move_status_to_proto(m) for m in status.moves],
+        shard_id=status.shard,
+        error=status.error,
+        started_at=status.started_at,
+        updated_at=status.updated_at,
+        elapsed_s=status.elapsed_s,
+    )
+
+
+def rebalance_status_from_proto(message: admin_pb.RebalanceStatus) -> RebalanceStatus:
+    return RebalanceStatus(
+        rebalance_id=message.rebalance_id,
+        kind=kind_from_proto(message.kind),
+        state=state_from_proto(message.state),
+        from_version=message.from_ring_version,
+        to_version=message.to_ring_version,
+        moves=[move_status_from_proto(m) for m in message.moves],
+        shard=message.shard_id,
+        error=message.error,
+        started_at=message.started_at,
+        updated_at=message.updated_at,
+        elapsed_s=message.elapsed_s,
+    )
+
+
+def optional_rebalance_from_proto(message: Any) -> RebalanceStatus | None:
+    """The ``rebalance`` field of a response (any message with one), None when unset."""
+    return rebalance_status_from_proto(message.rebalance) if message.HasField("rebalance") else None
+
+
+def _with_rebalance(reply: Any, status: RebalanceStatus | None) -> Any:
+    if status is not None:
+        reply.rebalance.CopyFrom(rebalance_status_to_proto(status))
+    return reply
+
+
+def shard_id_from_proto(shard_id: str) -> str:
+    """A shard id as the topology stores it: not empty, storable text of at most
+    MAX_SHARD_ID_BYTES bytes."""
+    return check_text(shard_id, "shard_id", MAX_SHARD_ID_BYTES, allow_empty=False)
+
+
+def shard_address_from_proto(address: str) -> str:
+    """``host:port`` (an IPv6 host in brackets), port 1..65535; InvalidArgument otherwise."""
+    check_text(address, "address", MAX_ADDRESS_BYTES, allow_empty=False)
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    bad_host = not host or any(c.isspace() or c in "/[]" for c in host)
+    if not sep or bad_host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"address {quote(address)} is not host:port (port 1..65535)")
+    return address
+
+
+def shard_weight_from_proto(weight: float) -> float:
+    """The weight of a new shard: 0 means 1.0; otherwise finite and positive."""
+    if weight == 0:
+        return 1.0
+    if not math.isfinite(weight) or weight < 0:
+        raise InvalidArgument(f"weight {weight} must be a finite number > 0 (0 means 1.0)")
+    return weight
+
+
+def add_shard_from_proto(request: admin_pb.AddShardRequest) -> tuple[str, str, float, bool]:
+    """(shard_id, address, weight, start) of an AddShard request, all checked."""
+    return (
+        shard_id_from_proto(request.shard_id),
+        shard_address_from_proto(request.address),
+        shard_weight_from_proto(request.weight),
+        not request.no_rebalance,
+    )
+
+
+def add_shard_response_to_proto(status: RebalanceStatus | None) -> admin_pb.AddShardResponse:
+    return _with_rebalance(admin_pb.AddShardResponse(), status)
+
+
+def drain_shard_response_to_proto(status: RebalanceStatus) -> admin_pb.DrainShardResponse:
+    return _with_rebalance(admin_pb.DrainShardResponse(), status)
+
+
+def rebalance_response_to_proto(plan: Sequence[MovePlan], status: RebalanceStatus | None) -> admin_pb.RebalanceResponse:
+    reply = admin_pb.RebalanceResponse(moves=[move_plan_to_proto(m) for m in plan])
+    return _with_rebalance(reply, status)
+
+
+def rebalance_status_response_to_proto(status: RebalanceStatus | None) -> admin_pb.GetRebalanceStatusResponse:
+    return _with_rebalance(admin_pb.GetRebalanceStatusResponse(), status)
+
+
+def abort_rebalance_response_to_proto(status: RebalanceStatus) -> admin_pb.AbortRebalanceResponse:
+    return _with_rebalance(admin_pb.AbortRebalanceResponse(), status)

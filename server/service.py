@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 
 from core import status
-from core.errors import InvalidArgument, ResourceExhausted
+from core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from core.status import handled
+from router.moves import RebalanceAdmin
 from router.topology import TopologyStore
 from server import convert
 from server.engine import Engine
@@ -196,10 +197,27 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
-    def __init__(self, topology: TopologyStore, engine: Engine, probe_timeout_s: float = 1.0) -> None:
+    """Cluster status, compaction and (with a ``rebalancer``) online rebalancing: the topology
+    RPCs check their input, call ``router.moves.RebalanceAdmin`` and convert its result; without
+    a rebalancer they are FAILED_PRECONDITION."""
+
+    def __init__(
+        self,
+        topology: TopologyStore,
+        engine: Engine,
+        probe_timeout_s: float = 1.0,
+        *,
+        rebalancer: RebalanceAdmin | None = None,
+    ) -> None:
         self.topology = topology
         self.engine = engine
         self.probe_timeout_s = probe_timeout_s
+        self.rebalancer = rebalancer
+
+    def _rebalancer(self) -> RebalanceAdmin:
+        if self.rebalancer is None:
+            raise FailedPrecondition("rebalancing is not available in this server")
+        return self.rebalancer
 
     @handled
     def Compact(self, request: admin_pb.CompactRequest, context: grpc.ServicerContext) -> Any:
@@ -210,4 +228,46 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     def ClusterStatus(self, request: admin_pb.ClusterStatusRequest, context: grpc.ServicerContext) -> Any:
         topology = self.topology.load()
         health = self.engine.shard_health(topology, self.probe_timeout_s)
-        return convert.cluster_status_to_proto(topology.ring_version, health)
+        if self.rebalancer is None:
+            return convert.cluster_status_to_proto(topology.ring_version, health)
+        shard_states = getattr(self.rebalancer, "shard_states", None)  # absent on older rebalancers
+        running = self.rebalancer.status(0)
+        return convert.cluster_status_to_proto(
+            topology.ring_version,
+            health,
+            shard_states=shard_states() if shard_states is not None else None,
+            rebalance=running if running is not None and not running.state.finished else None,
+        )
+
+    @handled
+    def AddShard(self, request: admin_pb.AddShardRequest, context: grpc.ServicerContext) -> Any:
+        shard_id, address, weight, start = convert.add_shard_from_proto(request)
+        started = self._rebalancer().add_shard(shard_id, address, weight, start=start)
+        return convert.add_shard_response_to_proto(started)
+
+    @handled
+    def DrainShard(self, request: admin_pb.DrainShardRequest, context: grpc.ServicerContext) -> Any:
+        shard_id = convert.shard_id_from_proto(request.shard_id)
+        return convert.drain_shard_response_to_proto(self._rebalancer().drain_shard(shard_id))
+
+    @handled
+    def RemoveShard(self, request: admin_pb.RemoveShardRequest, context: grpc.ServicerContext) -> Any:
+        shard_id = convert.shard_id_from_proto(request.shard_id)
+        self._rebalancer().remove_shard(shard_id)
+        return admin_pb.RemoveShardResponse()
+
+    @handled
+    def Rebalance(self, request: admin_pb.RebalanceRequest, context: grpc.ServicerContext) -> Any:
+        rebalancer = self._rebalancer()
+        plan = rebalancer.plan()
+        if request.dry_run or not plan:  # an empty plan starts nothing
+            return convert.rebalance_response_to_proto(plan, None)
+        return convert.rebalance_response_to_proto(plan, rebalancer.rebalance())
+
+    @handled
+    def GetRebalanceStatus(self, request: admin_pb.GetRebalanceStatusRequest, context: grpc.ServicerContext) -> Any:
+        return convert.rebalance_status_response_to_proto(self._rebalancer().status(request.rebalance_id))
+
+    @handled
+    def AbortRebalance(self, request: admin_pb.AbortRebalanceRequest, context: grpc.ServicerContext) -> Any:
+        return convert.abort_rebalance_response_to_proto(self._rebalancer().abort())
