@@ -4,10 +4,20 @@
     vsearch index DIR|GLOB ... [--collection C]    index image files (resumable)
     vsearch search "a red bicycle" | --image FILE  the nearest images, as a table (--tag T: only tagged ones)
     vsearch status                                 collections, counts, model, shard health
+    vsearch admin add-shard ID HOST:PORT [--weight W] [--no-rebalance]
+                                                   register a shard and move its share to it
+    vsearch admin drain-shard ID                   move everything off a shard (it leaves the ring)
+    vsearch admin remove-shard ID                  forget an empty shard (drained or never joined)
+    vsearch admin rebalance [--dry-run]            start (or only plan) the moves the ring implies
+    vsearch admin rebalance-status [--id N] [--watch]
+                                                   a rebalance's state, per move (--watch: until done)
+    vsearch admin abort-rebalance                  abort the running rebalance
 
 Every command but ``up`` talks to ``--address`` (else ``$VSEARCH_ADDRESS``, else
-127.0.0.1:7000). Exit codes: 0 success; 1 ``index`` finished but some files failed; 2 an error
-reported as one line (server unreachable, unknown collection, bad arguments).
+127.0.0.1:7000). ``status``, ``search`` and the ``admin`` commands print JSON with ``--json``.
+Exit codes: 0 success; 1 ``index`` finished but some files failed, or ``admin rebalance-status
+--watch`` saw the rebalance end aborted; 2 an error reported as one line (server unreachable,
+unknown collection, bad arguments, a refused admin call).
 """
 
 from __future__ import annotations
@@ -57,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="collections, counts, embedding model, shard health")
     status.add_argument("--json", action="store_true", help="JSON instead of tables")
+
+    from cli import admin
+
+    admin.add_arguments(commands.add_parser("admin", help="shards and rebalancing (add, drain, remove, status)"))
     return parser
 
 
@@ -134,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             from cli import up
 
             return up.run(args, args.address)
+        if args.command == "admin":
+            from cli import admin
+
+            return admin.run(args)
         handler = {"index": cmd_index, "search": cmd_search, "status": cmd_status}[args.command]
         return handler(args)
     except CliError as exc:

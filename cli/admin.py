@@ -1,0 +1,315 @@
+"""``vsearch admin ...``: the cluster's topology through AdminService (docs/rebalancing-api.md).
+
+    vsearch admin add-shard ID HOST:PORT [--weight W] [--no-rebalance]
+    vsearch admin drain-shard ID
+    vsearch admin remove-shard ID
+    vsearch admin rebalance [--dry-run]
+    vsearch admin rebalance-status [--id N] [--watch]
+    vsearch admin abort-rebalance
+
+Contract: each subcommand is one RPC (``rebalance-status --watch`` polls GetRebalanceStatus
+every second until the rebalance is done or aborted, printing a line per change). Plans and
+statuses print as tables (per move: source → target, state, items copied/planned, WAL lag,
+elapsed, error), or as JSON with ``--json`` (``--watch --json``: one object per line per
+change). Exit codes: 0 success; 1 ``rebalance-status --watch`` saw the rebalance end aborted;
+2 an error as one line (the server's status code and message).
+
+The replies are converted to ``router.moves`` domain types by ``server.convert`` (the one
+proto <-> domain module) and rendered from those, so the rendering is tested without a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import grpc
+
+from cli import table
+from cli.common import CliError, Connection, rpc_error
+from core.errors import DomainError
+from router.moves import MovePlan, RebalanceStatus, State
+from vsproto.v1 import admin_service_pb2 as admin_pb
+
+RPC_TIMEOUT_S = 60.0
+WATCH_INTERVAL_S = 1.0
+ARROW = "→"
+
+
+# ---------------------------------------------------------------------------------- arguments
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``admin`` subcommands (``args.admin_command``) on the ``admin`` parser ``p``."""
+    sub = p.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
+
+    add = sub.add_parser("add-shard", help="register a shard and move its share of the ring to it")
+    add.add_argument("shard_id", metavar="ID")
+    add.add_argument("shard_address", metavar="HOST:PORT", help="the shard's gRPC address")
+    add.add_argument("--weight", type=float, default=1.0, help="its share of the ring relative to the others (1.0)")
+    add.add_argument("--no-rebalance", action="store_true", help="only register it (start later with `rebalance`)")
+
+    drain = sub.add_parser("drain-shard", help="move everything off a shard; it leaves the ring")
+    drain.add_argument("shard_id", metavar="ID")
+
+    remove = sub.add_parser("remove-shard", help="forget a shard that holds nothing (drained or never joined)")
+    remove.add_argument("shard_id", metavar="ID")
+
+    rebalance = sub.add_parser("rebalance", help="start the moves the ring implies (--dry-run: show them)")
+    rebalance.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+
+    status = sub.add_parser("rebalance-status", help="where the running (or latest) rebalance stands")
+    status.add_argument("--id", type=int, default=0, help="a rebalance id (default: the running or latest)")
+    status.add_argument("--watch", action="store_true", help="poll every second until it is done or aborted")
+
+    sub.add_parser("abort-rebalance", help="abort the running rebalance (rolls forward after the switch)")
+
+    for command in sub.choices.values():
+        command.add_argument("--json", action="store_true", help="JSON instead of tables")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What the server would refuse anyway, refused before connecting (CliError)."""
+    if args.admin_command == "add-shard" and not args.weight > 0:  # also refuses NaN
+        raise CliError(f"--weight must be a number > 0, not {args.weight}")
+    if args.admin_command == "rebalance-status" and args.id < 0:
+        raise CliError(f"--id must be >= 0, not {args.id}")
+
+
+# ---------------------------------------------------------------------------------- calls
+
+
+def _call(what: str, rpc: Callable[..., Any], request: Any) -> Any:
+    try:
+        return rpc(request, timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise rpc_error(exc, what) from None
+
+
+def _rebalance_of(what: str, reply: Any) -> RebalanceStatus | None:
+    from server.convert import optional_rebalance_from_proto
+
+    try:
+        return optional_rebalance_from_proto(reply)
+    except DomainError as exc:  # e.g. a state this client does not know (a newer server)
+        raise CliError(f"{what}: cannot read the reply: {exc}") from None
+
+
+def add_shard(conn: Connection, shard_id: str, address: str, weight: float, start: bool) -> RebalanceStatus | None:
+    request = admin_pb.AddShardRequest(shard_id=shard_id, address=address, weight=weight, no_rebalance=not start)
+    return _rebalance_of("add-shard", _call("add-shard", conn.admin.AddShard, request))
+
+
+def drain_shard(conn: Connection, shard_id: str) -> RebalanceStatus | None:
+    reply = _call("drain-shard", conn.admin.DrainShard, admin_pb.DrainShardRequest(shard_id=shard_id))
+    return _rebalance_of("drain-shard", reply)
+
+
+def remove_shard(conn: Connection, shard_id: str) -> None:
+    _call("remove-shard", conn.admin.RemoveShard, admin_pb.RemoveShardRequest(shard_id=shard_id))
+
+
+def rebalance(conn: Connection, dry_run: bool) -> tuple[list[MovePlan], RebalanceStatus | None]:
+    from server.convert import move_plan_from_proto
+
+    reply = _call("rebalance", conn.admin.Rebalance, admin_pb.RebalanceRequest(dry_run=dry_run))
+    return [move_plan_from_proto(m) for m in reply.moves], _rebalance_of("rebalance", reply)
+
+
+def rebalance_status(conn: Connection, rebalance_id: int = 0) -> RebalanceStatus | None:
+    request = admin_pb.GetRebalanceStatusRequest(rebalance_id=rebalance_id)
+    return _rebalance_of("rebalance-status", _call("rebalance-status", conn.admin.GetRebalanceStatus, request))
+
+
+def abort_rebalance(conn: Connection) -> RebalanceStatus | None:
+    reply = _call("abort-rebalance", conn.admin.AbortRebalance, admin_pb.AbortRebalanceRequest())
+    return _rebalance_of("abort-rebalance", reply)
+
+
+# ---------------------------------------------------------------------------------- rendering
+
+
+def duration(seconds: float) -> str:
+    """``4.2s``, ``3m07s``, ``2h05m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_plan(moves: Sequence[MovePlan]) -> str:
+    """The plan as a table (one row per move), with a one-line summary above it."""
+    if not moves:
+        return "nothing to move: every shard holds the ranges the ring gives it"
+    total = sum(m.total_items for m in moves)
+    rows = [
+        [
+            f"{m.source} {ARROW} {m.target}",
+            m.ranges,
+            m.total_items,
+            ", ".join(f"{c}={n}" for c, n in sorted(m.items.items())) or "-",
+        ]
+        for m in moves
+    ]
+    head = f"{len(moves)} moves, {total} items"
+    return head + "\n\n" + table.render(["move", "ranges", "items", "per collection"], rows)
+
+
+def status_line(s: RebalanceStatus) -> str:
+    """One line: id, kind (and shard), state, ring versions, items copied, WAL lag, elapsed."""
+    planned = sum(m.items_planned for m in s.moves)
+    copied = sum(m.items_copied for m in s.moves)
+    lag = sum(m.wal_lag for m in s.moves)
+    kind = f"{s.kind.value} {s.shard}" if s.shard else s.kind.value
+    ring = f"ring v{s.from_version} {ARROW} v{s.to_version}" if s.to_version else f"ring v{s.from_version}"
+    line = (
+        f"rebalance {s.rebalance_id} ({kind}): {s.state.value}, {ring}, {copied}/{planned} items copied, "
+        f"WAL lag {lag}, {duration(s.elapsed_s)}"
+    )
+    return line + (f", error: {s.error}" if s.error else "")
+
+
+def format_status(s: RebalanceStatus | None) -> str:
+    """The status line, then one table row per move."""
+    if s is None:
+        return "no rebalance has run on this cluster"
+    rows = [
+        [
+            f"{m.source} {ARROW} {m.target}",
+            m.state.value,
+            f"{m.items_copied}/{m.items_planned}",
+            m.wal_lag,
+            duration(m.elapsed_s),
+            m.error or "-",
+        ]
+        for m in s.moves
+    ]
+    headers = ["move", "state", "copied/planned", "WAL lag", "elapsed", "error"]
+    return status_line(s) + "\n\n" + table.render(headers, rows, right=[False, False, True, True, True, False])
+
+
+def watch_line(s: RebalanceStatus) -> str:
+    """A ``--watch`` line: the time, the status line and how many moves are in each state."""
+    states = Counter(m.state.value for m in s.moves)
+    moves = ", ".join(f"{n} {state}" for state, n in states.items())
+    return f"{time.strftime('%H:%M:%S')} {status_line(s)}" + (f" [moves: {moves}]" if moves else "")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plan_dict(m: MovePlan) -> dict[str, Any]:
+    return dict(asdict(m), total_items=m.total_items)
+
+
+def status_dict(s: RebalanceStatus | None) -> dict[str, Any] | None:
+    """The status as JSON-ready data (enums as their values); None for no rebalance."""
+    return None if s is None else _plain(asdict(s))
+
+
+def format_json(value: Any, *, indent: int | None = 2) -> str:
+    return json.dumps(value, indent=indent)
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def watch(
+    poll: Callable[[int], RebalanceStatus | None],
+    rebalance_id: int,
+    emit: Callable[[RebalanceStatus], None],
+    *,
+    interval_s: float | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> RebalanceStatus | None:
+    """Polls ``poll(id)`` every ``interval_s`` until the rebalance is finished, calling ``emit``
+    for each status that differs from the last (ignoring the clocks); returns the last one
+    (None when there never was a rebalance). Follows the rebalance first seen when ``id`` is 0.
+    Defaults: WATCH_INTERVAL_S, time.sleep."""
+    interval = WATCH_INTERVAL_S if interval_s is None else interval_s
+    pause = time.sleep if sleep is None else sleep
+    last: tuple[Any, ...] | None = None
+    while True:
+        s = poll(rebalance_id)
+        if s is None:
+            return None
+        rebalance_id = s.rebalance_id
+        key = (
+            s.state,
+            s.to_version,
+            s.error,
+            tuple((m.state, m.items_copied, m.wal_lag, m.error) for m in s.moves),
+        )
+        if key != last:
+            emit(s)
+            last = key
+        if s.state.finished:
+            return s
+        pause(interval)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs one ``vsearch admin`` subcommand; returns its exit code (see the module doc)."""
+    check_arguments(args)
+    command = args.admin_command
+    out: Any
+    with Connection(args.address).open() as conn:
+        if command == "add-shard":
+            started = add_shard(conn, args.shard_id, args.shard_address, args.weight, not args.no_rebalance)
+            out = {"shard_id": args.shard_id, "rebalance": status_dict(started)}
+            text = f"shard {args.shard_id} added at {args.shard_address} (weight {args.weight:g})"
+            if started is None:
+                text += ", joining: start moving its share with `vsearch admin rebalance`"
+            else:
+                text += "\n" + format_status(started)
+        elif command == "drain-shard":
+            s = drain_shard(conn, args.shard_id)
+            out = {"shard_id": args.shard_id, "rebalance": status_dict(s)}
+            text = f"draining shard {args.shard_id}\n" + format_status(s)
+        elif command == "remove-shard":
+            remove_shard(conn, args.shard_id)
+            out = {"shard_id": args.shard_id, "removed": True}
+            text = f"shard {args.shard_id} removed"
+        elif command == "rebalance":
+            plan, s = rebalance(conn, args.dry_run)
+            out = {"moves": [plan_dict(m) for m in plan], "rebalance": status_dict(s)}
+            text = format_plan(plan)
+            if s is not None:
+                text += "\n\nstarted " + format_status(s)
+            elif plan and args.dry_run:
+                text += "\n\n(dry run: nothing started)"
+        elif command == "rebalance-status" and args.watch:
+
+            def emit(s: RebalanceStatus) -> None:
+                print(format_json(status_dict(s), indent=None) if args.json else watch_line(s), flush=True)
+
+            last = watch(lambda i: rebalance_status(conn, i), args.id, emit)
+            if last is None:
+                print(format_json(None) if args.json else format_status(None))
+            return 1 if last is not None and last.state is State.ABORTED else 0
+        elif command == "rebalance-status":
+            s = rebalance_status(conn, args.id)
+            out, text = status_dict(s), format_status(s)
+        elif command == "abort-rebalance":
+            s = abort_rebalance(conn)
+            out = status_dict(s)
+            text = "abort requested: " + format_status(s)
+        else:  # argparse allows only the commands above
+            raise CliError(f"unknown admin command {command!r}")
+    print(format_json(out) if args.json else text)
+    return 0
