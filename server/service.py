@@ -260,9 +260,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     def Rebalance(self, request: admin_pb.RebalanceRequest, context: grpc.ServicerContext) -> Any:
         rebalancer = self._rebalancer()
         plan = rebalancer.plan()
-        if request.dry_run or not plan:  # an empty plan starts nothing
-            return convert.rebalance_response_to_proto(plan, None)
-        return convert.rebalance_response_to_proto(plan, rebalancer.rebalance())
+        return convert.rebalance_response_to_proto(plan, None if request.dry_run else rebalancer.rebalance())
 
     @handled
     def GetRebalanceStatus(self, request: admin_pb.GetRebalanceStatusRequest, context: grpc.ServicerContext) -> Any:

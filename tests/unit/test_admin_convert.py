@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from core.errors import AlreadyExists, Internal, InvalidArgument
+from core.errors import AlreadyExists, FailedPrecondition, Internal, InvalidArgument
 from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 from server import convert
 from server.query import ShardHealth
@@ -223,6 +223,7 @@ class FakeRebalancer:
         self.running = running
         self.error = error
         self.moves = [MovePlan("s1", "s4", 12, {"images": 40})]
+        self.refuse_start: Exception | None = None
 
     def _record(self, *call: Any) -> None:
         self.calls.append(call)
@@ -246,6 +247,8 @@ class FakeRebalancer:
 
     def rebalance(self) -> RebalanceStatus:
         self._record("rebalance")
+        if self.refuse_start is not None:
+            raise self.refuse_start
         return rebalance(State.PLANNED, Kind.REBALANCE, shard="")
 
     def status(self, rebalance_id: int = 0) -> RebalanceStatus | None:
@@ -334,10 +337,9 @@ def test_rebalance_dry_run_plans_only_and_a_real_one_starts() -> None:
     assert fake.calls == [("plan",)] and not reply.HasField("rebalance") and reply.moves[0].total_items == 40
     reply, _ = call(target, "Rebalance", admin_pb.RebalanceRequest())
     assert fake.calls[1:] == [("plan",), ("rebalance",)] and reply.rebalance.kind == admin_pb.REBALANCE_KIND_REBALANCE
-    fake.moves = []
-    fake.calls.clear()
-    reply, _ = call(target, "Rebalance", admin_pb.RebalanceRequest())
-    assert fake.calls == [("plan",)] and not reply.HasField("rebalance") and not reply.moves
+    fake.refuse_start = FailedPrecondition("nothing to move")  # the rebalancer decides, the status says so
+    reply, context = call(target, "Rebalance", admin_pb.RebalanceRequest())
+    assert reply is None and context.code == grpc.StatusCode.FAILED_PRECONDITION and fake.calls[-1] == ("rebalance",)
 
 
 def test_rebalancer_errors_keep_their_status() -> None:
