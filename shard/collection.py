@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, Unavailable
+from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
 from core.filters import Filter
 from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
@@ -101,6 +101,11 @@ class Collection:
         self._compacting = False
         self._closed = False
         self._wal: Wal | None = None
+        # The smallest WAL seq a pin keeps (``shard.control``); set by the registry. Log
+        # truncation never drops a record at or after it. ``_prune_lock`` orders truncation
+        # against ``hold_wal``.
+        self.pin_floor: Callable[[], int | None] | None = None
+        self._prune_lock = threading.Lock()
 
     # ================================================================== lifecycle
     @classmethod
@@ -186,10 +191,11 @@ class Collection:
         result = self.upsert_batch(prepare_batch(ids, vectors, self.spec))
         return result.seq, result.count
 
-    def upsert_batch(self, batch: Batch) -> WriteResult:
+    def upsert_batch(self, batch: Batch, guard: Callable[[Sequence[str]], None] | None = None) -> WriteResult:
         """Logs and applies an already validated batch (see ``core.vectors.Batch``).
         InvalidArgument, with nothing logged, if a payload is not a readable item payload
-        (``vsproto/payload.py``)."""
+        (``vsproto/payload.py``). ``guard``, when given, is called with the ids under the write
+        lock before anything is logged; what it raises refuses the write (write fences)."""
         try:
             fields = decode_batch(batch.payloads, len(batch.ids))
         except CorruptionError as exc:
@@ -198,6 +204,8 @@ class Collection:
         payload = records.encode(op)
         with self._write_lock:
             wal = self._check_open()
+            if guard is not None:
+                guard(batch.ids)
             seq = wal.write(payload)
             self._apply(seq, op, fields)
         self._await_durable(wal, seq)
@@ -208,11 +216,14 @@ class Collection:
         result = self.delete_ids(ids)
         return result.seq, result.count
 
-    def delete_ids(self, ids: Sequence[str]) -> WriteResult:
-        """As :meth:`delete`, returning a ``WriteResult`` (seq 0 when no id existed)."""
+    def delete_ids(self, ids: Sequence[str], guard: Callable[[Sequence[str]], None] | None = None) -> WriteResult:
+        """As :meth:`delete`, returning a ``WriteResult`` (seq 0 when no id existed).
+        ``guard`` as in :meth:`upsert_batch` (called with every requested id, existing or not)."""
         id_list = list(dict.fromkeys(validate_ids(ids)))
         with self._write_lock:
             wal = self._check_open()
+            if guard is not None:
+                guard(id_list)
             view = self._view
             existing = [item for item in id_list if self._locate(item, view) is not None]
             if not existing:
@@ -222,6 +233,12 @@ class Collection:
             self._apply(seq, op)
         self._await_durable(wal, seq)
         return WriteResult(seq, len(existing))
+
+    def write_barrier(self) -> None:
+        """Returns once every write that took the write lock before this call has been logged
+        and applied: a check its guard made is then seen by every later write."""
+        with self._write_lock:
+            pass
 
     def _await_durable(self, wal: Wal, seq: int) -> None:
         if self.options.wal.fsync is FsyncPolicy.ALWAYS:
@@ -639,8 +656,26 @@ class Collection:
         if len(self._snapshots) == kept:
             # Keep the log back to the oldest kept snapshot, so a damaged newest snapshot can
             # be replaced by the older one plus a longer replay. Until there are that many
-            # snapshots, keep the whole log.
-            wal.truncate_before(self._snapshots[-1].applied_seq + 1)
+            # snapshots, keep the whole log. Never drop what a pin keeps (``hold_wal``).
+            with self._prune_lock:
+                keep = self._snapshots[-1].applied_seq + 1
+                floor = self.pin_floor() if self.pin_floor is not None else None
+                if floor is not None:
+                    keep = min(keep, floor)
+                wal.truncate_before(keep)
+
+    def hold_wal(self, from_seq: int, register: Callable[[], None]) -> None:
+        """Calls ``register`` (which records a pin at ``from_seq``) while the log still holds
+        ``from_seq``, atomically with respect to log truncation; OutOfRange when it does not
+        (as :meth:`read_wal` decides: a record before ``from_seq`` was truncated)."""
+        with self._prune_lock:
+            first = self._check_open().first_seq
+            if max(1, from_seq) < first:
+                raise OutOfRange(
+                    f"collection {self.spec.name}: records before seq {first} were compacted away "
+                    f"(asked to keep from {from_seq}); first_available_seq={first}"
+                )
+            register()
 
     def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> tuple[Graph, bool]:
         """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither."""

@@ -19,6 +19,7 @@ from shard.records import WalEntry
 from shard.types import (
     CollectionStats,
     CompactResult,
+    ControlState,
     Fetched,
     KeyRange,
     QueryHits,
@@ -28,6 +29,9 @@ from shard.types import (
 )
 from vsproto.common import matrix_from_proto, matrix_to_proto
 from vsproto.v1 import shard_service_pb2 as pb
+
+# The request metadata carrying the caller's ring version, in decimal (absent: 0, unchecked).
+RING_VERSION_KEY = "vs-ring-version"
 
 
 # ---------------------------------------------------------------------- search
@@ -183,9 +187,13 @@ def scan_batch_from_proto(message: pb.ScanItemsResponse) -> ScanBatch:
 
 
 # ---------------------------------------------------------------------- writes
-def upsert_to_proto(collection: str, batch: Batch) -> pb.UpsertRequest:
+def upsert_to_proto(collection: str, batch: Batch, replicate: bool = False) -> pb.UpsertRequest:
     return pb.UpsertRequest(
-        collection=collection, ids=batch.ids, vectors=matrix_to_proto(batch.vectors), payloads=batch.payloads or ()
+        collection=collection,
+        ids=batch.ids,
+        vectors=matrix_to_proto(batch.vectors),
+        payloads=batch.payloads or (),
+        replicate=replicate,
     )
 
 
@@ -195,3 +203,23 @@ def upsert_from_proto(request: pb.UpsertRequest, spec: CollectionSpec) -> Batch:
         raise InvalidArgument("upsert: empty batch")
     payloads = list(request.payloads) if request.payloads else None
     return prepare_batch(request.ids, matrix_from_proto(request.vectors, "vectors"), spec, payloads=payloads)
+
+
+# ---------------------------------------------------------------------- rebalancing controls
+def control_to_proto(state: ControlState) -> pb.GetControlResponse:
+    return pb.GetControlResponse(
+        min_epoch=state.min_epoch,
+        fences=[pb.Fence(key=key, ranges=ranges_to_proto(ranges)) for key, ranges in state.fences.items()],
+        pins=[
+            pb.WalPin(key=key, collection=collection, from_seq=seq)
+            for key, pins in state.pins.items()
+            for collection, seq in pins.items()
+        ],
+    )
+
+
+def control_from_proto(message: pb.GetControlResponse) -> ControlState:
+    pins: dict[str, dict[str, int]] = {}
+    for pin in message.pins:
+        pins.setdefault(pin.key, {})[pin.collection] = pin.from_seq
+    return ControlState(message.min_epoch, {f.key: ranges_from_proto(list(f.ranges)) for f in message.fences}, pins)

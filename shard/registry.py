@@ -1,8 +1,9 @@
 """All collections of one shard process, under one data directory, plus background compaction.
 
-Layout: ``{data_dir}/collections/{name}/`` (spec.json, wal/, snapshots/). Creation goes through
-a staging directory and a rename; dropping renames the directory aside before deleting it, so
-a crash never leaves a half-created or half-dropped collection visible.
+Layout: ``{data_dir}/collections/{name}/`` (spec.json, wal/, snapshots/) and
+``{data_dir}/control.json`` (``shard.control``: ring version floor, write fences, WAL pins).
+Creation goes through a staging directory and a rename; dropping renames the directory aside
+before deleting it, so a crash never leaves a half-created or half-dropped collection visible.
 
 Thread-safety: every method may be called from any thread.
 """
@@ -14,14 +15,16 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import AlreadyExists, NotFound, Unavailable
+from core.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from core.spec import CollectionSpec, validate_name
 from core.text import quote
 from shard.collection import Collection, CollectionOptions
+from shard.control import CONTROL_FILE, ShardControl, validate_key
 from shard.fsutil import fsync_dir
-from shard.types import CompactResult
+from shard.types import CompactResult, KeyRange
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +41,21 @@ class Registry:
         self._stop = threading.Event()
         self._poll_s = compaction_poll_s
         self._compactor: threading.Thread | None = None
+        self.control = ShardControl(data_dir / CONTROL_FILE)
 
     def open(self) -> None:
-        """Recovers every collection on disk. Raises CorruptionError if one cannot be recovered."""
+        """Recovers the controls and every collection on disk. Raises CorruptionError if one
+        cannot be recovered."""
+        self.control.load()
         self._root.mkdir(parents=True, exist_ok=True)
         for leftover in self._root.glob(".*"):
             shutil.rmtree(leftover, ignore_errors=True)  # half-created or half-dropped
         for path in sorted(self._root.iterdir()):
             if path.is_dir():
-                self._collections[path.name] = Collection.open(path, self.options)
+                self._collections[path.name] = self._attach(Collection.open(path, self.options))
+        for name in {c for pins in self.control.snapshot().pins.values() for c in pins}:
+            if name not in self._collections:  # dropped by a drop that crashed before forgetting
+                self.control.drop_collection(name)
         self._compactor = threading.Thread(target=self._compaction_loop, name="compactor", daemon=True)
         self._compactor.start()
 
@@ -70,7 +79,7 @@ class Registry:
                         f"collection {spec.name!r} exists with a different spec ({existing.spec.to_json()})"
                     )
                 return False, existing.spec
-            collection = Collection.create(self._root / spec.name, spec, self.options)
+            collection = self._attach(Collection.create(self._root / spec.name, spec, self.options))
             self._collections[spec.name] = collection
             return True, spec
 
@@ -78,6 +87,8 @@ class Registry:
         validate_name(name)
         with self._lock:
             collection = self._collections.pop(name, None)
+            if collection is not None:
+                self.control.drop_collection(name)
         if collection is None:
             return False
         collection.close()
@@ -96,6 +107,49 @@ class Registry:
     def list(self) -> list[CollectionSpec]:
         with self._lock:
             return [c.spec for c in sorted(self._collections.values(), key=lambda c: c.spec.name)]
+
+    def _attach(self, collection: Collection) -> Collection:
+        name = collection.spec.name
+        collection.pin_floor = lambda: self.control.pin_floor(name)
+        return collection
+
+    # ------------------------------------------------------------------ rebalancing controls
+    def set_min_epoch(self, epoch: int) -> int:
+        """Raises the ring version floor (never lowers it); returns the current one. When it
+        returns, no write of an older handle can be logged any more (write barrier)."""
+        before = self.control.min_epoch
+        current = self.control.set_min_epoch(epoch)
+        if current != before:
+            self._write_barrier()
+        return current
+
+    def set_fence(self, key: str, ranges: Sequence[KeyRange] | None) -> None:
+        """Sets (or, with no ranges, removes) the write fence ``key``. When it returns, no client
+        write to a fenced id can be logged any more: every collection's write lock is taken once
+        after the change, so a write in flight has finished and every later one sees the fence."""
+        self.control.set_fence(key, ranges)
+        self._write_barrier()
+
+    def _write_barrier(self) -> None:
+        with self._lock:
+            collections = list(self._collections.values())
+        for collection in collections:
+            collection.write_barrier()
+
+    def pin_wal(self, name: str, key: str, from_seq: int) -> None:
+        """Keeps the collection's log from ``from_seq`` on until ``unpin_wal(key)`` (or a drop).
+        NotFound for an unknown collection, OutOfRange when the log no longer holds ``from_seq``.
+        Pinning again under the same key moves that key's pin of the collection."""
+        validate_key(key)
+        if from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
+        with self._lock:  # not dropped meanwhile (a drop forgets the pins under this lock)
+            collection = self.get(name)
+            collection.hold_wal(from_seq, lambda: self.control.pin(name, key, from_seq))
+
+    def unpin_wal(self, key: str) -> None:
+        """Releases every pin of ``key``; the next compaction may truncate behind them."""
+        self.control.unpin(key)
 
     # ------------------------------------------------------------------ compaction
     def compact(self, name: str, wait: bool) -> CompactResult | None:

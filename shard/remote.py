@@ -9,6 +9,9 @@ call served on this thread ends (``core.calls.on_end``), raising ``Cancelled`` h
 unary calls are blocking calls that run to completion within their timeout: grpcio can cancel
 only a ``.future()`` call, which starts a thread per call on an idle channel and measured
 60–170 µs more per Search (0.75 ms) against one shard process here.
+
+Ring version: every call carries the handle's ``epoch`` as the metadata ``vs-ring-version``
+(decimal); the shard refuses the data calls of a stale one with ABORTED (``WrongRoute``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,22 @@ import grpc
 
 from core import calls, status
 from core.channels import close_channel
-from core.errors import Cancelled
+from core.errors import Cancelled, InvalidArgument
 from core.filters import Filter
 from core.spec import CollectionSpec
 from core.vectors import Batch, Queries
 from shard import convert
 from shard.records import WalEntry
-from shard.types import CollectionStats, CompactResult, Fetched, KeyRange, ScanBatch, SearchReply, WriteResult
+from shard.types import (
+    CollectionStats,
+    CompactResult,
+    ControlState,
+    Fetched,
+    KeyRange,
+    ScanBatch,
+    SearchReply,
+    WriteResult,
+)
 from vsproto.common import matrix_to_proto, spec_from_proto, spec_to_proto
 from vsproto.filters import filter_to_proto
 from vsproto.v1 import shard_service_pb2 as pb
@@ -38,9 +50,11 @@ T = TypeVar("T")
 class RemoteShard:
     """Implements ``shard.api.ShardApi`` over a channel to ``address`` (host:port)."""
 
-    def __init__(self, address: str, max_message_mb: int = 64) -> None:
+    def __init__(self, address: str, max_message_mb: int = 64, epoch: int = 0) -> None:
         limit = max_message_mb << 20
         self.address = address
+        self.epoch = epoch
+        self._metadata = ((convert.RING_VERSION_KEY, str(epoch)),)
         self.channel = grpc.insecure_channel(
             address,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
@@ -53,17 +67,15 @@ class RemoteShard:
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
-    @staticmethod
-    def _unary(call: Callable[..., T], request: Any, timeout: float | None) -> T:
+    def _unary(self, call: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
-            return call(request, timeout=timeout)
+            return call(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise status.from_rpc_error(exc) from None
 
-    @staticmethod
-    def _cancellable(call: Any, request: Any, timeout: float | None) -> Any:
+    def _cancellable(self, call: Any, request: Any, timeout: float | None) -> Any:
         """As :meth:`_unary`, cancelled on the shard when the served call ends first."""
-        future = call.future(request, timeout=timeout)
+        future = call.future(request, timeout=timeout, metadata=self._metadata)
         calls.on_end(future.cancel)
         try:
             return future.result()
@@ -99,12 +111,17 @@ class RemoteShard:
         return [spec_from_proto(s) for s in reply.collections]
 
     # ------------------------------------------------------------------ writes and reads
-    def upsert(self, collection: str, batch: Batch, timeout: float | None = None) -> WriteResult:
-        reply = self._unary(self._stub.Upsert, convert.upsert_to_proto(collection, batch), timeout)
+    def upsert(
+        self, collection: str, batch: Batch, timeout: float | None = None, *, replicate: bool = False
+    ) -> WriteResult:
+        reply = self._unary(self._stub.Upsert, convert.upsert_to_proto(collection, batch, replicate), timeout)
         return WriteResult(reply.seq, reply.upserted)
 
-    def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> WriteResult:
-        reply = self._unary(self._stub.Delete, pb.DeleteRequest(collection=collection, ids=ids), timeout)
+    def delete(
+        self, collection: str, ids: Sequence[str], timeout: float | None = None, *, replicate: bool = False
+    ) -> WriteResult:
+        request = pb.DeleteRequest(collection=collection, ids=ids, replicate=replicate)
+        reply = self._unary(self._stub.Delete, request, timeout)
         return WriteResult(reply.seq, reply.deleted)
 
     def get(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> Fetched:
@@ -148,7 +165,8 @@ class RemoteShard:
 
     def read_wal(self, collection: str, from_seq: int, timeout: float | None = None) -> Iterator[WalEntry]:
         request = pb.ReadWalRequest(collection=collection, from_seq=from_seq)
-        return self._stream(self._stub.ReadWal(request, timeout=timeout), convert.wal_entry_from_proto)
+        responses = self._stub.ReadWal(request, timeout=timeout, metadata=self._metadata)
+        return self._stream(responses, convert.wal_entry_from_proto)
 
     def scan(
         self,
@@ -160,4 +178,28 @@ class RemoteShard:
         request = pb.ScanItemsRequest(
             collection=collection, ranges=convert.ranges_to_proto(list(ranges)), batch_size=batch_size
         )
-        return self._stream(self._stub.ScanItems(request, timeout=timeout), convert.scan_batch_from_proto)
+        responses = self._stub.ScanItems(request, timeout=timeout, metadata=self._metadata)
+        return self._stream(responses, convert.scan_batch_from_proto)
+
+    # ------------------------------------------------------------------ rebalancing controls
+    def control(self, timeout: float | None = None) -> ControlState:
+        return convert.control_from_proto(self._unary(self._stub.GetControl, pb.GetControlRequest(), timeout))
+
+    def set_min_epoch(self, epoch: int, timeout: float | None = None) -> int:
+        if epoch < 0:
+            raise InvalidArgument(f"epoch must be >= 0, got {epoch}")
+        reply = self._unary(self._stub.SetMinEpoch, pb.SetMinEpochRequest(epoch=epoch), timeout)
+        return int(reply.min_epoch)
+
+    def set_fence(self, key: str, ranges: Sequence[KeyRange] | None, timeout: float | None = None) -> None:
+        request = pb.SetFenceRequest(key=key, ranges=convert.ranges_to_proto(list(ranges or ())))
+        self._unary(self._stub.SetFence, request, timeout)
+
+    def pin_wal(self, collection: str, key: str, from_seq: int, timeout: float | None = None) -> None:
+        if from_seq < 0:
+            raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
+        request = pb.PinWalRequest(collection=collection, key=key, from_seq=from_seq)
+        self._unary(self._stub.PinWal, request, timeout)
+
+    def unpin_wal(self, key: str, timeout: float | None = None) -> None:
+        self._unary(self._stub.UnpinWal, pb.UnpinWalRequest(key=key), timeout)

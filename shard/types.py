@@ -104,3 +104,15 @@ class ScanBatch:
     payloads: list[bytes] = field(default_factory=list)
     # versions[i] is ids[i]'s version (see Fetched.versions).
     versions: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """A shard's rebalancing controls (``shard.control``), as of one moment: the oldest ring
+    version (``min_epoch``) whose handles it still serves (0: all), the write fences by key
+    (arcs of the id-hash ring whose ids clients may no longer write here), and the WAL pins by
+    key (collection -> the first seq its log must keep)."""
+
+    min_epoch: int
+    fences: dict[str, list[KeyRange]] = field(default_factory=dict)
+    pins: dict[str, dict[str, int]] = field(default_factory=dict)
