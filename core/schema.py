@@ -21,8 +21,9 @@ from sqlalchemy.engine import Engine
 from core.errors import SchemaTooNew
 
 TOPOLOGY = "topology"
-"""Component of the cluster topology tables (``vs_cluster``, ``vs_shards``)."""
-TOPOLOGY_VERSION = 1
+"""Component of the cluster topology tables (``vs_cluster``, ``vs_shards``, ``vs_shard_states``,
+``vs_rebalances``)."""
+TOPOLOGY_VERSION = 2  # 2: vs_shard_states, vs_rebalances
 METADATA = "metadata"
 """Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``,
 ``vs_attr_types``, ``vs_pending_writes``)."""
@@ -53,6 +54,36 @@ cluster = sa.Table(
     metadata,
     sa.Column("singleton", sa.Integer, primary_key=True),  # always 1
     sa.Column("ring_version", sa.BigInteger, nullable=False),
+)
+# A shard's place in the ring: no row = "active" (on the ring); "joining" (a rebalance is moving
+# its share to it, not on the ring yet), "draining" (on the ring, everything moving off it),
+# "drained" (off the ring; only the cleanup of its moved items may still touch it).
+shard_states = sa.Table(
+    "vs_shard_states",
+    metadata,
+    sa.Column("shard_id", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+)
+# One row per rebalance (router/moves.py); every change checks the expected state (and lease).
+rebalances = sa.Table(
+    "vs_rebalances",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("finished", sa.Boolean, nullable=False, default=False),
+    sa.Column("shard_id", sa.String(128), nullable=False, default=""),
+    sa.Column("from_version", sa.BigInteger, nullable=False),
+    sa.Column("to_version", sa.BigInteger, nullable=False, default=0),
+    sa.Column("old_ring", sa.Text, nullable=False),  # HashRing.to_dict() as JSON
+    sa.Column("new_ring", sa.Text, nullable=False),
+    sa.Column("progress", sa.Text, nullable=False),  # JSON: per move and collection (router/rebalance.py)
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("abort_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(128), nullable=False, default=""),
+    sa.Column("lease_until", sa.Float, nullable=False, default=0.0),
 )
 
 # ------------------------------------------------------------------------ collections and item metadata

@@ -16,6 +16,16 @@ The router knows shards only through ``shard.api.ShardApi`` (in-process ``LocalS
 * A shard's ``InvalidArgument`` is the caller's fault and is raised as it is, and so is a
   shard's ``FailedPrecondition`` to a filtered search (the engine then plans it itself);
   ``NotFound`` from every shard asked is raised as ``NotFound``.
+* Ring versions and rebalancing (``router/rebalance.py``): every shard handle carries the
+  topology's ring version, and a shard refuses a stale one (``WrongRoute``), as it refuses a
+  client write to an id that is moving. With a ``reroute`` callback (the server's: reload the
+  topology now, return the current router), a call that meets ``WrongRoute`` is retried on the
+  fresh router with a short backoff until its timeout; without one, ``WrongRoute`` is raised.
+  Writes, gets and searches follow the ring (``active`` and ``draining`` shards); collections
+  are created and dropped on every known shard (``joining`` and ``drained`` ones too). While a
+  rebalance runs (``Topology.moving``) a shard may hold copies of ids it does not own: a search
+  then asks each shard for up to twice ``k`` and keeps only hits from each id's owner, so every
+  item is returned once, from the shard that takes its writes.
 
 Thread-safety: a Router is immutable once built; build a new one when the topology changes.
 """
@@ -23,13 +33,15 @@ Thread-safety: a Router is immutable once built; build a new one when the topolo
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from core import status
 from core.errors import (
@@ -40,14 +52,17 @@ from core.errors import (
     InvalidArgument,
     NotFound,
     ShardsUnavailable,
+    WrongRoute,
 )
 from core.filters import Filter
+from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec
 from core.vectors import Batch, Matrix, Queries
 from router.merge import Hit, merge_batches
 from router.ring import HashRing
 from router.topology import Topology
 from shard.api import ShardApi
+from shard.local import LocalShard
 from shard.remote import RemoteShard
 from shard.types import CollectionStats, QueryHits, SearchReply, SearchStats
 
@@ -62,6 +77,40 @@ R = TypeVar("R")
 # Shared by every Router of the process (routers are rebuilt on topology changes); threads are
 # created on demand and reused.
 _FANOUT = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fanout")
+REROUTE_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.25)
+"""Waits between retries of a call refused with ``WrongRoute`` (the last one repeats)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rerouted(method: F) -> F:
+    """Retries ``method`` on a fresh router (``Router.reroute``) while shards answer
+    ``WrongRoute``, until the call's ``timeout`` argument (10 s when it has none) runs out."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Router, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except WrongRoute:
+            if self.reroute is None:
+                raise
+            bound = signature.bind(self, *args, **kwargs)
+            timeout = bound.arguments.get("timeout")
+            deadline = time.monotonic() + (timeout if isinstance(timeout, (int, float)) else 10.0)
+            attempt = 0
+            while True:
+                wait = REROUTE_BACKOFF_S[min(attempt, len(REROUTE_BACKOFF_S) - 1)]
+                attempt += 1
+                if time.monotonic() + wait >= deadline:
+                    raise
+                time.sleep(wait)
+                fresh = self.reroute()
+                try:
+                    return getattr(fresh, method.__name__).__wrapped__(fresh, *args, **kwargs)
+                except WrongRoute:
+                    continue
+
+    return wrapper  # type: ignore[return-value]
 
 
 class StoredItem(NamedTuple):
@@ -84,31 +133,50 @@ class SearchOutcome:
 
 
 class Router:
-    def __init__(self, ring: HashRing, shards: Mapping[str, ShardApi]) -> None:
+    def __init__(
+        self,
+        ring: HashRing,
+        shards: Mapping[str, ShardApi],
+        *,
+        moving: bool = False,
+        reroute: Callable[[], Router] | None = None,
+    ) -> None:
+        """``shards``: a handle for every shard of ``ring`` (ValueError otherwise) and any other
+        known shard (joining or drained: they get collection creates and drops only)."""
         missing = set(ring.shards) - set(shards)
         if missing:
             raise ValueError(f"no client for shards {sorted(missing)}")
         self.ring = ring
-        self.shards = shards
+        self.known = shards
+        self.shards: Mapping[str, ShardApi] = {s: shards[s] for s in ring.shards}
+        self.moving = moving
+        self.reroute = reroute
 
     @classmethod
-    def connect(cls, topology: Topology, local: Mapping[str, ShardApi] | None = None) -> Router:
+    def connect(
+        cls,
+        topology: Topology,
+        local: Mapping[str, LocalShard] | None = None,
+        reroute: Callable[[], Router] | None = None,
+    ) -> Router:
         """A router over every shard of ``topology``: a ``RemoteShard`` per remote shard, and
         the in-process shard for those whose address is ``local:...`` (they must be in
-        ``local``: only the process that owns such a shard can route to it)."""
+        ``local``: only the process that owns such a shard can route to it). Every handle
+        carries ``topology.ring_version``."""
         local = local or {}
+        epoch = topology.ring_version
         shards: dict[str, ShardApi] = {}
         for shard in topology.shards:
             if shard.address.startswith(LOCAL_PREFIX):
                 if shard.shard_id not in local:
                     raise ValueError(f"shard {shard.shard_id} lives in another process ({shard.address})")
-                shards[shard.shard_id] = local[shard.shard_id]
+                shards[shard.shard_id] = LocalShard(local[shard.shard_id].registry, epoch=epoch)
             else:
-                shards[shard.shard_id] = RemoteShard(shard.address)
-        return cls(topology.ring(), shards)
+                shards[shard.shard_id] = RemoteShard(shard.address, epoch=epoch)
+        return cls(topology.ring(), shards, moving=topology.moving, reroute=reroute)
 
     def close(self) -> None:
-        for shard in self.shards.values():
+        for shard in self.known.values():
             shard.close()
 
     # ------------------------------------------------------------------ helpers
@@ -120,20 +188,24 @@ class Router:
         parallel on the shared fan-out pool (blocking calls on long-lived threads: grpcio's
         ``.future()`` starts a thread per call on an idle channel, which costs more than the
         call itself)."""
+        if not args:
+            return {}, {}
         if len(args) == 1:  # one shard: no pool, no second deadline
             ((only, only_arg),) = args.items()
             try:
-                return {only: call(self.shards[only], only_arg)}, {}
+                return {only: call(self.known[only], only_arg)}, {}
+            except WrongRoute:
+                raise
             except DomainError as exc:
                 return {}, {only: exc}
         (first, first_arg), *rest = args.items()
         deadline = time.monotonic() + timeout
         # each task runs in a copy of this thread's context: it sees the served call (core.calls)
-        calls = {s: _FANOUT.submit(contextvars.copy_context().run, call, self.shards[s], a) for s, a in rest}
+        calls = {s: _FANOUT.submit(contextvars.copy_context().run, call, self.known[s], a) for s, a in rest}
         replies: dict[str, R] = {}
         errors: dict[str, DomainError] = {}
         try:
-            replies[first] = call(self.shards[first], first_arg)
+            replies[first] = call(self.known[first], first_arg)
         except DomainError as exc:
             errors[first] = exc
         for shard_id, future in calls.items():
@@ -143,6 +215,9 @@ class Router:
                 errors[shard_id] = exc
             except FutureTimeout:
                 errors[shard_id] = DeadlineExceeded("no answer before the deadline")
+        for error in errors.values():
+            if isinstance(error, WrongRoute):
+                raise error  # this router's view is stale: the whole call is retried on a fresh one
         return replies, errors
 
     def _check(self, errors: Mapping[str, DomainError], collection: str | None = None) -> None:
@@ -179,25 +254,28 @@ class Router:
         return {s: status.describe(e) for s, e in sorted(errors.items())}
 
     # ------------------------------------------------------------------ collections
+    @rerouted
     def create_collection(self, spec: CollectionSpec, timeout: float) -> tuple[bool, CollectionSpec]:
         """Creates the collection on every shard (idempotent); created is True if any shard
         created it, and the spec is the stored one (defaults filled). FailedPrecondition when
         the topology has no shard."""
         self.require_shards()
         replies, errors = self._call(
-            lambda shard, s: shard.create_collection(s, timeout), dict.fromkeys(self.shards, spec), timeout
+            lambda shard, s: shard.create_collection(s, timeout), dict.fromkeys(self.known, spec), timeout
         )
         self._check(errors)
         created = any(c for c, _ in replies.values())
         return created, next(iter(replies.values()))[1]
 
+    @rerouted
     def drop_collection(self, name: str, timeout: float) -> bool:
         replies, errors = self._call(
-            lambda shard, n: shard.drop_collection(n, timeout), dict.fromkeys(self.shards, name), timeout
+            lambda shard, n: shard.drop_collection(n, timeout), dict.fromkeys(self.known, name), timeout
         )
         self._check(errors)
         return any(replies.values())
 
+    @rerouted
     def compact(self, collection: str, wait: bool, timeout: float) -> dict[str, CollectionStats]:
         """Compacts ``collection`` on every shard in parallel (waiting for each when ``wait``),
         then returns each shard's stats. Raises ``ShardsUnavailable`` if any shard failed."""
@@ -207,6 +285,7 @@ class Router:
         self._check(errors, collection)
         return self.stats(collection, timeout)
 
+    @rerouted
     def stats(self, collection: str, timeout: float) -> dict[str, CollectionStats]:
         """Every shard's stats of ``collection``, by shard id. Raises ``ShardsUnavailable`` if any
         shard failed (a count from some shards only would be wrong, not approximate)."""
@@ -217,12 +296,14 @@ class Router:
         return dict(sorted(replies.items()))
 
     # ------------------------------------------------------------------ writes
+    @rerouted
     def upsert(self, collection: str, batch: Batch, timeout: float) -> int:
         groups = {s: batch.take(p) for s, p in self._group(batch.ids).items()}
         replies, errors = self._call(lambda shard, b: shard.upsert(collection, b, timeout), groups, timeout)
         self._check(errors, collection)
         return sum(r.count for r in replies.values())
 
+    @rerouted
     def delete(self, collection: str, ids: Sequence[str], timeout: float) -> int:
         groups = {s: [ids[p] for p in positions] for s, positions in self._group(ids).items()}
         replies, errors = self._call(lambda shard, i: shard.delete(collection, i, timeout), groups, timeout)
@@ -233,6 +314,7 @@ class Router:
         """The vectors of the ids that exist, by id."""
         return {item: stored.vector for item, stored in self.fetch(collection, ids, timeout).items()}
 
+    @rerouted
     def fetch(self, collection: str, ids: Sequence[str], timeout: float) -> dict[str, StoredItem]:
         """The vector and payload of each id that exists, by id: each pair read by its shard at
         one moment, so from one write."""
@@ -247,6 +329,7 @@ class Router:
         return found
 
     # ------------------------------------------------------------------ search
+    @rerouted
     def search(
         self,
         collection: str,
@@ -276,25 +359,39 @@ class Router:
         else:
             targets = {s: [allow_ids[p] for p in positions] for s, positions in self._group(allow_ids).items()}
 
+        # While ids move, shards may hold copies they do not own: ask for more, keep the owners' hits.
+        asked = min(2 * k, SHARD_MAX_K) if self.moving and allow_ids is None else k
+
         def search_one(shard: ShardApi, allowed: Sequence[str] | None) -> SearchReply:
-            return shard.search(collection, queries, k, ef, allowed, timeout, filter=filter, explain=explain)
+            return shard.search(collection, queries, asked, ef, allowed, timeout, filter=filter, explain=explain)
 
         answers, errors = self._call(search_one, targets, timeout)
         for error in errors.values():
             if isinstance(error, InvalidArgument | FailedPrecondition):
                 raise error
         replies = {s: a.hits for s, a in answers.items()}
+        if asked != k:
+            replies = {s: [self._owned(s, h) for h in hits] for s, hits in replies.items()}
         stats = {s: a.stats for s, a in answers.items() if a.stats is not None}
         if len(errors) == len(targets) and all(isinstance(e, NotFound) for e in errors.values()):
             raise NotFound(f"collection {collection!r} does not exist")
         failed = {s: status.describe(e) for s, e in errors.items()}
         if failed and (require_all or not replies):
             raise ShardsUnavailable(failed)
-        if len(replies) == 1:
+        if len(replies) == 1 and asked == k:
             (only,) = replies.values()
             return SearchOutcome([_as_hits(h) for h in only], failed, stats)
         per_shard = [[_as_hits(h) for h in reply] for reply in replies.values()]
         return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed, stats)
+
+    def _owned(self, shard_id: str, found: QueryHits) -> QueryHits:
+        """``found`` without the hits whose id ``shard_id`` does not own on this ring."""
+        if not found.ids:
+            return found
+        keep = [i for i, owner in enumerate(self.ring.owners(found.ids)) if owner == shard_id]
+        if len(keep) == len(found.ids):
+            return found
+        return QueryHits([found.ids[i] for i in keep], found.distances[keep])
 
 
 def _as_hits(found: QueryHits) -> list[Hit]:

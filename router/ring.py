@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.keyhash import stable_hash64
+from core.keyranges import KeyRange
 
 __all__ = [
     "DEFAULT_VNODES_PER_WEIGHT",
@@ -231,6 +232,34 @@ class HashRing:
         mine = np.asarray(self._ids, dtype=object)[self._owner_indices(hashes)]
         theirs = np.asarray(other._ids, dtype=object)[other._owner_indices(hashes)]
         return [k for k, moved in zip(keys, (mine != theirs).tolist(), strict=True) if moved]
+
+    def moving_ranges(self, new: HashRing) -> dict[tuple[str, str], list[KeyRange]]:
+        """The arcs of the hash space whose owner differs between this ring and ``new``, by
+        (owner here, owner in ``new``); adjacent arcs of one pair are merged. Together with the
+        arcs that keep their owner they cover the space exactly once. Both rings non-empty."""
+        self._require_nonempty()
+        new._require_nonempty()
+        points = np.unique(np.concatenate([self._positions, new._positions]))
+        old_ids = np.asarray(self._ids, dtype=object)[self._owner_indices(points)]
+        new_ids = np.asarray(new._ids, dtype=object)[new._owner_indices(points)]
+        moves: dict[tuple[str, str], list[KeyRange]] = {}
+        n = len(points)
+        # Point i ends the elementary arc (points[i-1], points[i]]; point 0's arc wraps from the last.
+        changed = np.flatnonzero(old_ids != new_ids).tolist()
+        pending: dict[tuple[str, str], list[int]] = {}
+        for i in changed:
+            pair = (str(old_ids[i]), str(new_ids[i]))
+            start = int(points[i - 1]) if i > 0 else int(points[n - 1])
+            arc = pending.get(pair)
+            if arc is not None and arc[1] == start:
+                arc[1] = int(points[i])
+            else:
+                if arc is not None:
+                    moves.setdefault(pair, []).append(KeyRange(arc[0], arc[1]))
+                pending[pair] = [start, int(points[i])]
+        for pair, arc in pending.items():
+            moves.setdefault(pair, []).append(KeyRange(arc[0], arc[1]))
+        return moves
 
     # -- derived rings --------------------------------------------------------------------------
 

@@ -17,8 +17,11 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
+import uuid
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,15 +32,18 @@ from grpc_reflection.v1alpha import reflection
 
 from core.errors import CorruptionError
 from router.fanout import LOCAL_PREFIX, Router
-from router.topology import TopologyStore, make_engine
+from router.rebalance import RebalanceOptions, Rebalancer
+from router.topology import Topology, TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
 from server.fetch import FetchPolicy, UriFetcher
 from server.media import MediaEngine
 from server.metadata import MetadataStore
 from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
+from shard.api import ShardApi
 from shard.collection import CollectionOptions
 from shard.local import LocalShard
 from shard.registry import Registry
+from shard.remote import RemoteShard
 from vsproto.handlers import add_servicer
 from vsproto.v1 import admin_service_pb2, search_service_pb2
 
@@ -147,6 +153,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="let ingestion fetch http(s):// URIs named by clients (off by default)",
     )
     p.add_argument("--health-probe-timeout-s", type=float, default=float(_env("health_probe_timeout_s", "1")))
+    p.add_argument(
+        "--topology-refresh-s",
+        type=float,
+        default=float(_env("topology_refresh_s", "2")),
+        help="how often the topology is re-read (a shard refusing a stale ring triggers a read at once)",
+    )
+    p.add_argument(
+        "--rebalance-target-dead-s",
+        type=float,
+        default=float(_env("rebalance_target_dead_s", "60")),
+        help="a rebalance whose target does not answer this long is aborted (before its write switch)",
+    )
+    p.add_argument(
+        "--rebalance-lease-s",
+        type=float,
+        default=float(_env("rebalance_lease_s", "10")),
+        help="how long a coordinating server's lease on a running rebalance lasts without renewal "
+        "(another server takes over after it expires)",
+    )
 
 
 class ServerProcess:
@@ -173,9 +198,12 @@ class ServerProcess:
             self.topology.put_shard(args.local_shard_id, f"{LOCAL_PREFIX}{Path(args.local_shard).resolve()}")
         current = self.topology.load()
         self.ring_version = current.ring_version
+        self._swap_lock = threading.Lock()
+        self._handles: dict[str, tuple[str, ShardApi]] = {}
+        self._last_reload = 0.0
         self.engine = Engine(
             self.metadata,
-            Router.connect(current, self.local),
+            Router.connect(current, self.local, self.reroute),
             EngineOptions(
                 timeout_s=args.request_timeout_s,
                 allow_list_max=args.allow_list_max,
@@ -199,9 +227,15 @@ class ServerProcess:
             SearchServicer(self.engine, args.max_streams, self.media),
             search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
         )
+        self.rebalancer = Rebalancer(
+            self.topology,
+            self._coordinator_handles,
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            RebalanceOptions(lease_ttl_s=args.rebalance_lease_s, target_dead_after_s=args.rebalance_target_dead_s),
+        )
         add_servicer(
             self.server,
-            AdminServicer(self.topology, self.engine),
+            AdminServicer(self.topology, self.engine, rebalancer=self.rebalancer),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
         )
         self.health = health.HealthServicer()
@@ -224,6 +258,7 @@ class ServerProcess:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._update_search_health()
         self._refresher.start()
+        self.rebalancer.start()
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         threading.Thread(target=self._repair_loop, name="index-repair", daemon=True).start()
         if self.args.ready_file:
@@ -277,21 +312,53 @@ class ServerProcess:
             if self._stop.wait(self.args.repair_interval_s):
                 return
 
+    def _reload(self) -> None:
+        """Reads the topology and swaps in a new router when its version changed."""
+        with self._swap_lock:
+            self._last_reload = time.monotonic()
+            current = self.topology.load()
+            if current.ring_version == self.ring_version:
+                return
+            old = self.engine.router
+            self.engine.router = Router.connect(current, self.local, self.reroute)
+            self.ring_version = current.ring_version
+            threading.Timer(30.0, old.close).start()  # let in-flight calls finish
+            log.info("topology changed: ring v%d, %d shards", current.ring_version, len(current.shards))
+
+    def reroute(self) -> Router:
+        """The router after reloading the topology (at most every 10 ms): a shard refused a
+        call of this one as stale (``WrongRoute``)."""
+        if time.monotonic() - self._last_reload >= 0.01:
+            self._reload()
+        return self.engine.router
+
+    def _coordinator_handles(self, topology: Topology) -> dict[str, ShardApi]:
+        """Handles for the rebalance coordinator: every shard, unchecked by ring version."""
+        with self._swap_lock:
+            handles = self._handles
+            for shard in topology.shards:
+                cached = handles.get(shard.shard_id)
+                if cached is not None and cached[0] == shard.address:
+                    continue
+                if cached is not None:
+                    cached[1].close()
+                if shard.address.startswith(LOCAL_PREFIX):
+                    handle: ShardApi = self.local[shard.shard_id]
+                else:
+                    handle = RemoteShard(shard.address)
+                handles[shard.shard_id] = (shard.address, handle)
+            return {s: h for s, (_, h) in handles.items()}
+
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(2.0):
+        while not self._stop.wait(self.args.topology_refresh_s):
             try:
-                current = self.topology.load()
-                if current.ring_version != self.ring_version:
-                    old = self.engine.router
-                    self.engine.router = Router.connect(current, self.local)
-                    self.ring_version = current.ring_version
-                    threading.Timer(30.0, old.close).start()  # let in-flight calls finish
-                    log.info("topology changed: ring v%d, %d shards", current.ring_version, len(current.shards))
+                self._reload()
             except Exception:
                 log.exception("topology refresh failed; keeping ring v%d", self.ring_version)
 
     def stop(self) -> None:
         self._stop.set()
+        self.rebalancer.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=5).wait()
         self.engine.router.close()
