@@ -448,3 +448,26 @@ def test_the_source_shard_is_killed_mid_copy(cluster: Cluster) -> None:
 
     workload = cluster.run_with_workload(add_and_kill_source)
     cluster.check(workload)
+
+
+def test_the_target_shard_dies_mid_copy_and_the_move_aborts(cluster: Cluster) -> None:
+    def add_and_kill_target() -> None:
+        target = cluster.shards["s3"]
+        cluster.admin().AddShard(
+            admin_pb.AddShardRequest(shard_id="s3", address=target.address, weight=1.0), timeout=30
+        )
+        cluster.wait_state({admin_pb.REBALANCE_STATE_COPYING, admin_pb.REBALANCE_STATE_CATCHING_UP})
+        target.kill(signal.SIGKILL)
+        status = cluster.wait_state(FINISHED)  # unreachable for --rebalance-target-dead-s: aborted
+        assert status.state == admin_pb.REBALANCE_STATE_ABORTED, status
+        assert "s3" not in {s.shard_id for s in TopologyStore(make_engine(cluster.url)).load().shards}
+        target.start()  # its partial copy is cleared when it joins again
+        cluster.admin().AddShard(
+            admin_pb.AddShardRequest(shard_id="s3", address=target.address, weight=1.0), timeout=30
+        )
+        status = cluster.wait_state(FINISHED)
+        assert status.state == admin_pb.REBALANCE_STATE_DONE, status
+
+    workload = cluster.run_with_workload(add_and_kill_target)
+    cluster.check(workload)
+    assert sorted(TopologyStore(make_engine(cluster.url)).load().ring().shards) == ["s0", "s1", "s2", "s3"]

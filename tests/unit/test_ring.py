@@ -306,3 +306,31 @@ def test_construction_errors() -> None:
         ring.with_shard(ShardNode("shard-1", 3.0))
     with pytest.raises(ValueError, match="not on the ring"):
         ring.without_shard("shard-7")
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "weight"])
+def test_moving_ranges_cover_exactly_the_keys_that_change_owner(change: str) -> None:
+    """Every key is in the arcs of (its old owner, its new owner) iff the owners differ, and in
+    no other pair's arcs."""
+    from core.keyranges import RangeSet
+
+    old = HashRing([ShardNode(f"s{i}") for i in range(4)], vnodes_per_weight=256)
+    if change == "add":
+        new = old.with_shard(ShardNode("s4"))
+    elif change == "remove":
+        new = old.without_shard("s2")
+    else:
+        new = HashRing([ShardNode(f"s{i}", 2.0 if i == 0 else 1.0) for i in range(4)], vnodes_per_weight=256)
+    keys = [f"key-{i}" for i in range(20_000)]
+    before, after = old.owners(keys), new.owners(keys)
+    moves = old.moving_ranges(new)
+    assert moves and all(a != b for a, b in moves)
+    covered = np.zeros(len(keys), dtype=int)
+    for (source, target), arcs in moves.items():
+        inside = RangeSet(arcs).contains_ids(keys)
+        expected = np.array([(a, b) == (source, target) for a, b in zip(before, after, strict=True)])
+        assert (inside == expected).all(), (source, target)
+        covered += inside
+    changed = np.array([a != b for a, b in zip(before, after, strict=True)])
+    assert (covered == changed).all()
+    assert 0 < changed.mean() < 0.5
