@@ -54,7 +54,7 @@ class Registry:
             if path.is_dir():
                 self._collections[path.name] = self._attach(Collection.open(path, self.options))
         for name in {c for pins in self.control.snapshot().pins.values() for c in pins}:
-            if name not in self._collections:  # dropped by a drop that crashed before forgetting
+            if name not in self._collections:  # its directory went away behind our back: keep nothing
                 self.control.drop_collection(name)
         self._compactor = threading.Thread(target=self._compaction_loop, name="compactor", daemon=True)
         self._compactor.start()
@@ -86,9 +86,9 @@ class Registry:
     def drop(self, name: str) -> bool:
         validate_name(name)
         with self._lock:
+            if name in self._collections:
+                self.control.drop_collection(name)  # first: if that fails, nothing changed
             collection = self._collections.pop(name, None)
-            if collection is not None:
-                self.control.drop_collection(name)
         if collection is None:
             return False
         collection.close()
