@@ -28,7 +28,8 @@ The protocol, and what it guarantees:
    ring version raised. Then every involved shard refuses the old ring version (routers reload
    and write to the new owners), and only then do targets open their arcs to client writes.
 6. CLEANUP -> DONE. The moved ids are deleted from the sources in batches; pins and fences
-   are released.
+   are released; every shard of the move is asked to fold its delta into its graph (moved
+   items arrive in the targets' deltas, searches are slower until the fold).
 
 ABORT before SWITCHED: sources unfenced and unpinned, targets purged and unfenced, a joining
 shard forgotten, a draining one active again: the old ring, nothing lost. From SWITCHED on, an
@@ -531,6 +532,15 @@ class Rebalancer:
         for source in {m["source"] for m, _ in moves}:
             shards[source].unpin_wal(key_in(row.id), timeout)
             shards[source].set_fence(key_out(row.id), None, timeout)
+        # Moved items sit in the targets' deltas and the sources' tombstones until a fold: start
+        # the folds now rather than when the shards' own thresholds trip (searches slow until then).
+        for move, _ in moves:
+            for name, entry in move["collections"].items():
+                if entry.get("dropped"):
+                    continue
+                for shard_id in (move["source"], move["target"]):
+                    with contextlib.suppress(NotFound):
+                        shards[shard_id].compact(name, False, timeout)
         return self._transition(row, State.DONE, progress=row.progress)
 
     def _aborting(self, row: RebalanceRow) -> bool:
