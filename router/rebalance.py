@@ -57,7 +57,6 @@ from core.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     OutOfRange,
 )
@@ -178,7 +177,7 @@ class Rebalancer:
             raise FailedPrecondition("the ring has no shards: register one first (nothing to move from)")
         if not new.shards:
             raise FailedPrecondition("draining the last shard would leave no shard to hold the data")
-        plans = self._plans(topology, old, new) if old.shards else []
+        plans = self._plans(topology, old, new)
         progress = {
             "moves": [
                 {
@@ -651,9 +650,3 @@ def to_status(row: RebalanceRow) -> RebalanceStatus:
         updated_at=row.updated_at,
         elapsed_s=end - row.started_at,
     )
-
-
-def validate_weight(weight: float) -> float:
-    if not (weight > 0 and weight < float("inf")):
-        raise InvalidArgument(f"weight must be finite and > 0, got {weight!r}")
-    return float(weight)
