@@ -280,8 +280,11 @@ def test_many_callers_over_one_slot_are_refused_not_queued(triton: Triton) -> No
 def test_a_full_triton_queue_is_resource_exhausted_with_a_retry_hint(triton: Triton) -> None:
     # More requests at once than Triton queues (max_queue_size 256), and no retries: Triton
     # refuses the excess at once, and those items (only those) are ResourceExhausted.
-    images = pictures(600, seed=12, size=(32, 32))
-    with TritonEmbedder(triton.url, cache=NullCache(), max_in_flight=600, retry=RetryPolicy(attempts=1)) as embedder:
+    # Pictures big enough that decoding them in the model is slower than sending them, so the
+    # queue fills even when other processes load the machine (at 32x32 it drained as fast as a
+    # contended client could send).
+    images = pictures(800, seed=12, size=(192, 192))
+    with TritonEmbedder(triton.url, cache=NullCache(), max_in_flight=800, retry=RetryPolicy(attempts=1)) as embedder:
         started = time.monotonic()
         results = embedder.embed_images(images, timeout=30)
         assert time.monotonic() - started < 30
