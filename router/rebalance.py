@@ -130,6 +130,8 @@ class Rebalancer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreachable_since: dict[str, float] = {}
+        # rebalance id -> the ring version this coordinator fenced its predecessors out with
+        self._fenced: dict[int, int] = {}
 
     # ================================================================== admin
     def shard_states(self) -> dict[str, str]:
@@ -290,11 +292,11 @@ class Rebalancer:
         if not self.store.acquire_lease(row.id, self.owner, self.options.lease_ttl_s):
             return False
         state = State(row.state)
-        if row.abort_requested and state.abortable:
-            return self._transition(row, State.ABORTING)
-        step = _STEPS[state]
         try:
-            return step(self, row)
+            self._fence_predecessors(row)
+            if row.abort_requested and state.abortable:
+                return self._transition(row, State.ABORTING)
+            return _STEPS[state](self, row)
         except _Lost:
             return False
         except DomainError as exc:
@@ -302,6 +304,22 @@ class Rebalancer:
             return False
 
     # ------------------------------------------------------------------ helpers
+    def _fence_predecessors(self, row: RebalanceRow) -> None:
+        """Once per rebalance this coordinator takes over: raises the ring version and makes
+        every shard of the move refuse older ones. A coordinator that lost its lease while in
+        the middle of a step (stalled, cut off from the database) made its handles with an
+        older version, so whatever it still sends is refused: its late copy cannot land on a
+        target after ours. Steps use handles of the current version (``_context``)."""
+        if row.id in self._fenced:
+            return
+        version = self.store.bump()
+        shards = self.handles(self.store.load())
+        involved = {m["source"] for m in row.progress["moves"]} | {m["target"] for m in row.progress["moves"]}
+        for shard_id in sorted(involved):
+            if shard_id in shards:
+                shards[shard_id].set_min_epoch(version, self.options.call_timeout_s)
+        self._fenced[row.id] = version
+
     def _transition(self, row: RebalanceRow, state: State, **changes: Any) -> bool:
         done = self.store.update_rebalance(row.id, row.state, self.owner, state=state.value, **changes)
         if done:
@@ -340,11 +358,15 @@ class Rebalancer:
         return ""
 
     def _context(self, row: RebalanceRow) -> tuple[Mapping[str, ShardApi], list[tuple[dict[str, Any], RangeSet]]]:
+        """Shard handles carrying the current ring version (see ``_fence_predecessors``) and
+        each move with its arcs."""
         old = HashRing.from_dict(row.old_ring)
         new = HashRing.from_dict(row.new_ring)
         arcs = old.moving_ranges(new)
         moves = [(m, RangeSet(arcs.get((m["source"], m["target"]), []))) for m in row.progress["moves"]]
-        return self.handles(self.store.load()), moves
+        topology = self.store.load()
+        epoch = topology.ring_version
+        return {s: h.with_epoch(epoch) for s, h in self.handles(topology).items()}, moves
 
     # ------------------------------------------------------------------ steps
     def _planned(self, row: RebalanceRow) -> bool:

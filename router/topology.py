@@ -169,6 +169,12 @@ class TopologyStore:
                 self._bump(conn)
         return self.load()
 
+    def bump(self) -> int:
+        """Raises the ring version (routers reload) and returns the new one."""
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            return int(conn.execute(sa.select(cluster.c.ring_version)).scalar() or 0)
+
     def add_joining(self, info: ShardInfo) -> Topology:
         """Registers a shard as joining (known, not on the ring: a later rebalance moves its
         share to it). AlreadyExists when the id is taken."""

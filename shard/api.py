@@ -158,6 +158,11 @@ class ShardApi(Protocol):
         """Releases every pin of ``key`` (all collections); nothing when it has none."""
         ...
 
+    def with_epoch(self, epoch: int) -> ShardApi:
+        """A handle to the same shard whose calls carry ring version ``epoch`` (refused with
+        ``WrongRoute`` once the shard serves only newer ones; 0: unchecked)."""
+        ...
+
     def close(self) -> None:
         """Releases what this handle holds (a channel); never the shard's data."""
         ...

@@ -60,9 +60,25 @@ class RemoteShard:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         self._stub = pb_grpc.ShardServiceStub(self.channel)
+        self._owns_channel = True
+
+    def with_epoch(self, epoch: int) -> RemoteShard:
+        """A handle for ring version ``epoch`` on this handle's channel (closing it leaves the
+        channel open: the handle that made the channel closes it)."""
+        if epoch == self.epoch:
+            return self
+        other = object.__new__(RemoteShard)
+        other.address = self.address
+        other.epoch = epoch
+        other._metadata = ((convert.RING_VERSION_KEY, str(epoch)),)
+        other.channel = self.channel
+        other._stub = self._stub
+        other._owns_channel = False
+        return other
 
     def close(self) -> None:
-        close_channel(self.channel)
+        if self._owns_channel:
+            close_channel(self.channel)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)

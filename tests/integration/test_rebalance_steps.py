@@ -287,6 +287,12 @@ def test_another_coordinator_takes_over_an_expired_lease(cluster: Cluster) -> No
     first.add_shard("s3", f"local:{cluster.tmp / 's3'}", 1.0)
     run_until(first, cluster, State.CATCHING_UP)
     assert not second.run_once()  # the lease is first's
-    time.sleep(0.4)  # first "dies"
+    # first stalls in the middle of a step, holding handles of the ring version of that moment
+    stalled = cluster.local["s3"].with_epoch(cluster.store.load().ring_version)
+    time.sleep(0.4)  # its lease expires
+    second.run_once()  # second takes over and fences the shards of the move against older versions
+    late = prepare_batch(["late"], cluster.vectors(1), SPEC)
+    with pytest.raises(WrongRoute):  # first wakes up: its late copy cannot land
+        stalled.upsert("c", late, replicate=True)
     assert run_until(second, cluster, None) is State.DONE
     cluster.check_final()
