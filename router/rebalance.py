@@ -28,8 +28,9 @@ The protocol, and what it guarantees:
    ring version raised. Then every involved shard refuses the old ring version (routers reload
    and write to the new owners), and only then do targets open their arcs to client writes.
 6. CLEANUP -> DONE. The moved ids are deleted from the sources in batches; pins and fences
-   are released; every shard of the move is asked to fold its delta into its graph (moved
-   items arrive in the targets' deltas, searches are slower until the fold).
+   are released; every shard of the move folds its delta into its graph (tombstones on the
+   sources, replayed writes on the targets) before DONE. A target also folds right after its
+   copy, before it serves the moved items.
 
 ABORT before SWITCHED: sources unfenced and unpinned, targets purged and unfenced, a joining
 shard forgotten, a draining one active again: the old ring, nothing lost. From SWITCHED on, an
@@ -93,6 +94,8 @@ class RebalanceOptions:
     # A target unreachable this long aborts the rebalance (before the switch).
     target_dead_after_s: float = 60.0
     progress_every_s: float = 1.0
+    # Folds of a target's delta after its copy and of every shard of the move at cleanup.
+    compact_timeout_s: float = 3600.0
 
 
 class _Lost(Exception):
@@ -292,6 +295,9 @@ class Rebalancer:
         if not self.store.acquire_lease(row.id, self.owner, self.options.lease_ttl_s):
             return False
         state = State(row.state)
+        stop = threading.Event()
+        keepalive = threading.Thread(target=self._keep_lease, args=(row.id, stop), name="rebalance-lease", daemon=True)
+        keepalive.start()  # a step may wait minutes on one call (a copy, a fold)
         try:
             self._fence_predecessors(row)
             if row.abort_requested and state.abortable:
@@ -302,6 +308,20 @@ class Rebalancer:
         except DomainError as exc:
             self._note_error(row, exc)
             return False
+        finally:
+            stop.set()
+            keepalive.join()
+
+    def _keep_lease(self, rebalance_id: int, stop: threading.Event) -> None:
+        """Renews the lease every third of its time while a step runs; stops at the first
+        failure (the step then finds the lease gone at its next save)."""
+        while not stop.wait(self.options.lease_ttl_s / 3):
+            try:
+                if not self.store.acquire_lease(rebalance_id, self.owner, self.options.lease_ttl_s):
+                    return
+            except Exception:
+                log.exception("rebalance %d: lease renewal failed", rebalance_id)
+                return
 
     # ------------------------------------------------------------------ helpers
     def _fence_predecessors(self, row: RebalanceRow) -> None:
@@ -437,6 +457,9 @@ class Rebalancer:
                 if time.monotonic() - saved >= self.options.progress_every_s:
                     self._save(row, row.progress)
                     saved = time.monotonic()
+            # The copy arrived as writes, in the target's exact delta: fold it into the graph now,
+            # before the target serves it (searches over a large delta are slow).
+            target.compact(name, True, self.options.compact_timeout_s)
         except NotFound:  # dropped meanwhile: nothing to move
             entry.update(copied=True, applied=0, dropped=True)
             return
@@ -553,15 +576,20 @@ class Rebalancer:
         for source in {m["source"] for m, _ in moves}:
             shards[source].unpin_wal(key_in(row.id), timeout)
             shards[source].set_fence(key_out(row.id), None, timeout)
-        # Moved items sit in the targets' deltas and the sources' tombstones until a fold: start
-        # the folds now rather than when the shards' own thresholds trip (searches slow until then).
-        for move, _ in moves:
-            for name, entry in move["collections"].items():
-                if entry.get("dropped"):
-                    continue
-                for shard_id in (move["source"], move["target"]):
-                    with contextlib.suppress(NotFound):
-                        shards[shard_id].compact(name, False, timeout)
+        # The sources hold the moved ids as tombstones (a graph search over-fetches by their
+        # number) and the targets the replayed writes in their deltas: fold both before DONE, so
+        # DONE means the cluster searches at full speed again.
+        for shard_id, name in sorted(
+            {
+                (m[side], c)
+                for m, _ in moves
+                for side in ("source", "target")
+                for c, e in m["collections"].items()
+                if not e.get("dropped")
+            }
+        ):
+            with contextlib.suppress(NotFound):
+                shards[shard_id].compact(name, True, self.options.compact_timeout_s)
         return self._transition(row, State.DONE, progress=row.progress)
 
     def _aborting(self, row: RebalanceRow) -> bool:
