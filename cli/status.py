@@ -34,6 +34,7 @@ class ShardRow:
     healthy: bool
     items: int
     error: str
+    state: str = "active"  # active, joining, draining, drained
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Status:
     ring_version: int
     collections: list[CollectionRow]
     shards: list[ShardRow]
+    # the running rebalance, one line ("" when none)
+    rebalance: str = ""
 
 
 def status(conn: Connection) -> Status:
@@ -56,9 +59,17 @@ def status(conn: Connection) -> Status:
     except grpc.RpcError as exc:
         raise rpc_error(exc, "status") from None
     shards = [
-        ShardRow(s.shard_id, s.address, s.healthy, sum(s.collection_counts.values()), s.error) for s in cluster.shards
+        ShardRow(s.shard_id, s.address, s.healthy, sum(s.collection_counts.values()), s.error, s.state or "active")
+        for s in cluster.shards
     ]
-    return Status(conn.address, cluster.ring_version, collections, shards)
+    running = ""
+    if cluster.HasField("rebalance"):
+        r = cluster.rebalance
+        state = admin_pb.RebalanceState.Name(r.state).removeprefix("REBALANCE_STATE_").lower()
+        kind = admin_pb.RebalanceKind.Name(r.kind).removeprefix("REBALANCE_KIND_").lower()
+        copied = sum(m.items_copied for m in r.moves)
+        running = f"rebalance {r.rebalance_id} ({kind} {r.shard_id or '-'}): {state}, {copied} items copied"
+    return Status(conn.address, cluster.ring_version, collections, shards, running)
 
 
 def format_text(s: Status) -> str:
@@ -74,10 +85,12 @@ def format_text(s: Status) -> str:
         lines.append("")
     lines.append(
         table.render(
-            ["shard", "address", "health", "items", "error"],
-            [[r.shard_id, r.address, "ok" if r.healthy else "DOWN", r.items, r.error] for r in s.shards],
+            ["shard", "address", "state", "health", "items", "error"],
+            [[r.shard_id, r.address, r.state, "ok" if r.healthy else "DOWN", r.items, r.error] for r in s.shards],
         )
     )
+    if s.rebalance:
+        lines += ["", s.rebalance + " (vsearch admin rebalance-status)"]
     return "\n".join(lines)
 
 

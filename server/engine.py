@@ -419,7 +419,7 @@ class Engine:
         """Probes every shard of ``topology`` now (collections and their counts, each call
         with ``timeout``); a shard that fails is reported unhealthy with the reason, never
         raised. Shards this server's router does not know yet get a temporary connection."""
-        known = self.router.shards  # the router is replaced when the topology changes
+        known = self.router.known  # every shard it knows (joining, drained too); replaced on topology changes
         out = []
         for info in topology.shards:
             shard: ShardApi | None = known.get(info.shard_id)

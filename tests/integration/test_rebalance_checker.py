@@ -28,6 +28,8 @@ import grpc
 import numpy as np
 import pytest
 
+from cli.common import Connection
+from cli.status import status as cli_status
 from router.topology import TopologyStore, make_engine
 from shard.remote import RemoteShard
 from testkit.serverproc import SingleNodeProcess
@@ -373,6 +375,9 @@ def test_a_fourth_shard_joins_three_under_load(cluster: Cluster) -> None:
             admin_pb.AddShardRequest(shard_id="s3", address=cluster.shards["s3"].address, weight=1.0), timeout=30
         )
         assert reply.rebalance.state == admin_pb.REBALANCE_STATE_PLANNED
+        shown = cli_status(Connection(cluster.servers[0].address))  # what `vsearch status` shows mid-move
+        assert {r.shard_id: r.state for r in shown.shards}["s3"] == "joining"
+        assert "(add s3)" in shown.rebalance, shown.rebalance
         status = cluster.wait_state(FINISHED)
         assert status.state == admin_pb.REBALANCE_STATE_DONE, status
 
