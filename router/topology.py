@@ -137,28 +137,32 @@ class TopologyStore:
     def _bump(conn: sa.Connection) -> None:
         conn.execute(cluster.update().values(ring_version=cluster.c.ring_version + 1))
 
-    def put_shard(self, shard_id: str, address: str, weight: float = 1.0) -> Topology:
-        """Adds an active shard, or updates its address/weight; bumps the ring version if
-        anything changed. A new shard or a new weight while a rebalance runs is
-        FailedPrecondition (it would change the rings the rebalance moves between)."""
-        if not shard_id or weight <= 0:
+    def put_shard(self, shard_id: str, address: str, weight: float | None = None) -> Topology:
+        """Adds an active shard (weight 1.0 unless given), or updates a known shard's address
+        (and its weight, when given); bumps the ring version if anything changed. A new shard
+        or a new weight while a rebalance runs is FailedPrecondition (it would change the rings
+        the rebalance moves between). Only for shards that hold no ids yet, or to follow a
+        shard to a new address: a shard added here to a ring that holds data owns ids at once
+        without holding them (``Rebalancer.add_shard`` moves them)."""
+        if not shard_id or (weight is not None and weight <= 0):
             raise ValueError("a shard needs a non-empty id and a positive weight")
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(shards).where(shards.c.shard_id == shard_id)).first()
-            if row is not None and row.address == address and float(row.weight) == weight:
+            new_weight = weight if weight is not None else (float(row.weight) if row is not None else 1.0)
+            if row is not None and row.address == address and float(row.weight) == new_weight:
                 pass
             else:
-                if (row is None or float(row.weight) != weight) and self._running_id(conn) is not None:
+                if (row is None or float(row.weight) != new_weight) and self._running_id(conn) is not None:
                     raise FailedPrecondition(
                         f"a rebalance is running: shard {shard_id!r} cannot join or change weight until it ends"
                     )
                 if row is None:
-                    conn.execute(shards.insert().values(shard_id=shard_id, address=address, weight=weight))
+                    conn.execute(shards.insert().values(shard_id=shard_id, address=address, weight=new_weight))
                 else:
                     conn.execute(
-                        shards.update().where(shards.c.shard_id == shard_id).values(address=address, weight=weight)
+                        shards.update().where(shards.c.shard_id == shard_id).values(address=address, weight=new_weight)
                     )
-                conn.execute(cluster.update().values(ring_version=cluster.c.ring_version + 1))
+                self._bump(conn)
         return self.load()
 
     def remove_shard(self, shard_id: str) -> Topology:

@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from core.errors import CorruptionError
 from router.fanout import LOCAL_PREFIX, Router
 from router.rebalance import RebalanceOptions, Rebalancer
-from router.topology import Topology, TopologyStore, make_engine
+from router.topology import JOINING, ShardInfo, Topology, TopologyStore, make_engine
 from server.engine import Engine, EngineOptions
 from server.fetch import FetchPolicy, UriFetcher
 from server.media import MediaEngine
@@ -186,7 +186,7 @@ class ServerProcess:
         self.metadata.migrate()
         for entry in args.register_shard:
             shard_id, _, address = entry.partition("=")
-            self.topology.put_shard(shard_id, address)
+            self._register(shard_id, address)
         self.local: dict[str, LocalShard] = {}
         self.registries: list[Registry] = []
         if args.local_shard:
@@ -311,6 +311,26 @@ class ServerProcess:
                 log.exception("index repair failed; retrying later")
             if self._stop.wait(self.args.repair_interval_s):
                 return
+
+    def _register(self, shard_id: str, address: str) -> None:
+        """``--register-shard``: a known shard follows its new address; a new one joins the ring
+        at once while no collection exists, and otherwise is registered as joining (a
+        rebalance moves its share to it: ``vsearch admin rebalance``), never as an owner of ids
+        it does not hold."""
+        current = self.topology.load()
+        if (
+            any(s.shard_id == shard_id for s in current.shards)
+            or not current.ring().shards
+            or not self.metadata.list_collections()
+        ):
+            self.topology.put_shard(shard_id, address)
+        else:
+            self.topology.add_joining(ShardInfo(shard_id, address, 1.0, JOINING))
+            log.warning(
+                "shard %s registered as joining: the cluster holds collections, so it owns no ids until a "
+                "rebalance moves its share to it (vsearch admin rebalance)",
+                shard_id,
+            )
 
     def _reload(self) -> None:
         """Reads the topology and swaps in a new router when its version changed."""

@@ -476,3 +476,67 @@ def test_the_target_shard_dies_mid_copy_and_the_move_aborts(cluster: Cluster) ->
     workload = cluster.run_with_workload(add_and_kill_target)
     cluster.check(workload)
     assert sorted(TopologyStore(make_engine(cluster.url)).load().ring().shards) == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_shard_registered_into_a_cluster_with_data_joins_through_a_rebalance(tmp_path: Path) -> None:
+    """``--register-shard`` of a new shard into a cluster that holds collections registers it as
+    joining (it owns no ids it does not hold); Rebalance's dry run shows the moves, and the
+    rebalance moves them."""
+    url = fresh_schema_url()
+    shards = [ShardProcess(tmp_path / f"s{i}") for i in range(2)]
+    servers: list[SingleNodeProcess] = []
+    try:
+        for shard in shards:
+            shard.start()
+        first = SingleNodeProcess(
+            tmp_path / "a", "--database-url", url, f"--register-shard=s0={shards[0].address}", local_shard=False
+        )
+        servers.append(first)
+        first.start()
+        stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(first.address))
+        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+        stub.CreateCollection(pb.CreateCollectionRequest(spec=spec), timeout=30)
+        vectors = unit(np.random.default_rng(3).standard_normal((400, DIM)))
+        request = pb.UpsertRequest(collection="c", vectors=packed(vectors))
+        for i in range(400):
+            request.items.add(id=f"i{i}")
+        stub.Upsert(request, timeout=30)
+        first.stop()
+        second = SingleNodeProcess(
+            tmp_path / "b",
+            "--database-url",
+            url,
+            f"--register-shard=s0={shards[0].address}",
+            f"--register-shard=s1={shards[1].address}",
+            local_shard=False,
+        )
+        servers.append(second)
+        second.start()
+        admin = admin_grpc.AdminServiceStub(grpc.insecure_channel(second.address))
+        cluster = admin.ClusterStatus(admin_pb.ClusterStatusRequest(), timeout=30)
+        assert {s.shard_id: s.state for s in cluster.shards} == {"s0": "active", "s1": "joining"}
+        plan = admin.Rebalance(admin_pb.RebalanceRequest(dry_run=True), timeout=30)
+        assert [(m.source, m.target) for m in plan.moves] == [("s0", "s1")]
+        assert 100 < plan.moves[0].total_items < 300 and not plan.HasField("rebalance")
+        started = admin.Rebalance(admin_pb.RebalanceRequest(), timeout=30)
+        assert started.rebalance.kind == admin_pb.REBALANCE_KIND_REBALANCE
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = admin.GetRebalanceStatus(admin_pb.GetRebalanceStatusRequest(), timeout=10).rebalance
+            if status.state in FINISHED:
+                break
+            time.sleep(0.1)
+        assert status.state == admin_pb.REBALANCE_STATE_DONE, status
+        stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(second.address))
+        got = stub.Get(pb.GetRequest(collection="c", ids=[f"i{i}" for i in range(400)]), timeout=30)
+        assert len(got.items) == 400 and not got.missing_ids
+        counts = {
+            s.shard_id: sum(s.collection_counts.values())
+            for s in admin.ClusterStatus(admin_pb.ClusterStatusRequest(), timeout=30).shards
+        }
+        assert counts["s0"] + counts["s1"] == 400 and min(counts.values()) > 100, counts
+    finally:
+        for server in servers:
+            server.stop()
+        for shard in shards:
+            shard.kill(signal.SIGTERM)
