@@ -36,6 +36,8 @@ fi
 # CLIP's BPE vocabulary, into the user cache (checked by sha256; downloaded once).
 .venv/bin/python -m clipmodel.vocab >/dev/null
 .venv/bin/python -m vsproto.build
+# The Python SDK (clients/python), editable; its build hook regenerates its own stubs from proto/.
+.venv/bin/python -m pip install --quiet --no-build-isolation -e clients/python
 # shard._vsnative (docs/filtered-search.md §7): hnswlib 0.8.0's headers from its sha256-pinned
 # sdist + shard/native/vsnative.cpp, compiled once (skipped when its stamp matches). Optional:
 # without it the shard runs on hnswlib's Python bindings, so a failure is only a warning here

@@ -1,0 +1,47 @@
+"""Python client for the vectorsearch gRPC service.
+
+from vectorsearch_client import Client, F
+with Client("127.0.0.1:7000") as client:
+    client.create_collection("docs", 384)
+    client.upsert("docs", ["a", "b"], vectors, [{"tags": ["x"]}, None])
+    hits = client.search("docs", query, k=5, filter=F.tag("x"))
+"""
+
+from vectorsearch_client._convert import Collection, GetResult, Hit, Hits, Item, Metadata
+from vectorsearch_client.aio import AsyncClient
+from vectorsearch_client.client import Client
+from vectorsearch_client.errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    VectorSearchError,
+)
+from vectorsearch_client.filters import F, Field, Filter
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "Collection",
+    "DeadlineExceeded",
+    "F",
+    "FailedPrecondition",
+    "Field",
+    "Filter",
+    "GetResult",
+    "Hit",
+    "Hits",
+    "InvalidArgument",
+    "Item",
+    "Metadata",
+    "NotFound",
+    "ResourceExhausted",
+    "Unavailable",
+    "VectorSearchError",
+]

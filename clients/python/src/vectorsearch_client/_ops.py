@@ -1,0 +1,142 @@
+"""Every unary call as an ``Op``: which RPC, its request and how to read its response. The sync
+and asyncio clients differ only in how they send an Op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from vectorsearch_client import _convert as cv
+from vectorsearch_client._proto import admin_service_pb2 as admin_pb
+from vectorsearch_client._proto import search_service_pb2 as pb
+from vectorsearch_client.filters import Filter
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Op(Generic[T]):
+    service: str
+    method: str
+    request: Any
+    parse: Callable[[Any], T]
+
+
+def create_collection(
+    name: str, dimension: int, metric: str, m: int, ef_construction: int, ef_search: int, embedding_model: str
+) -> Op[bool]:
+    request = cv.create_collection_request(name, dimension, metric, m, ef_construction, ef_search, embedding_model)
+    return Op(cv.SEARCH, "CreateCollection", request, lambda r: bool(r.created))
+
+
+def drop_collection(name: str) -> Op[bool]:
+    return Op(cv.SEARCH, "DropCollection", pb.DropCollectionRequest(collection=name), lambda r: bool(r.dropped))
+
+
+def list_collections() -> Op[list[cv.Collection]]:
+    return Op(
+        cv.SEARCH,
+        "ListCollections",
+        pb.ListCollectionsRequest(),
+        lambda r: [cv.collection(spec) for spec in r.collections],
+    )
+
+
+def describe_collection(name: str) -> Op[cv.Collection]:
+    return Op(
+        cv.SEARCH,
+        "DescribeCollection",
+        pb.DescribeCollectionRequest(collection=name),
+        lambda r: cv.collection(r.spec, int(r.count), r.embedding_model),
+    )
+
+
+def upsert(
+    collection: str, ids: Sequence[str], vectors: cv.VectorsLike, metadata: Sequence[cv.MetadataLike] | None
+) -> Op[int]:
+    return Op(cv.SEARCH, "Upsert", cv.upsert_request(collection, ids, vectors, metadata), lambda r: int(r.upserted))
+
+
+def get(collection: str, ids: Sequence[str], include_vectors: bool) -> Op[cv.GetResult]:
+    request = pb.GetRequest(collection=collection, ids=list(ids), include_vectors=include_vectors)
+    return Op(cv.SEARCH, "Get", request, cv.get_result)
+
+
+def delete(collection: str, ids: Sequence[str]) -> Op[int]:
+    request = pb.DeleteRequest(collection=collection, ids=[ids] if isinstance(ids, str) else list(ids))
+    return Op(cv.SEARCH, "Delete", request, lambda r: int(r.deleted))
+
+
+def search(
+    collection: str,
+    vector: cv.VectorsLike | None,
+    text: str | None,
+    image: cv.ImageLike | None,
+    k: int,
+    ef: int,
+    filter: Filter | None,
+    include_metadata: bool,
+    require_all_shards: bool,
+) -> Op[cv.Hits]:
+    if sum(x is not None for x in (vector, text, image)) != 1:
+        raise ValueError("search needs exactly one of vector, text and image")
+    proto_filter = filter.to_proto() if filter is not None else None
+    options: dict[str, Any] = dict(
+        k=k, ef=ef, filter=proto_filter, include_metadata=include_metadata, require_all_shards=require_all_shards
+    )
+    if vector is not None:
+        queries = cv.vectors(vector)
+        if queries.rows != 1:
+            raise ValueError(f"search takes one query vector, got {queries.rows}")
+        request: Any = pb.SearchRequest(collection=collection, queries=queries, **options)
+        method = "Search"
+    elif text is not None:
+        request = pb.SearchByTextRequest(collection=collection, texts=[text], **options)
+        method = "SearchByText"
+    else:
+        assert image is not None
+        request = pb.SearchByImageRequest(collection=collection, images=[cv.image_bytes(image)], **options)
+        method = "SearchByImage"
+    return Op(cv.SEARCH, method, request, lambda r: cv.hits(r, include_metadata))
+
+
+def search_by_id(
+    collection: str, id: str, k: int, ef: int, filter: Filter | None, include_metadata: bool
+) -> Op[cv.Hits]:
+    request = pb.SearchByIdRequest(
+        collection=collection,
+        id=id,
+        k=k,
+        ef=ef,
+        filter=filter.to_proto() if filter is not None else None,
+        include_metadata=include_metadata,
+    )
+    return Op(cv.SEARCH, "SearchById", request, lambda r: cv.hits(r, include_metadata))
+
+
+def cluster_status() -> Op[admin_pb.ClusterStatusResponse]:
+    return Op(cv.ADMIN, "ClusterStatus", admin_pb.ClusterStatusRequest(), lambda r: r)
+
+
+def compact(collection: str, wait: bool) -> Op[list[admin_pb.ShardIndexStatus]]:
+    request = admin_pb.CompactRequest(collection=collection, wait=wait)
+    return Op(cv.ADMIN, "Compact", request, lambda r: list(r.shards))
+
+
+def _rebalance(r: Any) -> admin_pb.RebalanceStatus | None:
+    return r.rebalance if r.HasField("rebalance") else None
+
+
+def add_shard(shard_id: str, address: str, weight: float, no_rebalance: bool) -> Op[admin_pb.RebalanceStatus | None]:
+    request = admin_pb.AddShardRequest(shard_id=shard_id, address=address, weight=weight, no_rebalance=no_rebalance)
+    return Op(cv.ADMIN, "AddShard", request, _rebalance)
+
+
+def drain_shard(shard_id: str) -> Op[admin_pb.RebalanceStatus | None]:
+    return Op(cv.ADMIN, "DrainShard", admin_pb.DrainShardRequest(shard_id=shard_id), _rebalance)
+
+
+def rebalance_status(rebalance_id: int) -> Op[admin_pb.RebalanceStatus | None]:
+    request = admin_pb.GetRebalanceStatusRequest(rebalance_id=rebalance_id)
+    return Op(cv.ADMIN, "GetRebalanceStatus", request, _rebalance)
