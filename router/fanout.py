@@ -55,6 +55,7 @@ from core.errors import (
     WrongRoute,
 )
 from core.filters import Filter
+from core.metrics import FANOUT_PARTIAL
 from core.spec import MAX_K as SHARD_MAX_K
 from core.spec import CollectionSpec
 from core.vectors import Batch, Matrix, Queries
@@ -378,6 +379,8 @@ class Router:
         failed = {s: status.describe(e) for s, e in errors.items()}
         if failed and (require_all or not replies):
             raise ShardsUnavailable(failed)
+        for shard_id in failed:
+            FANOUT_PARTIAL.labels(shard_id).inc()
         if len(replies) == 1 and asked == k:
             (only,) = replies.values()
             return SearchOutcome([_as_hits(h) for h in only], failed, stats)

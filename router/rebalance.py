@@ -62,6 +62,7 @@ from core.errors import (
     OutOfRange,
 )
 from core.keyranges import KeyRange, RangeSet
+from core.metrics import REBALANCE_ITEMS_COPIED, REBALANCE_STATE
 from core.vectors import Batch
 from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 from router.ring import HashRing, ShardNode
@@ -290,6 +291,7 @@ class Rebalancer:
         """Drives the running rebalance one state further if this server holds (or takes) its
         lease; True when it made progress (call again at once)."""
         row = self.store.rebalance(0)
+        _export(row)
         if row is None or row.finished:
             return False
         if not self.store.acquire_lease(row.id, self.owner, self.options.lease_ttl_s):
@@ -668,6 +670,16 @@ def _owned_arcs(ring: HashRing, shard_id: str) -> Iterator[KeyRange]:
     for (source, _), arcs in ring.moving_ranges(without).items():
         if source == shard_id:
             yield from arcs
+
+
+def _export(row: RebalanceRow | None) -> None:
+    """The metrics of the latest rebalance as last read: its state (1, every other state 0; all
+    0 when there is none) and the items its moves copied."""
+    current = None if row is None else row.state
+    for state in State:
+        REBALANCE_STATE.labels(state.value).set(1 if state.value == current else 0)
+    copied = 0 if row is None else sum(int(m.get("items_copied", 0)) for m in row.progress.get("moves", []))
+    REBALANCE_ITEMS_COPIED.set(copied)
 
 
 def to_status(row: RebalanceRow) -> RebalanceStatus:

@@ -30,7 +30,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core import metrics
 from core.errors import CorruptionError
+from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
 from router.rebalance import RebalanceOptions, Rebalancer
 from router.topology import JOINING, ShardInfo, Topology, TopologyStore, make_engine
@@ -42,6 +44,8 @@ from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
 from shard.api import ShardApi
 from shard.collection import CollectionOptions
 from shard.local import LocalShard
+from shard.main import add_metrics_arguments, start_metrics
+from shard.metrics import RecallProbe
 from shard.registry import Registry
 from shard.remote import RemoteShard
 from vsproto.handlers import add_servicer
@@ -172,6 +176,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how long a coordinating server's lease on a running rebalance lasts without renewal "
         "(another server takes over after it expires)",
     )
+    # --metrics-listen (this process's endpoint) and the recall probe of the --local-shard
+    add_metrics_arguments(p, _env)
 
 
 class ServerProcess:
@@ -221,6 +227,7 @@ class ServerProcess:
             # never starve Search or Health (threads are started only when needed)
             futures.ThreadPoolExecutor(max_workers=args.workers + args.max_streams, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            interceptors=[MetricsInterceptor()] if args.metrics_listen else None,
         )
         add_servicer(
             self.server,
@@ -251,8 +258,12 @@ class ServerProcess:
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="topology", daemon=True)
         self._health_problem: str | None = None
+        self.probe: RecallProbe | None = None
 
     def start(self) -> None:
+        self.probe = start_metrics(self.args, lambda: self.registries)
+        if self.args.metrics_listen:
+            metrics.write_address(self.args.ready_file, metrics.serve(self.args.metrics_listen))
         self.server.start()
         for name in ("", ADMIN):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -382,6 +393,8 @@ class ServerProcess:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=5).wait()
         self.engine.router.close()
+        if self.probe is not None:
+            self.probe.stop()
         for registry in self.registries:
             registry.close()  # fsyncs and closes the logs of the in-process shard
         if self.embedder is not None:

@@ -40,6 +40,7 @@ from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
 from shard.graph import Graph, new_index
 from shard.labelset import LabelSet
+from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
     CollectionStats,
     CompactResult,
@@ -624,6 +625,7 @@ class Collection:
                     self._view = view
                     self._active_since = None
                 self._compacting = True
+            started = time.perf_counter()
             try:
                 sealed = view.sealed
                 assert sealed is not None
@@ -643,8 +645,12 @@ class Collection:
                     self._view = _View(new_graph, None, active)
                     self._snapshots.insert(0, info)
                     self._compactions += 1
+            except Exception:
+                COMPACTION_FAILURES.inc()
+                raise
             finally:
                 self._compacting = False
+            COMPACTION_SECONDS.observe(time.perf_counter() - started)
             self._prune(wal)
             return CompactResult(info.applied_seq, rebuilt)
 

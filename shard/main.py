@@ -14,16 +14,21 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
+from core import metrics
 from core.errors import CorruptionError
-from shard.collection import CollectionOptions
+from core.metrics import MetricsInterceptor
+from shard.collection import Collection, CollectionOptions
 from shard.local import LocalShard
+from shard.metrics import RecallProbe, ShardCollector
 from shard.registry import Registry
 from shard.service import ShardServicer
 from shard.wal import FsyncPolicy, WalOptions
@@ -60,7 +65,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument("--search-threads", type=int, default=int(_env("search_threads", str(cpus))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    add_metrics_arguments(p, _env)
     return p.parse_args(argv)
+
+
+def add_metrics_arguments(p: argparse.ArgumentParser, env: Callable[[str, str], str]) -> None:
+    """``--metrics-listen`` and the recall probe's flags (the server's ``--local-shard`` takes
+    them too)."""
+    p.add_argument(
+        "--metrics-listen",
+        default=env("metrics_listen", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP here (port 0 = any; the bound address is logged and written "
+        "to <ready-file>.metrics); empty (default): no metrics",
+    )
+    p.add_argument(
+        "--recall-probe-interval-s",
+        type=float,
+        default=float(env("recall_probe_interval_s", "0")),
+        help="every this many seconds, measure each collection's recall@k against exact search (0: never)",
+    )
+    p.add_argument("--recall-probe-samples", type=int, default=int(env("recall_probe_samples", "64")))
+    p.add_argument("--recall-probe-k", type=int, default=int(env("recall_probe_k", "10")))
+
+
+def start_metrics(args: argparse.Namespace, registries: Callable[[], list[Registry]]) -> RecallProbe | None:
+    """Registers the collection gauges of ``registries()`` and serves the metrics endpoint
+    (when ``--metrics-listen``), and starts the recall probe (when its interval is set)."""
+
+    def collections() -> list[Collection]:
+        return [c for r in registries() for c in r.collections()]
+
+    if args.metrics_listen:
+        REGISTRY.register(ShardCollector(collections))
+    probe = None
+    if args.recall_probe_interval_s > 0:
+        probe = RecallProbe(collections, args.recall_probe_interval_s, args.recall_probe_samples, args.recall_probe_k)
+        probe.start()
+    return probe
 
 
 def options_from_args(args: argparse.Namespace) -> CollectionOptions:
@@ -79,12 +121,13 @@ def options_from_args(args: argparse.Namespace) -> CollectionOptions:
 
 
 def build_server(
-    registry: Registry, listen: str, workers: int, max_message_mb: int
+    registry: Registry, listen: str, workers: int, max_message_mb: int, metrics: bool = False
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     limit = max_message_mb << 20
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        interceptors=[MetricsInterceptor()] if metrics else None,
     )
     add_servicer(
         server, ShardServicer(LocalShard(registry)), shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"]
@@ -111,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     except CorruptionError as exc:
         log.error("refusing to start: %s", exc)
         return 2
-    server, port, health_servicer = build_server(registry, args.listen, args.workers, args.max_message_mb)
+    server, port, health_servicer = build_server(
+        registry, args.listen, args.workers, args.max_message_mb, metrics=bool(args.metrics_listen)
+    )
+    probe = start_metrics(args, lambda: [registry])
+    if args.metrics_listen:
+        metrics.write_address(args.ready_file, metrics.serve(args.metrics_listen))
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -134,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     stopping.wait()
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=5).wait()
+    if probe is not None:
+        probe.stop()
     registry.close()
     log.info("shard stopped cleanly")
     return 0

@@ -108,6 +108,11 @@ class Registry:
         with self._lock:
             return [c.spec for c in sorted(self._collections.values(), key=lambda c: c.spec.name)]
 
+    def collections(self) -> tuple[Collection, ...]:
+        """The open collections (metrics and the recall probe read them)."""
+        with self._lock:
+            return tuple(self._collections.values())
+
     def _attach(self, collection: Collection) -> Collection:
         name = collection.spec.name
         collection.pin_floor = lambda: self.control.pin_floor(name)

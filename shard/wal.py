@@ -53,6 +53,7 @@ import enum
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +63,7 @@ from crc32c import crc32c
 
 from core.errors import CorruptionError, OutOfRange, Unavailable
 from shard.fsutil import fsync_dir
+from shard.metrics import WAL_FSYNC_SECONDS
 
 MAGIC = b"VSWL"
 VERSION = 2
@@ -308,8 +310,10 @@ class Wal:
                 self._check_usable()
                 target = self._next_seq - 1
                 fd = os.dup(self._fd)
+            started = time.perf_counter()
             try:
                 os.fdatasync(fd)
+                WAL_FSYNC_SECONDS.observe(time.perf_counter() - started)
             except OSError as exc:
                 # After a failed fsync the page cache state is unknown: stop taking writes.
                 self._failure = exc
