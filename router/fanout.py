@@ -43,7 +43,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from core import status
+from core import status, tracing
 from core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -331,6 +331,7 @@ class Router:
 
     # ------------------------------------------------------------------ search
     @rerouted
+    @tracing.traced("router.fanout")
     def search(
         self,
         collection: str,
@@ -364,7 +365,8 @@ class Router:
         asked = min(2 * k, SHARD_MAX_K) if self.moving and allow_ids is None else k
 
         def search_one(shard: ShardApi, allowed: Sequence[str] | None) -> SearchReply:
-            return shard.search(collection, queries, asked, ef, allowed, timeout, filter=filter, explain=explain)
+            with tracing.span("shard.search", shard=getattr(shard, "address", type(shard).__name__)):
+                return shard.search(collection, queries, asked, ef, allowed, timeout, filter=filter, explain=explain)
 
         answers, errors = self._call(search_one, targets, timeout)
         for error in errors.values():
@@ -381,11 +383,12 @@ class Router:
             raise ShardsUnavailable(failed)
         for shard_id in failed:
             FANOUT_PARTIAL.labels(shard_id).inc()
-        if len(replies) == 1 and asked == k:
-            (only,) = replies.values()
-            return SearchOutcome([_as_hits(h) for h in only], failed, stats)
-        per_shard = [[_as_hits(h) for h in reply] for reply in replies.values()]
-        return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed, stats)
+        with tracing.span("router.merge", shards=len(replies)):
+            if len(replies) == 1 and asked == k:
+                (only,) = replies.values()
+                return SearchOutcome([_as_hits(h) for h in only], failed, stats)
+            per_shard = [[_as_hits(h) for h in reply] for reply in replies.values()]
+            return SearchOutcome(merge_batches(per_shard, k, num_queries=len(queries)), failed, stats)
 
     def _owned(self, shard_id: str, found: QueryHits) -> QueryHits:
         """``found`` without the hits whose id ``shard_id`` does not own on this ring."""

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import logs
 from server.main import ServerProcess, add_arguments, wait_for_signal
 
 if TYPE_CHECKING:
@@ -205,9 +206,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, on_ready: OnReady | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
+    logs.setup(args.log_level, args.log_format)
     return run(args, on_ready)
 
 

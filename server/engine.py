@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from core import calls, faults, limits, status
+from core import calls, faults, limits, status, tracing
 from core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -283,6 +283,7 @@ class Engine:
                 f"carry ({self.options.max_reply_bytes}); ask for fewer, or without vectors"
             )
 
+    @tracing.traced("engine.search")
     def search(self, query: SearchQuery, remaining: float | None = None) -> SearchResult:
         """The k nearest items to each query. Bounds (``core/limits.py``), checked before any
         work: k in 1..MAX_K, at most MAX_QUERIES queries and MAX_RESULT_HITS queries x k, and
@@ -341,8 +342,9 @@ class Engine:
         if not legacy and not query.include_metadata and not query.include_vectors:
             return SearchResult([row[: query.k] for row in rows], outcome.failed, {}, {}, explain)
         ids = list(dict.fromkeys(h.id for row in rows for h in row))
-        stored = self.router.fetch(query.collection, ids, _left(deadline, "fetching the hits")) if ids else {}
-        metadata = self._metadata_of(query.collection, stored)
+        with tracing.span("engine.metadata_join", ids=len(ids)):
+            stored = self.router.fetch(query.collection, ids, _left(deadline, "fetching the hits")) if ids else {}
+            metadata = self._metadata_of(query.collection, stored)
         if legacy and query.filter is not None:
             # The filter was planned on the SQL index; the item's own metadata, read with its
             # vector, has the last word (the index may lag a write, never lead it). Shards

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core import metrics
+from core import logs, metrics, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
@@ -108,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    logs.add_arguments(p, _env)
+    tracing.add_arguments(p, _env)
     p.add_argument(
         "--max-streams",
         type=int,
@@ -185,6 +186,7 @@ class ServerProcess:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.tracer_provider = tracing.configure(args, "vectorsearch-server")
         engine = make_engine(args.database_url)
         self.topology = TopologyStore(engine)
         self.topology.migrate()
@@ -227,7 +229,7 @@ class ServerProcess:
             # never starve Search or Health (threads are started only when needed)
             futures.ThreadPoolExecutor(max_workers=args.workers + args.max_streams, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-            interceptors=[MetricsInterceptor()] if args.metrics_listen else None,
+            interceptors=[logs.RequestInterceptor(), *([MetricsInterceptor()] if args.metrics_listen else [])],
         )
         add_servicer(
             self.server,
@@ -399,6 +401,8 @@ class ServerProcess:
             registry.close()  # fsyncs and closes the logs of the in-process shard
         if self.embedder is not None:
             self.embedder.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans still batched
 
 
 def make_embedder(args: argparse.Namespace) -> TritonEmbedder | None:
@@ -430,9 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         process = ServerProcess(args)
     except CorruptionError as exc:

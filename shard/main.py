@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -23,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from core import metrics
+from core import logs, metrics, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
 from shard.collection import Collection, CollectionOptions
@@ -65,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument("--search-threads", type=int, default=int(_env("search_threads", str(cpus))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    logs.add_arguments(p, _env)
+    tracing.add_arguments(p, _env)
     add_metrics_arguments(p, _env)
     return p.parse_args(argv)
 
@@ -127,7 +128,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-        interceptors=[MetricsInterceptor()] if metrics else None,
+        interceptors=[logs.RequestInterceptor(), *([MetricsInterceptor()] if metrics else [])],
     )
     add_servicer(
         server, ShardServicer(LocalShard(registry)), shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"]
@@ -145,9 +146,8 @@ def build_server(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
+    logs.setup(args.log_level, args.log_format)
+    tracer_provider = tracing.configure(args, "vectorsearch-shard")
     registry = Registry(Path(args.data_dir), options_from_args(args))
     try:
         registry.open()
@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if probe is not None:
         probe.stop()
     registry.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
     log.info("shard stopped cleanly")
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from core import calls, status
+from core import calls, status, tracing
 from core.channels import close_channel
 from core.errors import Cancelled, InvalidArgument
 from core.filters import Filter
@@ -85,13 +85,13 @@ class RemoteShard:
 
     def _unary(self, call: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
-            return call(request, timeout=timeout, metadata=self._metadata)
+            return call(request, timeout=timeout, metadata=tracing.inject(self._metadata))
         except grpc.RpcError as exc:
             raise status.from_rpc_error(exc) from None
 
     def _cancellable(self, call: Any, request: Any, timeout: float | None) -> Any:
         """As :meth:`_unary`, cancelled on the shard when the served call ends first."""
-        future = call.future(request, timeout=timeout, metadata=self._metadata)
+        future = call.future(request, timeout=timeout, metadata=tracing.inject(self._metadata))
         calls.on_end(future.cancel)
         try:
             return future.result()
@@ -166,7 +166,8 @@ class RemoteShard:
         )
         if filter is not None:
             request.filter.CopyFrom(filter_to_proto(filter))
-        return convert.reply_from_proto(self._unary(self._stub.Search, request, timeout))
+        with tracing.client_span("vectorsearch.shard.v1.ShardService/Search", **{"server.address": self.address}):
+            return convert.reply_from_proto(self._unary(self._stub.Search, request, timeout))
 
     # ------------------------------------------------------------------ maintenance and moves
     def stats(self, collection: str, timeout: float | None = None) -> CollectionStats:
