@@ -6,14 +6,21 @@ defines a table. Postgres (``postgresql+psycopg://...``) in production and in th
 as the embedded default.
 
 Versioning: ``vs_schema_version`` has one row per component (``COMPONENTS``: name -> the version
-this code writes). ``migrate_component`` creates every missing table and refuses a database
-that holds a newer version of the component than the code knows.
+this code writes), and Alembic's ``alembic_version`` the revision (``core/migrations``). ``migrate``
+runs the migrations and refuses a database that holds a newer version of a component, or a
+revision, than the code knows; ``migrate_component`` is the path from before migrations (create
+every missing table, record a version), kept for databases it made.
 
 The table, column and index names below are the on-disk format: existing databases must keep
-working, so never rename one; a change of a component's tables bumps its version.
+working, so never rename one; a change of a component's tables bumps its version and adds an
+Alembic revision to ``core/migrations/versions`` (tests/integration/test_migrations.py checks that
+the revisions create exactly these tables).
 """
 
 from __future__ import annotations
+
+import sqlite3
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -181,6 +188,15 @@ def migrate_component(conn: sa.Connection, component: str, version: int) -> None
         conn.execute(schema_version.update().where(schema_version.c.component == component).values(version=version))
 
 
+def migrate(engine: Engine) -> None:
+    """Brings the database to the schema of this code with Alembic (``core/migrations``), under
+    a lock, so servers starting at once never both migrate; raises SchemaTooNew for a database
+    newer than the code."""
+    from core import migrations  # its env.py imports this module
+
+    migrations.migrate(engine)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL journaling and a busy timeout for concurrency,
     other databases a pool that checks connections before use."""
@@ -190,7 +206,17 @@ def make_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
             cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL needs every lock: while another connection holds one
+            # (a server migrating it) SQLite answers "locked" at once instead of waiting.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
 

@@ -4,7 +4,7 @@ metadata database.
 Routers are stateless: every router reads the topology from here, so any number can run
 behind a load balancer. The tables (``vs_cluster``, ``vs_shards``), their versioning and
 ``make_engine`` live in ``core/schema.py`` (re-exported here); ``TopologyStore.migrate``
-creates them and refuses a database whose topology schema is newer than the code.
+migrates the database (``core/migrations``) and refuses one whose schema is newer than the code.
 
 Contract: every change to the shard set, a shard's state or the running rebalance's phase that
 routers must act on bumps ``ring_version`` in the same transaction, so a reader that sees a
@@ -109,11 +109,9 @@ class TopologyStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        """Creates the tables (idempotent) and records the schema version."""
-        with self.engine.begin() as conn:
-            migrate_component(conn, COMPONENT, SCHEMA_VERSION)
-            if conn.execute(sa.select(cluster.c.ring_version)).scalar() is None:
-                conn.execute(cluster.insert().values(singleton=1, ring_version=0))
+        """Migrates the database (``core.schema.migrate``; idempotent), which also creates the
+        ring version row."""
+        schema.migrate(self.engine)
 
     def load(self) -> Topology:
         with self.engine.connect() as conn:

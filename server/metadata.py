@@ -62,8 +62,9 @@ class MetadataStore:
         self.engine = engine
 
     def migrate(self) -> None:
-        with self.engine.begin() as conn:
-            schema.migrate_component(conn, COMPONENT, SCHEMA_VERSION)
+        """Migrates the database (``core.schema.migrate``; idempotent); raises SchemaTooNew for
+        one newer than the code."""
+        schema.migrate(self.engine)
 
     # ------------------------------------------------------------------ collections
     def create_collection(self, spec: CollectionSpec) -> tuple[bool, CollectionSpec]:

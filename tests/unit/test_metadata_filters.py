@@ -373,8 +373,9 @@ def test_an_upgraded_database_keeps_the_index_of_its_older_collections(store: Me
     """A metadata schema of version 3 (before vs_payload_only): migrating adds the table; the
     collections it held keep their SQL item index, new ones are payload-only."""
     store.create_collection(make_spec("old", 4, 3))
-    with store.engine.begin() as conn:  # back to what version 3 held
+    with store.engine.begin() as conn:  # back to what version 3 held (before Alembic)
         schema.payload_only.drop(conn)
+        conn.execute(sa.text("DROP TABLE alembic_version"))
         conn.execute(
             schema.schema_version.update().where(schema.schema_version.c.component == schema.METADATA).values(version=3)
         )
