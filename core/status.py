@@ -84,7 +84,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
     if isinstance(exc, errors.ResourceExhausted) and exc.retry_after_s is not None:
-        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000)))),))
+        kept = tuple(context.trailing_metadata() or ())  # e.g. the request id (core/logs.py)
+        context.set_trailing_metadata((*kept, (RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000))))))
     context.abort(code, str(exc))
 
 

@@ -122,13 +122,23 @@ def options_from_args(args: argparse.Namespace) -> CollectionOptions:
 
 
 def build_server(
-    registry: Registry, listen: str, workers: int, max_message_mb: int, metrics: bool = False
+    registry: Registry,
+    listen: str,
+    workers: int,
+    max_message_mb: int,
+    metrics: bool = False,
+    request_context: bool = False,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """``request_context``: request ids and trace spans per call (JSON logs or tracing on); off,
+    a shard call pays for no interceptor (it is the server's second hop)."""
     limit = max_message_mb << 20
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-        interceptors=[logs.RequestInterceptor(), *([MetricsInterceptor()] if metrics else [])],
+        interceptors=[
+            *([logs.RequestInterceptor()] if request_context else []),
+            *([MetricsInterceptor()] if metrics else []),
+        ],
     )
     add_servicer(
         server, ShardServicer(LocalShard(registry)), shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"]
@@ -155,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("refusing to start: %s", exc)
         return 2
     server, port, health_servicer = build_server(
-        registry, args.listen, args.workers, args.max_message_mb, metrics=bool(args.metrics_listen)
+        registry,
+        args.listen,
+        args.workers,
+        args.max_message_mb,
+        metrics=bool(args.metrics_listen),
+        request_context=args.log_format == "json" or tracer_provider is not None,
     )
     probe = start_metrics(args, lambda: [registry])
     if args.metrics_listen:

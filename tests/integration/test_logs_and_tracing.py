@@ -73,7 +73,7 @@ def test_json_logs_carry_the_request_id_which_comes_back_to_the_caller(tmp_path:
             pb.SearchRequest(collection="c", queries=packed(data[:1]), k=3), metadata=(("x-request-id", "abc"),)
         )
         assert len(reply.results[0].hits) == 3
-        assert ("x-request-id", "abc") in tuple(call.initial_metadata())
+        assert ("x-request-id", "abc") in tuple(call.trailing_metadata())
         with pytest.raises(grpc.RpcError) as bad:
             stub.Search(
                 pb.SearchRequest(collection="c", queries=packed(data[:1, :3]), k=3),
@@ -81,9 +81,9 @@ def test_json_logs_carry_the_request_id_which_comes_back_to_the_caller(tmp_path:
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         failed: Any = bad.value  # a grpc.Call too
-        assert ("x-request-id", "bad-1") in tuple(failed.initial_metadata())
+        assert ("x-request-id", "bad-1") in tuple(failed.trailing_metadata())
         _, plain = stub.Search.with_call(pb.SearchRequest(collection="c", queries=packed(data[:1]), k=3))
-        generated = dict(plain.initial_metadata())["x-request-id"]
+        generated = dict(plain.trailing_metadata())["x-request-id"]
         assert len(generated) == 32  # none sent: one was made
 
         deadline = time.monotonic() + 10
