@@ -4,8 +4,9 @@ JSON lines carry ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, a
 served call its ``request_id`` and, when the call has a trace context, ``trace_id`` and
 ``span_id``; an exception adds ``exc_info``. The text format is the classic one line a record.
 
-:class:`RequestInterceptor` (on the public server; on shards when JSON logs or tracing are on) gives each call its request id: the
-caller's ``x-request-id`` metadata, or a new one; it is sent back as trailing metadata
+:class:`RequestInterceptor` (on the public server; on shards when JSON logs or tracing are on)
+gives each call its request id: the caller's ``x-request-id`` metadata, or a new one; it is sent
+back as trailing metadata
 ``x-request-id`` and kept in a ``ContextVar`` for the call's log lines (the fan-out pool runs
 in a copy of the caller's context, so its lines carry it too). It also opens the call's tracing
 span (``core.tracing.server_span``) and writes one line when the call ends: DEBUG when it
