@@ -7,7 +7,26 @@ with Client("127.0.0.1:7000") as client:
     hits = client.search("docs", query, k=5, filter=F.tag("x"))
 """
 
-from vectorsearch_client._convert import Collection, GetResult, Hit, Hits, Item, Metadata
+from vectorsearch_client._admin import (
+    ClusterStatus,
+    MovePlan,
+    MoveStatus,
+    RebalanceResult,
+    RebalanceStatus,
+    ShardIndexStatus,
+    ShardStatus,
+)
+from vectorsearch_client._convert import (
+    Collection,
+    GetResult,
+    Hit,
+    Hits,
+    Item,
+    Metadata,
+    SearchExplain,
+    ShardExplain,
+)
+from vectorsearch_client._media import EmbeddingModel, ImageItem, IngestResult, ItemStatus, TextItem
 from vectorsearch_client.aio import AsyncClient
 from vectorsearch_client.client import Client
 from vectorsearch_client.errors import (
@@ -19,6 +38,8 @@ from vectorsearch_client.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    Unimplemented,
+    UnreadableReply,
     VectorSearchError,
 )
 from vectorsearch_client.filters import F, Field, Filter
@@ -28,8 +49,10 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "Client",
+    "ClusterStatus",
     "Collection",
     "DeadlineExceeded",
+    "EmbeddingModel",
     "F",
     "FailedPrecondition",
     "Field",
@@ -37,11 +60,25 @@ __all__ = [
     "GetResult",
     "Hit",
     "Hits",
+    "ImageItem",
+    "IngestResult",
     "InvalidArgument",
     "Item",
+    "ItemStatus",
     "Metadata",
+    "MovePlan",
+    "MoveStatus",
     "NotFound",
+    "RebalanceResult",
+    "RebalanceStatus",
     "ResourceExhausted",
+    "SearchExplain",
+    "ShardExplain",
+    "ShardIndexStatus",
+    "ShardStatus",
+    "TextItem",
     "Unavailable",
+    "Unimplemented",
+    "UnreadableReply",
     "VectorSearchError",
 ]

@@ -105,12 +105,47 @@ class Hit:
 
 
 class Hits(list[Hit]):
-    """The hits of one query, closest first; ``partial`` when some shard did not answer."""
+    """The hits of one query, closest first; ``partial`` when some shard did not answer;
+    ``explain`` how each shard searched, when the search asked for it."""
 
-    def __init__(self, hits: list[Hit], partial: bool = False, failed_shards: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        hits: list[Hit],
+        partial: bool = False,
+        failed_shards: Sequence[str] = (),
+        explain: SearchExplain | None = None,
+    ) -> None:
         super().__init__(hits)
         self.partial = partial
         self.failed_shards = list(failed_shards)
+        self.explain = explain
+
+
+@dataclass(frozen=True)
+class ShardExplain:
+    """How one shard searched: ``plan`` (graph, exact, filtered_graph, empty, acorn), items
+    matching the filter (``matched``, of them ``matched_in_delta``), vectors ``scored``, the
+    largest candidate list and its ``widenings``, and the time it took."""
+
+    shard_id: str
+    plan: str
+    matched: int
+    matched_in_delta: int
+    scored: int
+    candidates: int
+    widenings: int
+    micros: int
+
+
+@dataclass(frozen=True)
+class SearchExplain:
+    """Items matching over every shard that answered, the one ``plan`` all shards took
+    (``unspecified`` when they differ; ``legacy_sql`` when the server planned it and there are
+    no shard entries) and one entry per shard."""
+
+    matched: int
+    plan: str
+    shards: list[ShardExplain]
 
 
 @dataclass(frozen=True)
@@ -250,12 +285,38 @@ def collection(spec: types_pb2.CollectionSpec, count: int | None = None, embeddi
     )
 
 
-def hits(response: pb.SearchResponse, include_metadata: bool) -> Hits:
+def plan_name(value: int) -> str:
+    """``SEARCH_PLAN_FILTERED_GRAPH`` -> ``filtered_graph`` (``plan_<n>`` for one this client
+    does not know)."""
+    if value not in pb.SearchPlan.values():
+        return f"plan_{value}"
+    return str(pb.SearchPlan.Name(value)).removeprefix("SEARCH_PLAN_").lower()
+
+
+def search_explain(message: pb.SearchExplain) -> SearchExplain:
+    shards = [
+        ShardExplain(
+            s.shard_id,
+            plan_name(s.plan),
+            int(s.matched),
+            int(s.matched_in_delta),
+            int(s.scored),
+            int(s.candidates),
+            int(s.widenings),
+            int(s.micros),
+        )
+        for s in message.shards
+    ]
+    return SearchExplain(int(message.matched), plan_name(message.plan), shards)
+
+
+def hits(response: pb.SearchResponse, include_metadata: bool, explain: bool = False) -> Hits:
     found = response.results[0].hits if response.results else []
     return Hits(
         [Hit(h.id, h.distance, metadata(h.metadata) if include_metadata else None) for h in found],
         partial=response.partial,
         failed_shards=response.failed_shards,
+        explain=search_explain(response.explain) if explain else None,
     )
 
 

@@ -3,11 +3,13 @@ and asyncio clients differ only in how they send an Op."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from vectorsearch_client import _admin as adm
 from vectorsearch_client import _convert as cv
+from vectorsearch_client import _media as media
 from vectorsearch_client._proto import admin_service_pb2 as admin_pb
 from vectorsearch_client._proto import search_service_pb2 as pb
 from vectorsearch_client.filters import Filter
@@ -78,12 +80,18 @@ def search(
     filter: Filter | None,
     include_metadata: bool,
     require_all_shards: bool,
+    explain: bool = False,
 ) -> Op[cv.Hits]:
     if sum(x is not None for x in (vector, text, image)) != 1:
         raise ValueError("search needs exactly one of vector, text and image")
     proto_filter = filter.to_proto() if filter is not None else None
     options: dict[str, Any] = dict(
-        k=k, ef=ef, filter=proto_filter, include_metadata=include_metadata, require_all_shards=require_all_shards
+        k=k,
+        ef=ef,
+        filter=proto_filter,
+        include_metadata=include_metadata,
+        require_all_shards=require_all_shards,
+        explain=explain,
     )
     if vector is not None:
         queries = cv.vectors(vector)
@@ -98,11 +106,11 @@ def search(
         assert image is not None
         request = pb.SearchByImageRequest(collection=collection, images=[cv.image_bytes(image)], **options)
         method = "SearchByImage"
-    return Op(cv.SEARCH, method, request, lambda r: cv.hits(r, include_metadata))
+    return Op(cv.SEARCH, method, request, lambda r: cv.hits(r, include_metadata, explain))
 
 
 def search_by_id(
-    collection: str, id: str, k: int, ef: int, filter: Filter | None, include_metadata: bool
+    collection: str, id: str, k: int, ef: int, filter: Filter | None, include_metadata: bool, explain: bool = False
 ) -> Op[cv.Hits]:
     request = pb.SearchByIdRequest(
         collection=collection,
@@ -111,32 +119,66 @@ def search_by_id(
         ef=ef,
         filter=filter.to_proto() if filter is not None else None,
         include_metadata=include_metadata,
+        explain=explain,
     )
-    return Op(cv.SEARCH, "SearchById", request, lambda r: cv.hits(r, include_metadata))
+    return Op(cv.SEARCH, "SearchById", request, lambda r: cv.hits(r, include_metadata, explain))
 
 
-def cluster_status() -> Op[admin_pb.ClusterStatusResponse]:
-    return Op(cv.ADMIN, "ClusterStatus", admin_pb.ClusterStatusRequest(), lambda r: r)
+def describe_embedding_model() -> Op[media.EmbeddingModel]:
+    request = pb.DescribeEmbeddingModelRequest()
+    return Op(cv.SEARCH, "DescribeEmbeddingModel", request, media.embedding_model)
 
 
-def compact(collection: str, wait: bool) -> Op[list[admin_pb.ShardIndexStatus]]:
+@dataclass(frozen=True)
+class StreamOp(Generic[T]):
+    """A client-streaming call: its messages (built before sending) and its response's parser."""
+
+    service: str
+    method: str
+    requests: list[Any]
+    parse: Callable[[Any], T]
+
+
+def ingest_images(collection: str, items: Iterable[media.ImageInput], batch_size: int) -> StreamOp[media.IngestResult]:
+    requests = media.image_requests(collection, items, batch_size)
+    return StreamOp(cv.SEARCH, "IngestImages", requests, media.ingest_result)
+
+
+def ingest_texts(collection: str, items: Iterable[media.TextInput], batch_size: int) -> StreamOp[media.IngestResult]:
+    requests = media.text_requests(collection, items, batch_size)
+    return StreamOp(cv.SEARCH, "IngestTexts", requests, media.ingest_result)
+
+
+def cluster_status() -> Op[adm.ClusterStatus]:
+    return Op(cv.ADMIN, "ClusterStatus", admin_pb.ClusterStatusRequest(), adm.cluster_status)
+
+
+def compact(collection: str, wait: bool) -> Op[list[adm.ShardIndexStatus]]:
     request = admin_pb.CompactRequest(collection=collection, wait=wait)
-    return Op(cv.ADMIN, "Compact", request, lambda r: list(r.shards))
+    return Op(cv.ADMIN, "Compact", request, adm.shard_index_statuses)
 
 
-def _rebalance(r: Any) -> admin_pb.RebalanceStatus | None:
-    return r.rebalance if r.HasField("rebalance") else None
-
-
-def add_shard(shard_id: str, address: str, weight: float, no_rebalance: bool) -> Op[admin_pb.RebalanceStatus | None]:
+def add_shard(shard_id: str, address: str, weight: float, no_rebalance: bool) -> Op[adm.RebalanceStatus | None]:
     request = admin_pb.AddShardRequest(shard_id=shard_id, address=address, weight=weight, no_rebalance=no_rebalance)
-    return Op(cv.ADMIN, "AddShard", request, _rebalance)
+    return Op(cv.ADMIN, "AddShard", request, adm.optional_rebalance)
 
 
-def drain_shard(shard_id: str) -> Op[admin_pb.RebalanceStatus | None]:
-    return Op(cv.ADMIN, "DrainShard", admin_pb.DrainShardRequest(shard_id=shard_id), _rebalance)
+def drain_shard(shard_id: str) -> Op[adm.RebalanceStatus | None]:
+    return Op(cv.ADMIN, "DrainShard", admin_pb.DrainShardRequest(shard_id=shard_id), adm.optional_rebalance)
 
 
-def rebalance_status(rebalance_id: int) -> Op[admin_pb.RebalanceStatus | None]:
+def remove_shard(shard_id: str) -> Op[None]:
+    return Op(cv.ADMIN, "RemoveShard", admin_pb.RemoveShardRequest(shard_id=shard_id), lambda r: None)
+
+
+def rebalance(dry_run: bool) -> Op[adm.RebalanceResult]:
+    return Op(cv.ADMIN, "Rebalance", admin_pb.RebalanceRequest(dry_run=dry_run), adm.rebalance_result)
+
+
+def rebalance_status(rebalance_id: int) -> Op[adm.RebalanceStatus | None]:
     request = admin_pb.GetRebalanceStatusRequest(rebalance_id=rebalance_id)
-    return Op(cv.ADMIN, "GetRebalanceStatus", request, _rebalance)
+    return Op(cv.ADMIN, "GetRebalanceStatus", request, adm.optional_rebalance)
+
+
+def abort_rebalance() -> Op[adm.RebalanceStatus | None]:
+    return Op(cv.ADMIN, "AbortRebalance", admin_pb.AbortRebalanceRequest(), adm.optional_rebalance)

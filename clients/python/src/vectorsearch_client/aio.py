@@ -3,20 +3,22 @@ are built by the same code as the sync client's (``_ops``, ``_convert``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from vectorsearch_client import _admin as adm
 from vectorsearch_client import _convert as cv
+from vectorsearch_client import _media as media
 from vectorsearch_client import _ops
-from vectorsearch_client._proto import admin_service_pb2 as admin_pb
 from vectorsearch_client._proto import admin_service_pb2_grpc as admin_grpc
 from vectorsearch_client._proto import search_service_pb2_grpc as pb_grpc
 from vectorsearch_client.client import counted, progress_bar
-from vectorsearch_client.errors import from_rpc_error
+from vectorsearch_client.errors import from_rpc_error, not_ready
 from vectorsearch_client.filters import Filter
 
 T = TypeVar("T")
@@ -42,18 +44,45 @@ class AsyncClient:
     ) -> None:
         options = cv.channel_options(max_attempts)
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
+            channel = grpc.aio.insecure_channel(address, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        stubs = {cv.SEARCH: pb_grpc.SearchServiceStub(channel), cv.ADMIN: admin_grpc.AdminServiceStub(channel)}
+        self._setup(channel, stubs, timeout, api_key)
+
+    def _setup(
+        self, channel: grpc.aio.Channel | None, stubs: dict[str, Any], timeout: float, api_key: str | None
+    ) -> None:
+        self._channel = channel
+        self._stubs = stubs
         self.timeout = timeout
         self._metadata = cv.call_metadata(api_key)
-        self._stubs: dict[str, Any] = {
-            cv.SEARCH: pb_grpc.SearchServiceStub(self._channel),
-            cv.ADMIN: admin_grpc.AdminServiceStub(self._channel),
-        }
+
+    @classmethod
+    def from_stubs(
+        cls, *, search: Any = None, admin: Any = None, timeout: float = 10.0, api_key: str | None = None
+    ) -> AsyncClient:
+        """A client that sends through the given stubs of SearchService and AdminService: generated
+        ones on a channel you manage (grpc.aio), or test doubles with the same methods. ``close()``
+        closes nothing then; ``wait_ready`` returns at once."""
+        client = cls.__new__(cls)
+        client._setup(None, {cv.SEARCH: search, cv.ADMIN: admin}, timeout, api_key)
+        return client
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Waits until the channel is connected (up to ``timeout``, default the client's);
+        Unavailable when no server answered in time."""
+        if self._channel is None:
+            return
+        limit = self.timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), limit)
+        except asyncio.TimeoutError:  # noqa: UP041 (not yet the builtin on Python 3.10)
+            raise not_ready(limit) from None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -66,10 +95,26 @@ class AsyncClient:
     async def _run(self, op: _ops.Op[T], timeout: float | None) -> T:
         method = getattr(self._stubs[op.service], op.method)
         try:
-            response = await method(op.request, timeout=timeout or self.timeout, metadata=self._metadata)
+            response = await method(op.request, **self._options(timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return op.parse(response)
+
+    async def _run_stream(self, op: _ops.StreamOp[T], timeout: float | None) -> T:
+        method = getattr(self._stubs[op.service], op.method)
+        deadline = timeout or self.timeout * max(1, len(op.requests))
+        try:
+            response = await method(iter(op.requests), **self._options(deadline))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return op.parse(response)
+
+    def _options(self, timeout: float | None) -> dict[str, Any]:
+        """The call's deadline, and its metadata when there is any (test doubles take none)."""
+        options: dict[str, Any] = {"timeout": timeout or self.timeout}
+        if self._metadata:
+            options["metadata"] = self._metadata
+        return options
 
     # Collections
 
@@ -132,9 +177,7 @@ class AsyncClient:
         deadline = timeout or self.timeout * max(1, -(-len(ids) // batch_size))
         bar = progress_bar(len(ids), progress, collection)
         try:
-            response = await self._stubs[cv.SEARCH].UpsertStream(
-                counted(batches, bar), timeout=deadline, metadata=self._metadata
-            )
+            response = await self._stubs[cv.SEARCH].UpsertStream(counted(batches, bar), **self._options(deadline))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -164,10 +207,15 @@ class AsyncClient:
         filter: Filter | None = None,
         include_metadata: bool = True,
         require_all_shards: bool = False,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> cv.Hits:
-        """The k nearest items to one query: a vector, a text or an image (bytes or a path)."""
-        op = _ops.search(collection, vector, text, image, k, ef, filter, include_metadata, require_all_shards)
+        """The k nearest items to one query: a vector, a text (embedded by the server's text
+        tower) or an image (encoded bytes or a path; its image tower). ``explain``: ``Hits.explain``
+        says how each shard searched. Text and image need a server with an embedding model:
+        FailedPrecondition otherwise, or when the collection records another model;
+        InvalidArgument for an empty text or one the server refuses, or an undecodable image."""
+        op = _ops.search(collection, vector, text, image, k, ef, filter, include_metadata, require_all_shards, explain)
         return await self._run(op, timeout)
 
     async def search_by_id(
@@ -179,19 +227,54 @@ class AsyncClient:
         ef: int = 0,
         filter: Filter | None = None,
         include_metadata: bool = True,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> cv.Hits:
         """The k nearest items to a stored item's vector (the item itself left out)."""
-        return await self._run(_ops.search_by_id(collection, id, k, ef, filter, include_metadata), timeout)
+        return await self._run(_ops.search_by_id(collection, id, k, ef, filter, include_metadata, explain), timeout)
 
-    # Admin (results are the generated protobuf messages of admin_service.proto)
+    # Ingestion by content, and the embedding model
 
-    async def cluster_status(self, *, timeout: float | None = None) -> admin_pb.ClusterStatusResponse:
+    async def describe_embedding_model(self, *, timeout: float | None = None) -> media.EmbeddingModel:
+        """The model the server embeds texts and images with, and its width (FailedPrecondition:
+        the server has none; Unimplemented: a server older than the call)."""
+        return await self._run(_ops.describe_embedding_model(), timeout)
+
+    async def ingest_images(
+        self,
+        collection: str,
+        items: Iterable[media.ImageInput],
+        *,
+        batch_size: int = 32,
+        timeout: float | None = None,
+    ) -> media.IngestResult:
+        """Streams images (``ImageItem``, or encoded bytes or a path) over IngestImages in
+        messages of ``batch_size`` (at most 256); the server embeds and upserts them. An item that
+        fails, fails alone (its ``ItemStatus``); one already stored under its content id is
+        ``unchanged``. The deadline defaults to ``timeout`` per message. Not retried."""
+        return await self._run_stream(_ops.ingest_images(collection, items, batch_size), timeout)
+
+    async def ingest_texts(
+        self,
+        collection: str,
+        items: Iterable[media.TextInput],
+        *,
+        batch_size: int = 32,
+        timeout: float | None = None,
+    ) -> media.IngestResult:
+        """As ``ingest_images``, for texts (``TextItem`` or str) over IngestTexts."""
+        return await self._run_stream(_ops.ingest_texts(collection, items, batch_size), timeout)
+
+    # Admin
+
+    async def cluster_status(self, *, timeout: float | None = None) -> adm.ClusterStatus:
+        """The ring version, each shard's membership, health and item counts, and the running
+        rebalance."""
         return await self._run(_ops.cluster_status(), timeout)
 
     async def compact(
         self, collection: str, *, wait: bool = True, timeout: float | None = None
-    ) -> list[admin_pb.ShardIndexStatus]:
+    ) -> list[adm.ShardIndexStatus]:
         return await self._run(_ops.compact(collection, wait), timeout)
 
     async def add_shard(
@@ -202,14 +285,29 @@ class AsyncClient:
         weight: float = 1.0,
         no_rebalance: bool = False,
         timeout: float | None = None,
-    ) -> admin_pb.RebalanceStatus | None:
+    ) -> adm.RebalanceStatus | None:
+        """Registers a shard and starts moving its share of the ring to it (None with
+        ``no_rebalance``: it stays joining until ``rebalance``)."""
         return await self._run(_ops.add_shard(shard_id, address, weight, no_rebalance), timeout)
 
-    async def drain_shard(self, shard_id: str, *, timeout: float | None = None) -> admin_pb.RebalanceStatus | None:
+    async def drain_shard(self, shard_id: str, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
+        """Starts moving everything off a shard; it leaves the ring."""
         return await self._run(_ops.drain_shard(shard_id), timeout)
+
+    async def remove_shard(self, shard_id: str, *, timeout: float | None = None) -> None:
+        """Forgets a shard that holds nothing (drained, or never switched in)."""
+        await self._run(_ops.remove_shard(shard_id), timeout)
+
+    async def rebalance(self, *, dry_run: bool = False, timeout: float | None = None) -> adm.RebalanceResult:
+        """Plans the moves the ring implies and starts them (``dry_run``: only plans)."""
+        return await self._run(_ops.rebalance(dry_run), timeout)
 
     async def rebalance_status(
         self, rebalance_id: int = 0, *, timeout: float | None = None
-    ) -> admin_pb.RebalanceStatus | None:
+    ) -> adm.RebalanceStatus | None:
         """A rebalance's status (0: the running one, else the latest); None if there never was one."""
         return await self._run(_ops.rebalance_status(rebalance_id), timeout)
+
+    async def abort_rebalance(self, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
+        """Aborts the running rebalance (it rolls forward when past the switch)."""
+        return await self._run(_ops.abort_rebalance(), timeout)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
+from vectorsearch_client import _admin as adm
 from vectorsearch_client import _convert as cv
+from vectorsearch_client import _media as media
 from vectorsearch_client import _ops
-from vectorsearch_client._proto import admin_service_pb2 as admin_pb
+from vectorsearch_client._channels import close_channel
 from vectorsearch_client._proto import admin_service_pb2_grpc as admin_grpc
 from vectorsearch_client._proto import search_service_pb2 as pb
 from vectorsearch_client._proto import search_service_pb2_grpc as pb_grpc
-from vectorsearch_client.errors import from_rpc_error
+from vectorsearch_client.errors import from_rpc_error, not_ready
 from vectorsearch_client.filters import Filter
 
 T = TypeVar("T")
@@ -58,18 +60,45 @@ class Client:
     ) -> None:
         options = cv.channel_options(max_attempts)
         if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=options)
+            channel = grpc.insecure_channel(address, options=options)
         else:
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+            channel = grpc.secure_channel(address, credentials, options=options)
+        stubs = {cv.SEARCH: pb_grpc.SearchServiceStub(channel), cv.ADMIN: admin_grpc.AdminServiceStub(channel)}
+        self._setup(channel, stubs, timeout, api_key)
+
+    def _setup(self, channel: grpc.Channel | None, stubs: dict[str, Any], timeout: float, api_key: str | None) -> None:
+        self._channel = channel
+        self._stubs = stubs
         self.timeout = timeout
         self._metadata = cv.call_metadata(api_key)
-        self._stubs: dict[str, Any] = {
-            cv.SEARCH: pb_grpc.SearchServiceStub(self._channel),
-            cv.ADMIN: admin_grpc.AdminServiceStub(self._channel),
-        }
+
+    @classmethod
+    def from_stubs(
+        cls, *, search: Any = None, admin: Any = None, timeout: float = 10.0, api_key: str | None = None
+    ) -> Client:
+        """A client that sends through the given stubs of SearchService and AdminService: generated
+        ones on a channel you manage (grpc), or test doubles with the same methods. ``close()``
+        closes nothing then; ``wait_ready`` returns at once."""
+        client = cls.__new__(cls)
+        client._setup(None, {cv.SEARCH: search, cv.ADMIN: admin}, timeout, api_key)
+        return client
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            close_channel(self._channel)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Waits until the channel is connected (up to ``timeout``, default the client's);
+        Unavailable when no server answered in time."""
+        if self._channel is None:
+            return
+        limit = self.timeout if timeout is None else timeout
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=limit)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            raise not_ready(limit) from None
 
     def __enter__(self) -> Client:
         return self
@@ -82,10 +111,26 @@ class Client:
     def _run(self, op: _ops.Op[T], timeout: float | None) -> T:
         method = getattr(self._stubs[op.service], op.method)
         try:
-            response = method(op.request, timeout=timeout or self.timeout, metadata=self._metadata)
+            response = method(op.request, **self._options(timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return op.parse(response)
+
+    def _run_stream(self, op: _ops.StreamOp[T], timeout: float | None) -> T:
+        method = getattr(self._stubs[op.service], op.method)
+        deadline = timeout or self.timeout * max(1, len(op.requests))
+        try:
+            response = method(iter(op.requests), **self._options(deadline))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return op.parse(response)
+
+    def _options(self, timeout: float | None) -> dict[str, Any]:
+        """The call's deadline, and its metadata when there is any (test doubles take none)."""
+        options: dict[str, Any] = {"timeout": timeout or self.timeout}
+        if self._metadata:
+            options["metadata"] = self._metadata
+        return options
 
     # Collections
 
@@ -148,9 +193,7 @@ class Client:
         deadline = timeout or self.timeout * max(1, -(-len(ids) // batch_size))
         bar = progress_bar(len(ids), progress, collection)
         try:
-            response = self._stubs[cv.SEARCH].UpsertStream(
-                counted(batches, bar), timeout=deadline, metadata=self._metadata
-            )
+            response = self._stubs[cv.SEARCH].UpsertStream(counted(batches, bar), **self._options(deadline))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -180,10 +223,15 @@ class Client:
         filter: Filter | None = None,
         include_metadata: bool = True,
         require_all_shards: bool = False,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> cv.Hits:
-        """The k nearest items to one query: a vector, a text or an image (bytes or a path)."""
-        op = _ops.search(collection, vector, text, image, k, ef, filter, include_metadata, require_all_shards)
+        """The k nearest items to one query: a vector, a text (embedded by the server's text
+        tower) or an image (encoded bytes or a path; its image tower). ``explain``: ``Hits.explain``
+        says how each shard searched. Text and image need a server with an embedding model:
+        FailedPrecondition otherwise, or when the collection records another model;
+        InvalidArgument for an empty text or one the server refuses, or an undecodable image."""
+        op = _ops.search(collection, vector, text, image, k, ef, filter, include_metadata, require_all_shards, explain)
         return self._run(op, timeout)
 
     def search_by_id(
@@ -195,19 +243,54 @@ class Client:
         ef: int = 0,
         filter: Filter | None = None,
         include_metadata: bool = True,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> cv.Hits:
         """The k nearest items to a stored item's vector (the item itself left out)."""
-        return self._run(_ops.search_by_id(collection, id, k, ef, filter, include_metadata), timeout)
+        return self._run(_ops.search_by_id(collection, id, k, ef, filter, include_metadata, explain), timeout)
 
-    # Admin (results are the generated protobuf messages of admin_service.proto)
+    # Ingestion by content, and the embedding model
 
-    def cluster_status(self, *, timeout: float | None = None) -> admin_pb.ClusterStatusResponse:
+    def describe_embedding_model(self, *, timeout: float | None = None) -> media.EmbeddingModel:
+        """The model the server embeds texts and images with, and its width (FailedPrecondition:
+        the server has none; Unimplemented: a server older than the call)."""
+        return self._run(_ops.describe_embedding_model(), timeout)
+
+    def ingest_images(
+        self,
+        collection: str,
+        items: Iterable[media.ImageInput],
+        *,
+        batch_size: int = 32,
+        timeout: float | None = None,
+    ) -> media.IngestResult:
+        """Streams images (``ImageItem``, or encoded bytes or a path) over IngestImages in
+        messages of ``batch_size`` (at most 256); the server embeds and upserts them. An item that
+        fails, fails alone (its ``ItemStatus``); one already stored under its content id is
+        ``unchanged``. The deadline defaults to ``timeout`` per message. Not retried."""
+        return self._run_stream(_ops.ingest_images(collection, items, batch_size), timeout)
+
+    def ingest_texts(
+        self,
+        collection: str,
+        items: Iterable[media.TextInput],
+        *,
+        batch_size: int = 32,
+        timeout: float | None = None,
+    ) -> media.IngestResult:
+        """As ``ingest_images``, for texts (``TextItem`` or str) over IngestTexts."""
+        return self._run_stream(_ops.ingest_texts(collection, items, batch_size), timeout)
+
+    # Admin
+
+    def cluster_status(self, *, timeout: float | None = None) -> adm.ClusterStatus:
+        """The ring version, each shard's membership, health and item counts, and the running
+        rebalance."""
         return self._run(_ops.cluster_status(), timeout)
 
     def compact(
         self, collection: str, *, wait: bool = True, timeout: float | None = None
-    ) -> list[admin_pb.ShardIndexStatus]:
+    ) -> list[adm.ShardIndexStatus]:
         return self._run(_ops.compact(collection, wait), timeout)
 
     def add_shard(
@@ -218,14 +301,27 @@ class Client:
         weight: float = 1.0,
         no_rebalance: bool = False,
         timeout: float | None = None,
-    ) -> admin_pb.RebalanceStatus | None:
+    ) -> adm.RebalanceStatus | None:
+        """Registers a shard and starts moving its share of the ring to it (None with
+        ``no_rebalance``: it stays joining until ``rebalance``)."""
         return self._run(_ops.add_shard(shard_id, address, weight, no_rebalance), timeout)
 
-    def drain_shard(self, shard_id: str, *, timeout: float | None = None) -> admin_pb.RebalanceStatus | None:
+    def drain_shard(self, shard_id: str, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
+        """Starts moving everything off a shard; it leaves the ring."""
         return self._run(_ops.drain_shard(shard_id), timeout)
 
-    def rebalance_status(
-        self, rebalance_id: int = 0, *, timeout: float | None = None
-    ) -> admin_pb.RebalanceStatus | None:
+    def remove_shard(self, shard_id: str, *, timeout: float | None = None) -> None:
+        """Forgets a shard that holds nothing (drained, or never switched in)."""
+        self._run(_ops.remove_shard(shard_id), timeout)
+
+    def rebalance(self, *, dry_run: bool = False, timeout: float | None = None) -> adm.RebalanceResult:
+        """Plans the moves the ring implies and starts them (``dry_run``: only plans)."""
+        return self._run(_ops.rebalance(dry_run), timeout)
+
+    def rebalance_status(self, rebalance_id: int = 0, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
         """A rebalance's status (0: the running one, else the latest); None if there never was one."""
         return self._run(_ops.rebalance_status(rebalance_id), timeout)
+
+    def abort_rebalance(self, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
+        """Aborts the running rebalance (it rolls forward when past the switch)."""
+        return self._run(_ops.abort_rebalance(), timeout)

@@ -54,6 +54,15 @@ class Aborted(VectorSearchError):
     """The call was aborted by a concurrent change; retry it."""
 
 
+class Unimplemented(VectorSearchError):
+    """The server does not offer the call (a server older than this client)."""
+
+
+class UnreadableReply(ValueError):
+    """The server's reply holds a value this client does not know (e.g. a rebalance state added
+    by a newer server); the call itself succeeded."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[VectorSearchError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -62,7 +71,15 @@ _BY_CODE: dict[grpc.StatusCode, type[VectorSearchError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The ``grpc.StatusCode`` of a numeric google.rpc.Code (UNKNOWN for one it does not know)."""
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
 
 
 def _retry_after_s(trailing: Iterable[Any] | None) -> float | None:
@@ -89,3 +106,8 @@ def from_rpc_error(exc: grpc.RpcError) -> VectorSearchError:
         trailing = trailing_fn() if callable(trailing_fn) else None
         return ResourceExhausted(code, message, _retry_after_s(trailing))
     return _BY_CODE.get(code, VectorSearchError)(code, message)
+
+
+def not_ready(timeout: float) -> Unavailable:
+    """What ``wait_ready`` raises when no server answered within ``timeout`` seconds."""
+    return Unavailable(grpc.StatusCode.UNAVAILABLE, f"no server answered within {timeout:g} s")
