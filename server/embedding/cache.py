@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InvalidArgument
+from server.embedding import metrics
 
 Vector = npt.NDArray[np.float32]
 
@@ -104,6 +105,7 @@ class LruCache:
         self._hits = 0
         self._misses = 0
         self._lock = threading.Lock()
+        metrics.cache_lookups("memory", 0, 0)
 
     @staticmethod
     def _size(vector: Vector) -> int:
@@ -111,15 +113,17 @@ class LruCache:
 
     def get_many(self, keys: Sequence[CacheKey]) -> list[Vector | None]:
         out: list[Vector | None] = []
+        hits = 0
         with self._lock:
             for key in keys:
                 vector = self._entries.get(key)
-                if vector is None:
-                    self._misses += 1
-                else:
-                    self._hits += 1
+                if vector is not None:
+                    hits += 1
                     self._entries.move_to_end(key)
                 out.append(vector)
+            self._hits += hits
+            self._misses += len(keys) - hits
+        metrics.cache_lookups("memory", hits, len(keys) - hits)
         return out
 
     def put_many(self, items: Sequence[tuple[CacheKey, Vector]]) -> None:

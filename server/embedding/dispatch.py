@@ -37,6 +37,7 @@ from typing import Any
 import grpc
 
 from core.errors import DeadlineExceeded, DomainError, ResourceExhausted
+from server.embedding import metrics
 from server.embedding.cache import Vector
 from server.embedding.limiter import InFlightLimiter
 from server.embedding.model_info import ModelInfo
@@ -157,27 +158,34 @@ class _Dispatch:
         self.attempts[i] += 1
         request = self.template.request(self.payloads[i], int(remaining * 1e6))
         limiter = self.limiter
+        kind = self.what
         if self.blocking:
             try:
                 response = self.rpc(request, timeout=remaining)
             except grpc.RpcError as e:
                 limiter.release()
+                metrics.triton_request(kind, e, time.monotonic() - started)
                 self.settle(i, None, e)
                 return
-            limiter.release(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            limiter.release(elapsed)
+            metrics.triton_request(kind, None, elapsed)
             self.settle(i, response, None)
             return
         done = self.done
 
         def callback(future: grpc.Future[Any]) -> None:
             response, error = outcome(future)
-            limiter.release(time.monotonic() - started if error is None else None)
+            elapsed = time.monotonic() - started
+            limiter.release(elapsed if error is None else None)
+            metrics.triton_request(kind, error, elapsed)
             done.put((i, response, error))
 
         try:
             future = self.rpc.future(request, timeout=remaining)
         except grpc.RpcError as e:
             limiter.release()
+            metrics.triton_request(kind, e, time.monotonic() - started)
             self.out[i] = self.error(e, i)
             return
         self.calls[i] = future
@@ -227,7 +235,9 @@ def dispatch(
     sender: Sender, info: ModelInfo, payloads: Sequence[bytes], deadline: float, what: str
 ) -> list[Vector | DomainError]:
     """Embeds ``payloads`` with model ``info`` (see the module doc); ``deadline`` is a
-    ``time.monotonic()`` instant; ``what`` names the items in messages ("text", "image")."""
+    ``time.monotonic()`` instant; ``what`` names the items in messages ("text", "image") and is
+    the ``kind`` of their metrics (``server.embedding.metrics``)."""
     if not payloads:
         return []
+    metrics.batch(what, len(payloads))
     return _Dispatch(sender, info, payloads, deadline, what).run()

@@ -22,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from server.embedding import metrics
 from server.embedding.cache import CacheKey, CacheStats, Vector
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class RedisCache:
         self._failing = False
         self._hits = 0
         self._misses = 0
+        metrics.cache_lookups("redis", 0, 0)
 
     def _key(self, key: CacheKey) -> str:
         return self.prefix + key.text()
@@ -110,6 +112,7 @@ class RedisCache:
         with self._lock:
             self._hits += hits
             self._misses += len(out) - hits
+        metrics.cache_lookups("redis", hits, len(out) - hits)
         return out
 
     def put_many(self, items: Sequence[tuple[CacheKey, Vector]]) -> None:

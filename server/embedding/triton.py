@@ -40,6 +40,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from core.channels import close_channel
 from core.errors import DeadlineExceeded, DomainError, InvalidArgument
+from server.embedding import metrics
 from server.embedding.cache import CacheKey, EmbeddingCache, LruCache, Vector
 from server.embedding.checks import check_image, check_text
 from server.embedding.dispatch import Sender, dispatch
@@ -253,6 +254,8 @@ class TritonEmbedder:
         for i, key in enumerate(keys):
             if out[i] is None:
                 first.setdefault(key, i)
+        cached = len(keys) - sum(1 for v in out if v is None)
+        failed = 0
         if first:
             sent = list(first.values())
             results = dispatch(self._sender, info, [data[i] for i in sent], deadline, kind)
@@ -262,6 +265,8 @@ class TritonEmbedder:
                     out[i] = by_key[key]
             if self.generation == info.generation:
                 self.cache.put_many([(k, r) for k, r in by_key.items() if not isinstance(r, DomainError)])
+            failed = sum(1 for r in out if isinstance(r, DomainError))
+        metrics.items(kind, cached, len(keys) - cached - failed, failed)
         return [r for r in out if r is not None]
 
     # -- operations --
