@@ -14,8 +14,9 @@ elapsed, error), or as JSON with ``--json`` (``--watch --json``: one object per 
 change). Exit codes: 0 success; 1 ``rebalance-status --watch`` saw the rebalance end aborted;
 2 an error as one line (the server's status code and message).
 
-The replies are converted to ``router.moves`` domain types by ``server.convert`` (the one
-proto <-> domain module) and rendered from those, so the rendering is tested without a server.
+The calls go through the Python SDK (``vectorsearch_client``); its typed replies are converted
+to ``router.moves`` domain types and rendered from those, so the rendering is tested without a
+server.
 """
 
 from __future__ import annotations
@@ -27,18 +28,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
+import vectorsearch_client as sdk
+from vectorsearch_client import Client, UnreadableReply, VectorSearchError
 
 from cli import table
-from cli.common import CliError, Connection, rpc_error
-from core.errors import DomainError
-from router.moves import MovePlan, RebalanceStatus, State
-from vsproto.v1 import admin_service_pb2 as admin_pb
+from cli.common import RPC_TIMEOUT_S, CliError, Connection, call_error
+from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 
-RPC_TIMEOUT_S = 60.0
 WATCH_INTERVAL_S = 1.0
+T = TypeVar("T")
 ARROW = "→"
 
 
@@ -85,51 +85,79 @@ def check_arguments(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------- calls
 
 
-def _call(what: str, rpc: Callable[..., Any], request: Any) -> Any:
+def client_of(conn: Any) -> Client:
+    """The SDK client of a connection; one over its ``admin`` stub when it has none (a stand-in
+    connection that offers only the AdminService stub, as the unit tests use)."""
+    client = getattr(conn, "client", None)
+    return client if isinstance(client, Client) else Client.from_stubs(admin=conn.admin, timeout=RPC_TIMEOUT_S)
+
+
+def _call(what: str, call: Callable[[], T]) -> T:
+    """``call()``; a refused call, or a reply this client cannot read, as a one-line CliError."""
     try:
-        return rpc(request, timeout=RPC_TIMEOUT_S)
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, what) from None
-
-
-def _rebalance_of(what: str, reply: Any) -> RebalanceStatus | None:
-    from server.convert import optional_rebalance_from_proto
-
-    try:
-        return optional_rebalance_from_proto(reply)
-    except DomainError as exc:  # e.g. a state this client does not know (a newer server)
+        return call()
+    except VectorSearchError as exc:
+        raise call_error(exc, what) from None
+    except UnreadableReply as exc:  # e.g. a state this client does not know (a newer server)
         raise CliError(f"{what}: cannot read the reply: {exc}") from None
 
 
+def move_status(m: sdk.MoveStatus) -> MoveStatus:
+    return MoveStatus(
+        m.source, m.target, State(m.state), m.items_planned, m.items_copied, m.wal_lag, m.elapsed_s, m.error
+    )
+
+
+def rebalance_of(s: sdk.RebalanceStatus | None) -> RebalanceStatus | None:
+    """The domain status of the SDK's (None stays None)."""
+    if s is None:
+        return None
+    return RebalanceStatus(
+        rebalance_id=s.rebalance_id,
+        kind=Kind(s.kind),
+        state=State(s.state),
+        from_version=s.from_ring_version,
+        to_version=s.to_ring_version,
+        moves=[move_status(m) for m in s.moves],
+        shard=s.shard_id,
+        error=s.error,
+        started_at=s.started_at,
+        updated_at=s.updated_at,
+        elapsed_s=s.elapsed_s,
+    )
+
+
 def add_shard(conn: Connection, shard_id: str, address: str, weight: float, start: bool) -> RebalanceStatus | None:
-    request = admin_pb.AddShardRequest(shard_id=shard_id, address=address, weight=weight, no_rebalance=not start)
-    return _rebalance_of("add-shard", _call("add-shard", conn.admin.AddShard, request))
+    client = client_of(conn)
+    started = _call("add-shard", lambda: client.add_shard(shard_id, address, weight=weight, no_rebalance=not start))
+    return rebalance_of(started)
 
 
 def drain_shard(conn: Connection, shard_id: str) -> RebalanceStatus | None:
-    reply = _call("drain-shard", conn.admin.DrainShard, admin_pb.DrainShardRequest(shard_id=shard_id))
-    return _rebalance_of("drain-shard", reply)
+    client = client_of(conn)
+    return rebalance_of(_call("drain-shard", lambda: client.drain_shard(shard_id)))
 
 
 def remove_shard(conn: Connection, shard_id: str) -> None:
-    _call("remove-shard", conn.admin.RemoveShard, admin_pb.RemoveShardRequest(shard_id=shard_id))
+    client = client_of(conn)
+    _call("remove-shard", lambda: client.remove_shard(shard_id))
 
 
 def rebalance(conn: Connection, dry_run: bool) -> tuple[list[MovePlan], RebalanceStatus | None]:
-    from server.convert import move_plan_from_proto
-
-    reply = _call("rebalance", conn.admin.Rebalance, admin_pb.RebalanceRequest(dry_run=dry_run))
-    return [move_plan_from_proto(m) for m in reply.moves], _rebalance_of("rebalance", reply)
+    client = client_of(conn)
+    result = _call("rebalance", lambda: client.rebalance(dry_run=dry_run))
+    plan = [MovePlan(m.source, m.target, m.ranges, dict(m.items)) for m in result.moves]
+    return plan, rebalance_of(result.rebalance)
 
 
 def rebalance_status(conn: Connection, rebalance_id: int = 0) -> RebalanceStatus | None:
-    request = admin_pb.GetRebalanceStatusRequest(rebalance_id=rebalance_id)
-    return _rebalance_of("rebalance-status", _call("rebalance-status", conn.admin.GetRebalanceStatus, request))
+    client = client_of(conn)
+    return rebalance_of(_call("rebalance-status", lambda: client.rebalance_status(rebalance_id)))
 
 
 def abort_rebalance(conn: Connection) -> RebalanceStatus | None:
-    reply = _call("abort-rebalance", conn.admin.AbortRebalance, admin_pb.AbortRebalanceRequest())
-    return _rebalance_of("abort-rebalance", reply)
+    client = client_of(conn)
+    return rebalance_of(_call("abort-rebalance", lambda: client.abort_rebalance()))
 
 
 # ---------------------------------------------------------------------------------- rendering

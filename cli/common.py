@@ -15,16 +15,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
-
-from core.channels import close_channel
-from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
-from vsproto.v1 import search_service_pb2_grpc as pb_grpc
+from vectorsearch_client import Client, Unavailable, VectorSearchError
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
 DEFAULT_COLLECTION = "images"
 CONNECT_TIMEOUT_S = 5.0
-MAX_MESSAGE_BYTES = 64 << 20
+RPC_TIMEOUT_S = 60.0  # every call's deadline unless it names its own
 
 
 class CliError(Exception):
@@ -87,25 +83,18 @@ class UpState:
 
 
 class Connection:
-    """A channel to the server with its two stubs. ``open()`` waits up to ``timeout`` for the
-    server to answer and raises CliError (one line naming the address) when it does not."""
+    """The SDK client (``client``) of the server at ``address``. ``open()`` waits up to
+    ``timeout`` for the server to answer and raises CliError (one line naming the address) when
+    it does not."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.search = pb_grpc.SearchServiceStub(self.channel)
-        self.admin = admin_grpc.AdminServiceStub(self.channel)
+        self.client = Client(address, timeout=RPC_TIMEOUT_S)
 
     def open(self, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
+            self.client.wait_ready(timeout)
+        except Unavailable:
             self.close()
             raise CliError(
                 f"cannot reach a vectorsearch server at {self.address} "
@@ -114,7 +103,7 @@ class Connection:
         return self
 
     def close(self) -> None:
-        close_channel(self.channel)
+        self.client.close()
 
     def __enter__(self) -> Connection:
         return self
@@ -123,13 +112,6 @@ class Connection:
         self.close()
 
 
-def rpc_error(exc: grpc.RpcError, what: str) -> CliError:
+def call_error(exc: VectorSearchError, what: str) -> CliError:
     """A one-line CliError for a failed call: ``<what>: <CODE>: <details>``."""
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    name = code.name if code is not None else "ERROR"
-    return CliError(f"{what}: {name}: {details}")
-
-
-def code_of(exc: grpc.RpcError) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.Call) else None
+    return CliError(f"{what}: {exc.code.name}: {exc.message}")

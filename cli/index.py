@@ -30,17 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from vectorsearch_client import (
+    Collection,
+    ImageItem,
+    ItemStatus,
+    Metadata,
+    NotFound,
+    ResourceExhausted,
+    Unimplemented,
+    VectorSearchError,
+)
 
-from cli.common import CliError, Connection, UpState, code_of, rpc_error
+from cli.common import CliError, Connection, UpState, call_error
 from core import limits
 from core.items import content_id
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import types_pb2
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 MAX_BATCH_BYTES = 8 << 20
-RETRY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.UNAVAILABLE.value[0]})
-CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+RETRY_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -113,38 +120,39 @@ def batches(files: list[Path], size: int, max_bytes: int = MAX_BATCH_BYTES) -> I
         yield current
 
 
-def ensure_collection(conn: Connection, options: IndexOptions) -> pb.DescribeCollectionResponse:
+def ensure_collection(conn: Connection, options: IndexOptions) -> Collection:
     """The collection's description, after creating it (cosine, the model's dimension) when it
     does not exist."""
+    client = conn.client
     try:
-        return conn.search.DescribeCollection(pb.DescribeCollectionRequest(collection=options.collection), timeout=30)
-    except grpc.RpcError as exc:
-        if code_of(exc) != grpc.StatusCode.NOT_FOUND:
-            raise rpc_error(exc, f"describe collection {options.collection!r}") from None
+        return client.describe_collection(options.collection, timeout=30)
+    except NotFound:
+        pass
+    except VectorSearchError as exc:
+        raise call_error(exc, f"describe collection {options.collection!r}") from None
     dim = options.dim
     model = ""
     try:  # the model the server embeds with, and its width
-        served = conn.search.DescribeEmbeddingModel(pb.DescribeEmbeddingModelRequest(), timeout=30)
+        served = client.describe_embedding_model(timeout=30)
         dim = dim or served.dimension
         model = served.embedding_model if dim == served.dimension else ""
-    except grpc.RpcError as exc:
-        if code_of(exc) != grpc.StatusCode.UNIMPLEMENTED:  # a server older than the call
-            raise rpc_error(exc, "describe the embedding model") from None
+    except Unimplemented:  # a server older than the call
         state = UpState.read()
         if state is not None and state.address == conn.address:
             dim = dim or state.dimension
             model = state.embedding_model if dim == state.dimension else ""
+    except VectorSearchError as exc:
+        raise call_error(exc, "describe the embedding model") from None
     if not dim:
         raise CliError(
             f"collection {options.collection!r} does not exist; pass --dim N (the embedding model's dimension, "
             "512 for openai/clip-vit-base-patch32) to create it"
         )
-    spec = types_pb2.CollectionSpec(name=options.collection, dimension=dim, metric=types_pb2.METRIC_COSINE)
     try:
-        conn.search.CreateCollection(pb.CreateCollectionRequest(spec=spec, embedding_model=model), timeout=30)
-        return conn.search.DescribeCollection(pb.DescribeCollectionRequest(collection=options.collection), timeout=30)
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, f"create collection {options.collection!r}") from None
+        client.create_collection(options.collection, dim, "cosine", embedding_model=model, timeout=30)
+        return client.describe_collection(options.collection, timeout=30)
+    except VectorSearchError as exc:
+        raise call_error(exc, f"create collection {options.collection!r}") from None
 
 
 class Indexer:
@@ -206,7 +214,7 @@ class Indexer:
             statuses = self._ingest([(path, contents[path]) for path in todo])
             again = []
             for path, status in zip(todo, statuses, strict=True):
-                if status.code == 0:
+                if status.ok:
                     if status.unchanged:
                         result.skipped += 1
                     else:
@@ -214,31 +222,33 @@ class Indexer:
                 elif status.code in RETRY_CODES and attempt < self.options.retries:
                     again.append(path)
                 else:
-                    result.failed.append((path, f"{CODE_NAMES.get(status.code, status.code)}: {status.message}"))
+                    result.failed.append((path, f"{status.code.name}: {status.message}"))
             todo = again
         return result
 
     def _stored(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
-        request = pb.GetRequest(collection=self.options.collection, ids=ids)
         try:
-            reply = self.conn.search.Get(request, timeout=self.options.timeout_s)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, "get") from None
-        return {item.id for item in reply.items}
+            got = self.conn.client.get(self.options.collection, ids, timeout=self.options.timeout_s)
+        except VectorSearchError as exc:
+            raise call_error(exc, "get") from None
+        return {item.id for item in got.items}
 
-    def _ingest(self, files: list[tuple[Path, bytes]]) -> list[pb.ItemStatus]:
+    def _ingest(self, files: list[tuple[Path, bytes]]) -> list[ItemStatus]:
         """One IngestImages call with one message; a refused stream (too many at once) is retried."""
-        tags = self.options.tags
-        items = [pb.ImageItem(data=data, metadata=pb.Metadata(uri=path.as_uri(), tags=tags)) for path, data in files]
-        request = pb.IngestImagesRequest(collection=self.options.collection, items=items)
+        tags = list(self.options.tags)
+        items = [ImageItem(data=data, metadata=Metadata(uri=path.as_uri(), tags=tags)) for path, data in files]
         for attempt in range(self.options.retries + 1):
             try:
-                reply = self.conn.search.IngestImages(iter([request]), timeout=self.options.timeout_s)
-                return list(reply.items)
-            except grpc.RpcError as exc:
-                if code_of(exc) != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == self.options.retries:
-                    raise rpc_error(exc, "ingest") from None
+                reply = self.conn.client.ingest_images(
+                    self.options.collection, items, batch_size=max(1, len(items)), timeout=self.options.timeout_s
+                )
+                return reply.items
+            except ResourceExhausted as exc:
+                if attempt == self.options.retries:
+                    raise call_error(exc, "ingest") from None
                 time.sleep(min(0.25 * 2 ** (attempt + 1), 5.0))
+            except VectorSearchError as exc:
+                raise call_error(exc, "ingest") from None
         raise AssertionError("unreachable")

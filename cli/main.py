@@ -87,7 +87,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         described = ensure_collection(conn, options)
         print(
             f"indexing {len(files)} files into {args.collection!r} ({described.count} items, "
-            f"{described.spec.dimension}-d) on {args.address}",
+            f"{described.dimension}-d) on {args.address}",
             flush=True,
         )
         bar = tqdm(

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import reduce
+from operator import and_
 from pathlib import Path
 
-import grpc
+from vectorsearch_client import F, Filter, SearchExplain, VectorSearchError
 
 from cli import table
-from cli.common import CliError, Connection, rpc_error
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import types_pb2
+from cli.common import CliError, Connection, call_error
 
 ID_WIDTH = 20
 
@@ -50,17 +50,23 @@ class Answer:
     explain: list[ShardPlan] | None = None
 
 
-def tags_filter(tags: list[str]) -> pb.Filter | None:
+def tags_filter(tags: list[str]) -> Filter | None:
     """Items carrying every tag of ``tags`` (None: no filter)."""
-    conditions = [pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value=t))) for t in tags]
-    if not conditions:
-        return None
-    return conditions[0] if len(conditions) == 1 else pb.Filter(all_of=pb.FilterList(filters=conditions))
+    return reduce(and_, (F.tag(t) for t in tags)) if tags else None
 
 
-def plan_name(plan: int) -> str:
-    """``SEARCH_PLAN_FILTERED_GRAPH`` -> ``filtered-graph``."""
-    return pb.SearchPlan.Name(plan).removeprefix("SEARCH_PLAN_").lower().replace("_", "-")
+def plan_name(plan: str) -> str:
+    """The SDK's ``filtered_graph`` -> ``filtered-graph``."""
+    return plan.replace("_", "-")
+
+
+def shard_plans(explain: SearchExplain | None) -> list[ShardPlan]:
+    if explain is None:
+        return []
+    plans = [ShardPlan(s.shard_id, plan_name(s.plan), s.matched, s.scored, s.micros) for s in explain.shards]
+    if not plans and explain.plan != "unspecified":  # planned by the server (legacy-sql): no shard entries
+        plans = [ShardPlan("server", plan_name(explain.plan), explain.matched, 0, 0)]
+    return plans
 
 
 def search(
@@ -77,39 +83,36 @@ def search(
     if (text is None) == (image is None):
         raise CliError("search needs a text or --image FILE (not both)")
     where = tags_filter(tags or [])
+    client = conn.client
     try:
-        described = conn.search.DescribeCollection(pb.DescribeCollectionRequest(collection=collection), timeout=30)
+        described = client.describe_collection(collection, timeout=30)
+        data: bytes | None = None
         if image is not None:
             try:
                 data = image.read_bytes()
             except OSError as exc:
                 raise CliError(f"{image}: cannot read: {exc.strerror or exc}") from None
-            reply = conn.search.SearchByImage(
-                pb.SearchByImageRequest(
-                    collection=collection, images=[data], k=k, filter=where, include_metadata=True, explain=explain
-                ),
-                timeout=60,
-            )
-        else:
-            reply = conn.search.SearchByText(
-                pb.SearchByTextRequest(
-                    collection=collection, texts=[text or ""], k=k, filter=where, include_metadata=True, explain=explain
-                ),
-                timeout=60,
-            )
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, f"search {collection!r}") from None
-    cosine = described.spec.metric == types_pb2.METRIC_COSINE
+        hits = client.search(
+            collection,
+            text=text if data is None else None,
+            image=data,
+            k=k,
+            filter=where,
+            include_metadata=True,
+            explain=explain,
+            timeout=60,
+        )
+    except VectorSearchError as exc:
+        raise call_error(exc, f"search {collection!r}") from None
+    cosine = described.metric == "cosine"
     rows = [
-        Row(rank, hit.id, hit.distance, 1.0 - hit.distance if cosine else None, hit.metadata.uri)
-        for rank, hit in enumerate(reply.results[0].hits, start=1)
+        Row(
+            rank, hit.id, hit.distance, 1.0 - hit.distance if cosine else None, hit.metadata.uri if hit.metadata else ""
+        )
+        for rank, hit in enumerate(hits, start=1)
     ]
-    plans = None
-    if explain:
-        plans = [ShardPlan(s.shard_id, plan_name(s.plan), s.matched, s.scored, s.micros) for s in reply.explain.shards]
-        if not plans and reply.explain.plan:  # planned by the server (legacy-sql): no shard entries
-            plans = [ShardPlan("server", plan_name(reply.explain.plan), reply.explain.matched, 0, 0)]
-    return Answer(rows, reply.partial, list(reply.failed_shards), plans)
+    plans = shard_plans(hits.explain) if explain else None
+    return Answer(rows, hits.partial, hits.failed_shards, plans)
 
 
 def short_id(item_id: str, width: int = ID_WIDTH) -> str:

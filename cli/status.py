@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-import grpc
+from vectorsearch_client import UnreadableReply, VectorSearchError
 
 from cli import table
-from cli.common import Connection, rpc_error
-from vsproto.v1 import admin_service_pb2 as admin_pb
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import types_pb2
+from cli.common import CliError, Connection, call_error
 
-METRICS = {types_pb2.METRIC_COSINE: "cosine", types_pb2.METRIC_INNER_PRODUCT: "ip", types_pb2.METRIC_L2: "l2"}
+METRICS = {"inner_product": "ip"}  # the SDK's metric names as the table shows them
 
 
 @dataclass(frozen=True)
@@ -48,27 +45,24 @@ class Status:
 
 
 def status(conn: Connection) -> Status:
+    client = conn.client
     try:
-        listed = conn.search.ListCollections(pb.ListCollectionsRequest(), timeout=30)
         collections = []
-        for spec in listed.collections:
-            d = conn.search.DescribeCollection(pb.DescribeCollectionRequest(collection=spec.name), timeout=30)
-            metric = METRICS.get(d.spec.metric, str(d.spec.metric))
-            collections.append(CollectionRow(spec.name, d.count, d.spec.dimension, metric, d.embedding_model))
-        cluster = conn.admin.ClusterStatus(admin_pb.ClusterStatusRequest(), timeout=30)
-    except grpc.RpcError as exc:
-        raise rpc_error(exc, "status") from None
-    shards = [
-        ShardRow(s.shard_id, s.address, s.healthy, sum(s.collection_counts.values()), s.error, s.state or "active")
-        for s in cluster.shards
-    ]
+        for listed in client.list_collections(timeout=30):
+            d = client.describe_collection(listed.name, timeout=30)
+            metric = METRICS.get(d.metric, d.metric)
+            collections.append(CollectionRow(listed.name, d.count or 0, d.dimension, metric, d.embedding_model))
+        cluster = client.cluster_status(timeout=30)
+    except VectorSearchError as exc:
+        raise call_error(exc, "status") from None
+    except UnreadableReply as exc:
+        raise CliError(f"status: cannot read the reply: {exc}") from None
+    shards = [ShardRow(s.shard_id, s.address, s.healthy, s.items, s.error, s.state) for s in cluster.shards]
     running = ""
-    if cluster.HasField("rebalance"):
+    if cluster.rebalance is not None:
         r = cluster.rebalance
-        state = admin_pb.RebalanceState.Name(r.state).removeprefix("REBALANCE_STATE_").lower()
-        kind = admin_pb.RebalanceKind.Name(r.kind).removeprefix("REBALANCE_KIND_").lower()
         copied = sum(m.items_copied for m in r.moves)
-        running = f"rebalance {r.rebalance_id} ({kind} {r.shard_id or '-'}): {state}, {copied} items copied"
+        running = f"rebalance {r.rebalance_id} ({r.kind} {r.shard_id or '-'}): {r.state}, {copied} items copied"
     return Status(conn.address, cluster.ring_version, collections, shards, running)
 
 
