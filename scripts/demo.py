@@ -31,14 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vectorsearch_client import Client
+
 from clipmodel.identity import ModelIdentity
 from core.items import content_id
 from server.cluster import MODEL_FILE
 from testkit.clipdata import pictures
 from testkit.clusterproc import ClusterProcess
 from testkit.procutil import REPO, tree_env
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import search_service_pb2_grpc as pb_grpc
 
 # Photographs with an obvious subject, in skimage/data of the scikit-image wheel.
 SAMPLES = (
@@ -156,18 +156,18 @@ def main() -> int:
         vsearch(cluster.address, "status")
 
         step("kill -9 one shard, search, restart the cluster on the same data")
-        search = pb.SearchByImageRequest(collection="images", images=[query.read_bytes()], k=3)
-        assert cluster.channel is not None
-        api = pb_grpc.SearchServiceStub(cluster.channel)
-        os.kill(cluster.shard_pid(1), signal.SIGKILL)
-        time.sleep(0.2)
-        partial = api.SearchByImage(search, timeout=30)
-        print(f"killed shard-1 with SIGKILL: partial={partial.partial}, failed shards {list(partial.failed_shards)}")
+        query_bytes = query.read_bytes()
+        with Client(cluster.address, timeout=30) as client:
+            os.kill(cluster.shard_pid(1), signal.SIGKILL)
+            time.sleep(0.2)
+            partial = client.search("images", image=query_bytes, k=3)
+        print(f"killed shard-1 with SIGKILL: partial={partial.partial}, failed shards {partial.failed_shards}")
         cluster.stop()
-        api = cluster.start(timeout=900)
-        count = api.DescribeCollection(pb.DescribeCollectionRequest(collection="images")).count
-        back = api.SearchByImage(search, timeout=30).results[0].hits[0]
-        expected = content_id(query.read_bytes())
+        cluster.start(timeout=900)
+        with Client(cluster.address, timeout=30) as client:
+            count = client.describe_collection("images").count
+            back = client.search("images", image=query_bytes, k=3)[0]
+        expected = content_id(query_bytes)
         print(f"restarted the cluster: {count} items; the query image finds itself first: {back.id == expected}")
 
         ok = (
