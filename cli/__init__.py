@@ -1,9 +1,9 @@
 """``vsearch``: the command line of vectorsearch (``cli.main``): ``up`` a local cluster with
 CLIP on Triton, ``index`` image files, ``search`` by text or image, ``status``.
 
-The generated gRPC stubs (package ``vectorsearch``, built by ``python -m vsproto.build`` into the
-checkout and never installed) are found through the checkout root, which is put on ``sys.path``
-here, so the ``vsearch`` console script of the editable install works from any directory.
+The generated gRPC stubs (package ``vectorsearch``) are inside an installed package (``setup.py``
+generates them); in a checkout's editable install they are built by ``python -m vsproto.build``
+after the install, so the checkout root is put on ``sys.path`` here when it holds them.
 """
 
 import sys

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -199,8 +200,12 @@ def migrate(engine: Engine) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL journaling and a busy timeout for concurrency,
-    other databases a pool that checks connections before use."""
+    other databases a pool that checks connections before use. The directory of a SQLite file
+    is created if it is missing (the embedded default, ``./data/meta.db``, in a fresh directory)."""
     if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
         @sa.event.listens_for(engine, "connect")

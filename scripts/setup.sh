@@ -21,7 +21,8 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing dependencies (hnswlib builds from source the first time, about 90 s)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip wheel
-    .venv/bin/python -m pip install --quiet -e ".[dev,clip]"
+    # One command for both: the server package depends on the SDK (clients/python), not on PyPI.
+    .venv/bin/python -m pip install --quiet -e ".[dev,clip]" -e ./clients/python
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -68,7 +68,8 @@ def start_shard(data_dir: Path, index: int, shard_args: list[str]) -> tuple[subp
             str(ready),
             *shard_args,
         ],
-        cwd=REPO,
+        # A checkout run without installing needs its root as the working directory.
+        cwd=REPO if (REPO / "pyproject.toml").exists() else None,
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
