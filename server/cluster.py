@@ -54,6 +54,7 @@ def start_shard(data_dir: Path, index: int, shard_args: list[str]) -> tuple[subp
     shard_dir = data_dir / f"shard-{index}"
     ready = data_dir / f"shard-{index}.ready"
     ready.unlink(missing_ok=True)
+    Path(f"{ready}.metrics").unlink(missing_ok=True)
     log_file = open(data_dir / f"shard-{index}.log", "ab")  # noqa: SIM115  (handed to the child)
     proc = subprocess.Popen(
         [
@@ -137,6 +138,24 @@ def _start_triton(args: argparse.Namespace) -> tuple[TritonSupervisor, ModelIden
     return supervisor, identity
 
 
+def shard_arguments(args: argparse.Namespace) -> list[str]:
+    """Every shard's extra flags: ``--shard-arg`` values, plus ``--metrics-listen HOST:0`` (a free
+    port each, on the server's metrics host) when the server exports metrics and they do not
+    say otherwise."""
+    extra = list(args.shard_arg)
+    if args.metrics_listen and not any(a.startswith("--metrics-listen") for a in extra):
+        host = args.metrics_listen.rsplit(":", 1)[0] or "127.0.0.1"
+        extra += ["--metrics-listen", f"{host}:0"]
+    return extra
+
+
+def _log_shard_metrics(data_dir: Path, shards: int) -> None:
+    for i in range(shards):
+        metrics = data_dir / f"shard-{i}.ready.metrics"
+        if metrics.exists():
+            log.info("shard-%d metrics on http://%s/metrics", i, metrics.read_text().strip())
+
+
 def _raise_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -154,7 +173,7 @@ def run(args: argparse.Namespace, on_ready: OnReady | None = None) -> int:
         return 2
     if with_triton:  # a SIGTERM while Triton starts still stops what was started
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    shards = [start_shard(args.data_dir, i, args.shard_arg) for i in range(args.shards)]
+    shards = [start_shard(args.data_dir, i, shard_arguments(args)) for i in range(args.shards)]
     triton: TritonSupervisor | None = None
     try:
         identity = None
@@ -168,6 +187,7 @@ def run(args: argparse.Namespace, on_ready: OnReady | None = None) -> int:
         if addresses is None:
             return 1
         args.register_shard = [f"shard-{i}={a}" for i, a in enumerate(addresses)] + list(args.register_shard)
+        _log_shard_metrics(args.data_dir, len(shards))
         process = ServerProcess(args)
         process.start()
         log.info(

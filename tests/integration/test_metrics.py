@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.clusterproc import ClusterProcess
 from testkit.datasets import data_and_queries
 from testkit.serverproc import SingleNodeProcess
 from testkit.shardproc import ShardProcess
@@ -154,3 +155,68 @@ def test_a_single_node_server_exports_rpc_and_local_shard_metrics(tmp_path: Path
     finally:
         channel.close()
         server.stop()
+
+
+def test_a_server_counts_partial_results_per_failed_shard(tmp_path: Path) -> None:
+    shards = [ShardProcess(tmp_path / f"s{i}") for i in range(2)]
+    for shard in shards:
+        shard.start()
+    register = [f"--register-shard=s{i}={shard.address}" for i, shard in enumerate(shards)]
+    server = SingleNodeProcess(
+        tmp_path / "server", "--metrics-listen", "127.0.0.1:0", "--request-timeout-s", "3", *register, local_shard=False
+    )
+    channel = grpc.insecure_channel(server.start())
+    try:
+        address = metrics_address(tmp_path / "server" / "server.ready")
+        stub = pb_grpc.SearchServiceStub(channel)
+        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
+        data, queries = data_and_queries(300, 2, DIM, seed=5)
+        request = pb.UpsertRequest(collection="c", vectors=packed(data))
+        for i in range(len(data)):
+            request.items.add(id=f"p{i}")
+        stub.Upsert(request)
+        whole = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:1]), k=5))
+        assert not whole.partial
+        assert value(scrape(address), "vs_fanout_partial_results_total") == 0
+
+        shards[1].kill()
+        for _ in range(2):
+            reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:1]), k=5))
+            assert reply.partial and list(reply.failed_shards) == ["s1"]
+        samples = scrape(address)
+        assert value(samples, "vs_fanout_partial_results_total", shard="s1") == 2
+        assert value(samples, "vs_fanout_partial_results_total", shard="s0") == 0
+    finally:
+        channel.close()
+        server.stop()
+        for shard in shards:
+            shard.stop()
+
+
+def test_a_local_cluster_gives_each_shard_a_metrics_port(tmp_path: Path) -> None:
+    cluster = ClusterProcess(tmp_path / "cluster", "--metrics-listen", "127.0.0.1:0", shards=2)
+    stub = cluster.start()
+    try:
+        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
+        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
+        data, _ = data_and_queries(200, 1, DIM, seed=6)
+        request = pb.UpsertRequest(collection="c", vectors=packed(data))
+        for i in range(len(data)):
+            request.items.add(id=f"m{i}")
+        stub.Upsert(request)
+        per_shard = [
+            value(
+                scrape(metrics_address(tmp_path / "cluster" / f"shard-{i}.ready")),
+                "vs_collection_items",
+                collection="c",
+            )
+            for i in range(2)
+        ]
+        assert sum(per_shard) == 200 and all(n > 0 for n in per_shard), per_shard
+        assert (
+            value(scrape(metrics_address(tmp_path / "cluster" / "server.ready")), "vs_fanout_partial_results_total")
+            == 0
+        )
+    finally:
+        cluster.stop()
