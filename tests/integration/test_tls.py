@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 from cryptography import x509
-from vectorsearch_client import Client, Unavailable
+from vectorsearch_client import AsyncClient, Client, Unavailable
 
 from testkit.clusterproc import ClusterProcess
 from testkit.procutil import REPO, tree_env
@@ -72,6 +73,14 @@ def refused(address: str, **tls: object) -> Unavailable:
     with Client(address, timeout=5, max_attempts=1, **tls) as client, pytest.raises(Unavailable) as caught:  # type: ignore[arg-type]
         client.list_collections()
     return caught.value
+
+
+async def async_collections(address: str, ca: Path) -> list[str]:
+    client = AsyncClient(address, tls_ca=ca)
+    try:
+        return [c.name for c in await client.list_collections()]
+    finally:
+        await client.close()
 
 
 def peer_certificate(address: str) -> x509.Certificate:
@@ -146,6 +155,7 @@ def test_tls_server_serves_clients_that_trust_its_ca_only(tmp_path: Path, cluste
             upsert_and_search(client)
         with Client(address, root_certificates=(cluster_ca / "ca.pem").read_bytes(), tls_server_name="localhost") as c:
             assert [col.name for col in c.list_collections()] == ["tls"]
+        assert asyncio.run(async_collections(address, cluster_ca / "ca.pem")) == ["tls"]
         refused(address)  # plain text: no TLS handshake
         refused(address, tls_ca=other_ca / "ca.pem")  # the server's certificate is not signed by that CA
         assert peer_certificate(address) == certificate(cluster_ca / "server.pem")
