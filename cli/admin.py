@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     command = args.admin_command
     out: Any
-    with Connection(args.address).open() as conn:
+    with Connection.from_args(args).open() as conn:
         if command == "add-shard":
             started = add_shard(conn, args.shard_id, args.shard_address, args.weight, not args.no_rebalance)
             out = {"shard_id": args.shard_id, "rebalance": status_dict(started)}

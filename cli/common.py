@@ -6,10 +6,16 @@ Address: ``--address``, else ``$VSEARCH_ADDRESS``, else ``127.0.0.1:7000`` (wher
 else ``~/.local/share/vectorsearch`` (``vsearch up`` keeps its data there and writes
 ``up.json``: the address it serves and the embedding model, so ``vsearch index`` can create a
 collection of the model's dimension).
+
+TLS: ``--tls-ca FILE`` (else ``$VSEARCH_TLS_CA``) makes every connection TLS, trusting that PEM
+CA (e.g. ``DIR/ca.pem`` of ``vsearch up --tls DIR``); ``--tls-cert``/``--tls-key``
+(``$VSEARCH_TLS_CERT``/``$VSEARCH_TLS_KEY``) present a client certificate to a server that
+requires one. Without them: plain text.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -29,6 +35,25 @@ class CliError(Exception):
 
 def default_address() -> str:
     return os.environ.get("VSEARCH_ADDRESS") or DEFAULT_ADDRESS
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--tls-ca",
+        default=env("VSEARCH_TLS_CA") or None,
+        metavar="FILE",
+        help="connect over TLS trusting this PEM CA (env VSEARCH_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=env("VSEARCH_TLS_CERT") or None,
+        metavar="FILE",
+        help="PEM client certificate, for a server that requires one (env VSEARCH_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=env("VSEARCH_TLS_KEY") or None, metavar="FILE", help="its key (env VSEARCH_TLS_KEY)"
+    )
 
 
 def home() -> Path:
@@ -87,9 +112,22 @@ class Connection:
     ``timeout`` for the server to answer and raises CliError (one line naming the address) when
     it does not."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self, address: str, tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None
+    ) -> None:
         self.address = address
-        self.client = Client(address, timeout=RPC_TIMEOUT_S)
+        self.tls = bool(tls_ca or tls_cert)
+        try:
+            self.client = Client(address, timeout=RPC_TIMEOUT_S, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"TLS: {exc}") from None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Connection:
+        """The connection of the global options ``--address`` and ``--tls-*``."""
+        return cls(
+            args.address, getattr(args, "tls_ca", None), getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+        )
 
     def open(self, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
         try:
@@ -98,7 +136,8 @@ class Connection:
             self.close()
             raise CliError(
                 f"cannot reach a vectorsearch server at {self.address} "
-                "(start one with `vsearch up`, or set --address / VSEARCH_ADDRESS)"
+                "(start one with `vsearch up`, or set --address / VSEARCH_ADDRESS"
+                + ("; is it TLS with another CA?)" if self.tls else "; if it serves TLS, pass --tls-ca)")
             ) from None
         return self
 

@@ -14,7 +14,8 @@
     vsearch admin abort-rebalance                  abort the running rebalance
 
 Every command but ``up`` talks to ``--address`` (else ``$VSEARCH_ADDRESS``, else
-127.0.0.1:7000). ``status``, ``search`` and the ``admin`` commands print JSON with ``--json``.
+127.0.0.1:7000), over TLS with ``--tls-ca FILE`` (``$VSEARCH_TLS_CA``; docs/tls.md). ``status``,
+``search`` and the ``admin`` commands print JSON with ``--json``.
 Exit codes: 0 success; 1 ``index`` finished but some files failed, or ``admin rebalance-status
 --watch`` saw the rebalance end aborted; 2 an error reported as one line (server unreachable,
 unknown collection, bad arguments, a refused admin call).
@@ -33,6 +34,7 @@ from cli.common import CliError, Connection
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsearch", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--address", default=common.default_address(), help="server host:port (env VSEARCH_ADDRESS)")
+    common.add_tls_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from cli import up
@@ -83,7 +85,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CliError("--batch must be 1..256 and --jobs at least 1")
     files = find_files(args.paths)
     options = IndexOptions(args.collection, batch=args.batch, jobs=args.jobs, dim=args.dim, tags=tuple(args.tag))
-    with Connection(args.address).open() as conn:
+    with Connection.from_args(args).open() as conn:
         described = ensure_collection(conn, options)
         print(
             f"indexing {len(files)} files into {args.collection!r} ({described.count} items, "
@@ -123,7 +125,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from cli import search
 
-    with Connection(args.address).open() as conn:
+    with Connection.from_args(args).open() as conn:
         answer = search.search(
             conn, args.collection, args.k, text=args.text, image=args.image, tags=args.tag, explain=args.explain
         )
@@ -134,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from cli import status
 
-    with Connection(args.address).open() as conn:
+    with Connection.from_args(args).open() as conn:
         result = status.status(conn)
     print(status.format_json(result) if args.json else status.format_text(result))
     return 0

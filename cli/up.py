@@ -39,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--weights", type=Path, default=None, help="local Hugging Face-format CLIP directory")
     model.add_argument("--triton-repo", type=Path, default=None, help="an exported Triton model repository")
+    p.add_argument(
+        "--tls",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TLS (and mutual TLS to the shards) with a development CA made in DIR; then pass "
+        "--tls-ca DIR/ca.pem to the other commands",
+    )
     p.add_argument("--verbose", action="store_true", help="log every component at INFO (default: warnings)")
 
 
@@ -56,6 +64,8 @@ def cluster_argv(args: argparse.Namespace, address: str) -> list[str]:
         "--database-url",
         f"sqlite:///{data_dir.resolve() / 'meta.db'}",
     ]
+    if getattr(args, "tls", None) is not None:
+        argv += ["--tls", str(args.tls)]
     return argv
 
 

@@ -4,12 +4,18 @@ text and image.
 
     python -m server.cluster --shards 3 --data-dir ./data/cluster [--listen 127.0.0.1:7000]
                              [--database-url postgresql+psycopg://...] [--ready-file F]
-                             [--clip random|HF_DIR | --triton-repo DIR]
+                             [--clip random|HF_DIR | --triton-repo DIR] [--tls DIR]
 
 Embedded defaults: metadata and topology in SQLite at ``<data-dir>/meta.db``. Shards keep
 their data in ``<data-dir>/shard-<i>`` and listen on free loopback ports; they are
 (re)registered in the topology under ids ``shard-<i>`` at every start, so a restart finds its
 data again. SIGTERM/SIGINT stop the server, then Triton, then the shards (each drains and fsyncs).
+
+TLS: ``--tls DIR`` makes a development CA and certificates in DIR unless usable ones are there
+(``core.devcerts``: ``ca.pem``, ``server.pem``, ``shard.pem``, ``client.pem`` and keys) and runs
+everything on them: the public port serves TLS (clients trust ``DIR/ca.pem``: ``vsearch --tls-ca
+DIR/ca.pem status``), every shard takes only mutual TLS with the cluster client certificate,
+which the server presents. Without it: plain text on loopback, as before. docs/tls.md.
 
 Triton: ``--triton-repo DIR``
 serves an exported model repository (``python -m clipmodel.export``); ``--clip random`` builds
@@ -160,6 +166,25 @@ def _raise_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _use_tls(args: argparse.Namespace) -> None:
+    """``--tls DIR``: the development certificates in DIR (made when missing) for the public
+    port, every shard (mutual TLS) and the server's channels to them."""
+    from core import devcerts
+
+    certs = args.tls.resolve()
+    if devcerts.ensure(certs):
+        log.info("made a development CA and certificates in %s", certs)
+    args.tls_cert, args.tls_key = str(certs / "server.pem"), str(certs / "server-key.pem")
+    args.shard_tls_ca = str(certs / "ca.pem")
+    args.shard_tls_cert, args.shard_tls_key = str(certs / "client.pem"), str(certs / "client-key.pem")
+    args.shard_arg = [
+        *args.shard_arg,
+        f"--tls-cert={certs / 'shard.pem'}",
+        f"--tls-key={certs / 'shard-key.pem'}",
+        f"--tls-ca={certs / 'ca.pem'}",
+    ]
+
+
 def run(args: argparse.Namespace, on_ready: OnReady | None = None) -> int:
     """Starts the cluster of parsed ``args``, calls ``on_ready(address, identity)`` once it serves
     (identity: the CLIP model Triton serves, or None without Triton), waits for SIGTERM/SIGINT,
@@ -171,6 +196,8 @@ def run(args: argparse.Namespace, on_ready: OnReady | None = None) -> int:
     if with_triton and args.triton_url:
         log.error("--triton-url names a running Triton; --clip/--triton-repo start one: pass only one of them")
         return 2
+    if args.tls is not None:
+        _use_tls(args)
     if with_triton:  # a SIGTERM while Triton starts still stops what was started
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     shards = [start_shard(args.data_dir, i, shard_arguments(args)) for i in range(args.shards)]
@@ -219,6 +246,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=3)
     p.add_argument("--data-dir", type=Path, default=Path("./data/cluster"))
     p.add_argument("--shard-arg", action="append", default=[], help="extra flag for every shard (repeatable)")
+    p.add_argument(
+        "--tls",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TLS on the public port and mutual TLS to every shard, with a development CA made in DIR when "
+        "missing (clients trust DIR/ca.pem)",
+    )
     add_arguments(p)
     add_triton_arguments(p)
     p.set_defaults(database_url=os.environ.get("VS_SERVER_DATABASE_URL"))

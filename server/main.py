@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core import logs, metrics, tracing
+from core import logs, metrics, tls, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
@@ -179,6 +179,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     # --metrics-listen (this process's endpoint) and the recall probe of the --local-shard
     add_metrics_arguments(p, _env)
+    tls.add_server_arguments(p, _env)  # --tls-cert/-key/-client-ca, --shard-tls-ca/-cert/-key
 
 
 class ServerProcess:
@@ -186,6 +187,7 @@ class ServerProcess:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.certificates = tls.server_from_args(args)  # before any channel to a shard is opened
         self.tracer_provider = tracing.configure(args, "vectorsearch-server")
         engine = make_engine(args.database_url)
         self.topology = TopologyStore(engine)
@@ -253,7 +255,7 @@ class ServerProcess:
             [SEARCH, ADMIN, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
         )
-        self.port = self.server.add_insecure_port(args.listen)
+        self.port = tls.add_port(self.server, args.listen, self.certificates)
         if self.port == 0:
             raise SystemExit(f"cannot listen on {args.listen}")
         self.address = f"{args.listen.rsplit(':', 1)[0]}:{self.port}"
@@ -267,6 +269,7 @@ class ServerProcess:
         if self.args.metrics_listen:
             metrics.write_address(self.args.ready_file, metrics.serve(self.args.metrics_listen))
         self.server.start()
+        tls.reload_on_sighup([self.certificates] if self.certificates else [])
         for name in ("", ADMIN):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._update_search_health()
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         process = ServerProcess(args)
-    except CorruptionError as exc:
+    except (CorruptionError, tls.TLSConfigError) as exc:
         log.error("refusing to start: %s", exc)
         return 2
     process.start()

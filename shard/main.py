@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from core import logs, metrics, tracing
+from core import logs, metrics, tls, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
 from shard.collection import Collection, CollectionOptions
@@ -46,7 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cpus = os.cpu_count() or 1
     p = argparse.ArgumentParser(prog="python -m shard", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=_env("data_dir", "./data/shard-0"), help="where collections live")
-    p.add_argument("--listen", default=_env("listen", "127.0.0.1:7001"), help="host:port (port 0 = any)")
+    p.add_argument(
+        "--listen",
+        default=_env("listen", "127.0.0.1:7001"),
+        help="host:port (port 0 = any); loopback by default: the shard port is internal, not a way in "
+        "(listen elsewhere only with --tls-* or on a private network)",
+    )
     p.add_argument("--ready-file", default=_env("ready_file", ""), help="write the bound host:port here once serving")
     p.add_argument(
         "--fsync",
@@ -64,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument("--search-threads", type=int, default=int(_env("search_threads", str(cpus))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    p.add_argument("--tls-cert", default=_env("tls_cert", ""), help="PEM certificate of this shard (mutual TLS)")
+    p.add_argument("--tls-key", default=_env("tls_key", ""), help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        default=_env("tls_ca", ""),
+        help="PEM CA that signs the cluster client certificate: with --tls-cert/--tls-key, only clients "
+        "presenting a certificate it signed get in (the files are reloaded when they change and on SIGHUP)",
+    )
     logs.add_arguments(p, _env)
     tracing.add_arguments(p, _env)
     add_metrics_arguments(p, _env)
@@ -128,9 +141,11 @@ def build_server(
     max_message_mb: int,
     metrics: bool = False,
     request_context: bool = False,
+    certificates: tls.ReloadingCertificates | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """``request_context``: request ids and trace spans per call (JSON logs or tracing on); off,
-    a shard call pays for no interceptor (it is the server's second hop)."""
+    a shard call pays for no interceptor (it is the server's second hop). ``certificates``: TLS
+    (mutual when they name a client CA), else plain text."""
     limit = max_message_mb << 20
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
@@ -148,7 +163,7 @@ def build_server(
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen)
+    port = tls.add_port(server, listen, certificates)
     if port == 0:
         raise SystemExit(f"cannot listen on {listen}")
     return server, port, health_servicer
@@ -157,6 +172,20 @@ def build_server(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    try:
+        certificates = tls.server_certificates(
+            args.tls_cert, args.tls_key, args.tls_ca, what="shard", require_ca=True, ca_flag="--tls-ca"
+        )
+    except tls.TLSConfigError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
+    host = args.listen.rsplit(":", 1)[0]
+    if certificates is None and not tls.is_loopback(host):
+        log.warning(
+            "listening on %s without TLS: anyone who reaches this port can read and write every collection; "
+            "use --tls-cert/--tls-key/--tls-ca (mutual TLS) or keep the port on a private network",
+            args.listen,
+        )
     tracer_provider = tracing.configure(args, "vectorsearch-shard")
     registry = Registry(Path(args.data_dir), options_from_args(args))
     try:
@@ -171,20 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         args.max_message_mb,
         metrics=bool(args.metrics_listen),
         request_context=args.log_format == "json" or tracer_provider is not None,
+        certificates=certificates,
     )
+    tls.reload_on_sighup([certificates] if certificates else [])
     probe = start_metrics(args, lambda: [registry])
     if args.metrics_listen:
         metrics.write_address(args.ready_file, metrics.serve(args.metrics_listen))
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    host = args.listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
     if args.ready_file:
         tmp = Path(args.ready_file + ".tmp")
         tmp.write_text(address)
         tmp.replace(args.ready_file)
-    log.info("shard serving on %s (data %s, fsync %s)", address, args.data_dir, args.fsync)
+    log.info(
+        "shard serving on %s (data %s, fsync %s, %s)",
+        address,
+        args.data_dir,
+        args.fsync,
+        "mutual TLS" if certificates else "plain text",
+    )
 
     stopping = threading.Event()
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from core import calls, status, tracing
+from core import calls, status, tls, tracing
 from core.channels import close_channel
 from core.errors import Cancelled, InvalidArgument
 from core.filters import Filter
@@ -55,7 +55,8 @@ class RemoteShard:
         self.address = address
         self.epoch = epoch
         self._metadata = ((convert.RING_VERSION_KEY, str(epoch)),)
-        self.channel = grpc.insecure_channel(
+        # plain text, or mutual TLS with the cluster client certificate (core.tls.configure_shard_client)
+        self.channel = tls.shard_channel(
             address,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )

@@ -35,12 +35,20 @@ def unpack(vectors: types_pb2.Vectors) -> npt.NDArray[np.float32]:
 
 
 class ShardClient:
-    def __init__(self, address: str, timeout: float = 30.0, max_message_mb: int = 64) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 30.0,
+        max_message_mb: int = 64,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: TLS (a shard with ``--tls-*`` needs the cluster client certificate)."""
         limit = max_message_mb << 20
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-        )
+        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=options)
         self.stub = pb_grpc.ShardServiceStub(self.channel)
         self.timeout = timeout
 

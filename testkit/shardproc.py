@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+
 from testkit.procutil import REPO, read_tail, tree_env, wait_for_ready_file
 from testkit.shard_client import ShardClient
 
@@ -14,10 +16,20 @@ from testkit.shard_client import ShardClient
 class ShardProcess:
     """A ``python -m shard`` subprocess on a free loopback port with its own data directory.
 
-    ``root`` is the source tree the shard runs from (default: this checkout).
+    ``root`` is the source tree the shard runs from (default: this checkout). ``credentials``:
+    what its client connects with (a shard started with ``--tls-*`` needs the cluster client
+    certificate).
     """
 
-    def __init__(self, data_dir: Path, *extra_args: str, log_path: Path | None = None, root: Path = REPO) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        log_path: Path | None = None,
+        root: Path = REPO,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.credentials = credentials
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
         self.log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
@@ -50,7 +62,7 @@ class ShardProcess:
         except TimeoutError:
             self.kill()
             raise
-        self.client = ShardClient(self.address)
+        self.client = ShardClient(self.address, credentials=self.credentials)
         self.client.wait_ready()
         return self.client
 

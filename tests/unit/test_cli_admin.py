@@ -4,6 +4,7 @@ objects, ``--watch`` (a line per change, stops when finished), and each subcomma
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Iterator
@@ -253,6 +254,10 @@ class FakeConnection:
     def __init__(self, address: str) -> None:
         self.address = address
         self.admin = FakeConnection.admin_stub
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FakeConnection:
+        return cls(args.address)
 
     def open(self) -> FakeConnection:
         return self

@@ -4,6 +4,7 @@ are built by the same code as the sync client's (``_ops``, ``_convert``)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from vectorsearch_client import _admin as adm
 from vectorsearch_client import _convert as cv
 from vectorsearch_client import _media as media
 from vectorsearch_client import _ops
+from vectorsearch_client._channels import channel_credentials, tls_options
 from vectorsearch_client._proto import admin_service_pb2_grpc as admin_grpc
 from vectorsearch_client._proto import search_service_pb2_grpc as pb_grpc
 from vectorsearch_client.client import counted, progress_bar
@@ -29,7 +31,10 @@ class AsyncClient:
 
     ``timeout`` is the deadline, in seconds, of every call (each method takes ``timeout=`` to
     override it); idempotent calls are retried by gRPC on UNAVAILABLE, up to ``max_attempts``.
-    ``api_key`` is sent as ``authorization: Bearer <key>``; ``credentials`` makes a TLS channel.
+    ``api_key`` is sent as ``authorization: Bearer <key>``. TLS: ``tls_ca`` (a PEM CA file) or
+    ``root_certificates`` (its bytes) to trust, ``tls_cert``/``tls_key`` (PEM files) when the
+    server requires a client certificate, ``tls_server_name`` when its certificate names another
+    host than ``address``'s; or any grpc ``credentials``. None of them: plain text.
     Failed calls raise ``VectorSearchError`` subclasses (``vectorsearch_client.errors``).
     """
 
@@ -41,8 +46,14 @@ class AsyncClient:
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         max_attempts: int = 5,
+        tls_ca: str | os.PathLike[str] | None = None,
+        root_certificates: bytes | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
-        options = cv.channel_options(max_attempts)
+        options = cv.channel_options(max_attempts) + tls_options(tls_server_name)
+        credentials = channel_credentials(credentials, tls_ca, root_certificates, tls_cert, tls_key)
         if credentials is None:
             channel = grpc.aio.insecure_channel(address, options=options)
         else:
