@@ -132,7 +132,7 @@ def test_quick_start_against_a_single_node_started_outside_the_checkout(
 
 
 def test_console_scripts_run_outside_the_checkout(installed: Path, workdir: Path) -> None:
-    for script in ("vsearch-shard", "vsearch-cluster", "vsearch", "vsearch-healthcheck"):
+    for script in ("vsearch-shard", "vsearch-cluster", "vsearch", "vsearch-healthcheck", "vsearch-certs"):
         done = _run(installed, [script, "--help"], workdir)
         assert done.returncode == 0, f"{script}: {done.stderr}"
         assert "usage" in done.stdout.lower()
