@@ -53,7 +53,7 @@ RETRY_AFTER_KEY = "retry-after-ms"
 
 
 # An absolute path: a "/" that starts a token (not inside a URI like file:///x or a word like items/s).
-_ABS_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()\[\]{},;]+")
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()\[\]{},;]*[^\s'\"()\[\]{},;:.]")  # (not its closing : or .)
 # SQL text as SQLAlchemy and database drivers put it in their messages.
 _SQL = re.compile(
     r"\[SQL:|sqlalche\.me|\b(?:SELECT|INSERT|UPDATE|DELETE)\b.*\b(?:FROM|INTO|SET|WHERE|VALUES)\b", re.DOTALL

@@ -66,8 +66,9 @@ def refill() -> None:
 def refused(call: Callable[[], Any]) -> tuple[str, dict[str, str]]:
     with pytest.raises(grpc.RpcError) as err:
         call()
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-    return err.value.details(), dict(err.value.trailing_metadata())
+    error: Any = err.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    return error.details() or "", dict(error.trailing_metadata())
 
 
 def upsert_request(n: int, start: int = 0) -> pb.UpsertRequest:
@@ -183,7 +184,8 @@ def test_a_stream_held_open_takes_the_one_concurrency_slot(node: SingleNodeProce
         while True:  # until the stream is open on the server
             try:
                 stub.ListCollections(pb.ListCollectionsRequest(), timeout=5)
-            except grpc.RpcError as exc:
+            except grpc.RpcError as rpc_error:
+                exc: Any = rpc_error
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "1 calls are in flight" in (exc.details() or "")
                 assert int(dict(exc.trailing_metadata())[RETRY_AFTER_KEY]) > 0

@@ -34,7 +34,7 @@ class FakeClock:
         return self.now
 
 
-class Binder(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class Binder(grpc.ServerInterceptor):
     """What the API-key interceptor will do: bind the caller's Principal around the handler."""
 
     def __init__(self, principals: dict[str, Principal]) -> None:
@@ -44,7 +44,8 @@ class Binder(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(details)
         if handler is None or (handler.unary_unary is None and handler.stream_unary is None):
             return handler
-        key = dict(details.invocation_metadata or ()).get(KEY, "")
+        metadata: Any = details.invocation_metadata or ()
+        key = dict(metadata).get(KEY, "")
         who = self.principals.get(key, principal.OPEN)
 
         def bound(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -142,12 +143,13 @@ def refused(call: Callable[[], Any]) -> tuple[str, dict[str, str]]:
     """The details and trailing metadata of a call that must end RESOURCE_EXHAUSTED."""
     with pytest.raises(grpc.RpcError) as err:
         call()
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-    return err.value.details(), dict(err.value.trailing_metadata())
+    error: Any = err.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    return error.details() or "", dict(error.trailing_metadata())
 
 
 def refusals(limit: str) -> float:
-    return metrics.RATE_LIMITED.labels(limit)._value.get()  # type: ignore[attr-defined]
+    return float(metrics.RATE_LIMITED.labels(limit)._value.get())
 
 
 def test_a_caller_over_its_request_rate_is_refused_with_a_hint_while_another_is_not(serve: Any) -> None:
