@@ -47,6 +47,12 @@ def request_id() -> str | None:
     return _request_id.get()
 
 
+def internal_message(rid: str | None) -> str:
+    """What a client reads for an unexpected server error: nothing of it but the request id
+    under which the log holds the exception and its traceback."""
+    return f"internal error (request id {rid or 'unknown'}); the server log has the details"
+
+
 # ---------------------------------------------------------------------------- formatting
 class _ContextFilter(logging.Filter):
     """Puts the served call's request id and trace ids on every record."""
@@ -166,6 +172,17 @@ def _begin(context: grpc.ServicerContext) -> tuple[Any, Any]:
     return metadata, _request_id.set(rid)
 
 
+def _unexpected(context: grpc.ServicerContext, method: str) -> None:
+    """An exception escaped a handler without a status (not one that went through
+    ``core.status.abort``, whose ``context.abort`` sets it): grpcio would send its text as
+    UNKNOWN. Logs it with the traceback and ends the call as INTERNAL with the generic message."""
+    if getattr(context, "code", lambda: None)() is not None:
+        return  # aborted with a status: the exception is grpcio's way of ending the call
+    rid = _request_id.get()
+    rpc_log.exception("%s failed (request id %s)", method, rid)
+    context.abort(grpc.StatusCode.INTERNAL, internal_message(rid))
+
+
 def _unary(behavior: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Any:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -173,7 +190,11 @@ def _unary(behavior: Callable[[Any, grpc.ServicerContext], Any], method: str) ->
         failed = True
         try:
             with tracing.server_span(method, metadata):
-                reply = behavior(request, context)
+                try:
+                    reply = behavior(request, context)
+                except Exception:
+                    _unexpected(context, method)
+                    raise
             failed = False
             return reply
         finally:
@@ -190,7 +211,11 @@ def _streamed(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], me
         failed = True
         try:
             with tracing.server_span(method, metadata):
-                yield from behavior(request, context)
+                try:
+                    yield from behavior(request, context)
+                except Exception:
+                    _unexpected(context, method)
+                    raise
             failed = False
         finally:
             _log_end(method, _code(context, failed), started)

@@ -41,6 +41,10 @@ REBALANCE_STATE = Gauge(
     "vs_rebalance_state", "1 for the state of the latest rebalance (all 0 when there was none)", ["state"]
 )
 REBALANCE_ITEMS_COPIED = Gauge("vs_rebalance_items_copied", "items copied by the latest rebalance's moves")
+# server/ratelimit.py: calls refused with RESOURCE_EXHAUSTED by a rate limit or the concurrency cap.
+RATE_LIMITED = Counter(
+    "vs_rate_limited", "calls refused by a limit: requests or items per second, or concurrency", ["limit"]
+)
 
 
 class _Children:

@@ -5,18 +5,25 @@ remote service turn a ``grpc.RpcError`` back into the same domain error with
 :func:`from_rpc_error`, so a shard's NOT_FOUND is ``NotFound`` whether the shard is in-process
 or across a socket. Anything that is not a ``DomainError`` is a bug: it is logged and sent as
 INTERNAL, and the process keeps serving.
+
+What a client reads (issue #18): an unexpected error is INTERNAL with a generic message naming
+the call's request id (also in the ``x-request-id`` trailing metadata, ``core.logs``), while the
+exception and its traceback go to the log under that id. A domain error keeps its message, less
+what a client must never see: absolute file paths become ``<path>``, and a message carrying SQL
+text is replaced as a whole by the generic one (the original is logged under the request id).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from core import calls, errors
+from core import calls, errors, logs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,21 @@ for _cls, _code in _TABLE:
 _FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
 # Trailing metadata of a RESOURCE_EXHAUSTED whose error carries a retry hint (milliseconds).
 RETRY_AFTER_KEY = "retry-after-ms"
+
+
+# An absolute path: a "/" that starts a token (not inside a URI like file:///x or a word like items/s).
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()\[\]{},;]*[^\s'\"()\[\]{},;:.]")  # (not its closing : or .)
+# SQL text as SQLAlchemy and database drivers put it in their messages.
+_SQL = re.compile(
+    r"\[SQL:|sqlalche\.me|\b(?:SELECT|INSERT|UPDATE|DELETE)\b.*\b(?:FROM|INTO|SET|WHERE|VALUES)\b", re.DOTALL
+)
+
+
+def public_message(message: str) -> str:
+    """``message`` as a client may read it: no absolute paths, no SQL (see the module docstring)."""
+    if _SQL.search(message):
+        return logs.internal_message(logs.request_id())
+    return _ABS_PATH.sub("<path>", message)
 
 
 def to_code(exc: BaseException) -> grpc.StatusCode | None:
@@ -80,13 +102,18 @@ def abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoR
         log.info("%s: %s", method, exc)
     if code is None and client_gone(context, method, exc):
         context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+    rid = logs.request_id()
     if code is None:
-        log.exception("%s failed", method)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        log.exception("%s failed (request id %s)", method, rid)
+        context.abort(grpc.StatusCode.INTERNAL, logs.internal_message(rid))
     if isinstance(exc, errors.ResourceExhausted) and exc.retry_after_s is not None:
         kept = tuple(context.trailing_metadata() or ())  # e.g. the request id (core/logs.py)
         context.set_trailing_metadata((*kept, (RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000))))))
-    context.abort(code, str(exc))
+    message = str(exc)
+    public = public_message(message)
+    if public != message:
+        log.warning("%s: %s: %s (request id %s; the client was sent: %s)", method, code.name, message, rid, public)
+    context.abort(code, public)
 
 
 class MalformedRequest:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core import status
 from core.errors import (
     AlreadyExists,
     DomainError,
@@ -358,7 +359,8 @@ class Rebalancer:
     def _note_error(self, row: RebalanceRow, exc: DomainError) -> None:
         message = f"{type(exc).__name__}: {exc}"
         log.warning("rebalance %d (%s): %s", row.id, row.state, message)
-        self.store.update_rebalance(row.id, row.state, self.owner, error=message)
+        # clients read it (RebalanceStatus.error): no paths, no SQL (core.status.public_message)
+        self.store.update_rebalance(row.id, row.state, self.owner, error=status.public_message(message))
         dead = self._dead_target(row)
         if dead and State(row.state).abortable:
             log.warning("rebalance %d: target %s unreachable for too long; aborting", row.id, dead)

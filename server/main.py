@@ -35,6 +35,7 @@ from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
 from router.rebalance import RebalanceOptions, Rebalancer
 from router.topology import JOINING, ShardInfo, Topology, TopologyStore, make_engine
+from server import ratelimit
 from server.engine import Engine, EngineOptions
 from server.fetch import FetchPolicy, UriFetcher
 from server.media import MediaEngine
@@ -115,6 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=int(_env("max_streams", str(DEFAULT_MAX_STREAMS))),
         help="client streams (UpsertStream) served at once; more are RESOURCE_EXHAUSTED",
     )
+    ratelimit.add_arguments(p, _env)  # --rate-limit-*, --max-concurrent-requests (docs/rate-limits.md)
     p.add_argument(
         "--health-interval-s",
         type=float,
@@ -231,7 +233,12 @@ class ServerProcess:
             # never starve Search or Health (threads are started only when needed)
             futures.ThreadPoolExecutor(max_workers=args.workers + args.max_streams, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
-            interceptors=[logs.RequestInterceptor(), *([MetricsInterceptor()] if args.metrics_listen else [])],
+            interceptors=[
+                logs.RequestInterceptor(),  # outermost: the request id, also on refused calls
+                *([MetricsInterceptor()] if args.metrics_listen else []),
+                # (#18) the API-key interceptor goes here: it binds the Principal the rate limiter reads
+                ratelimit.RateLimitInterceptor(ratelimit.RateLimits.from_args(args)),
+            ],
         )
         add_servicer(
             self.server,

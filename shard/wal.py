@@ -288,7 +288,7 @@ class Wal:
                     written += os.write(self._fd, frame[written:])
             except OSError as exc:
                 self._undo_partial_write(active.size, exc)
-                raise Unavailable(f"write-ahead log write failed: {exc}") from exc
+                raise Unavailable(f"write-ahead log write failed: {exc.strerror}") from exc
             active.size += len(frame)
             self._next_seq = seq + 1
             return seq
@@ -317,7 +317,7 @@ class Wal:
             except OSError as exc:
                 # After a failed fsync the page cache state is unknown: stop taking writes.
                 self._failure = exc
-                raise Unavailable(f"write-ahead log fsync failed: {exc}") from exc
+                raise Unavailable(f"write-ahead log fsync failed: {exc.strerror}") from exc
             finally:
                 os.close(fd)
             self._synced_seq = max(self._synced_seq, target)

@@ -1,10 +1,13 @@
-"""Every unary call as an ``Op``: which RPC, its request and how to read its response. The sync
-and asyncio clients differ only in how they send an Op."""
+"""Every unary call as an ``Op``: which RPC, its request and how to read its response, and
+:class:`Attempts`, when to send it again. The sync and asyncio clients differ only in how they
+send an Op and how they sleep."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from vectorsearch_client import _admin as adm
@@ -12,9 +15,56 @@ from vectorsearch_client import _convert as cv
 from vectorsearch_client import _media as media
 from vectorsearch_client._proto import admin_service_pb2 as admin_pb
 from vectorsearch_client._proto import search_service_pb2 as pb
+from vectorsearch_client.errors import ResourceExhausted, VectorSearchError
 from vectorsearch_client.filters import Filter
 
 T = TypeVar("T")
+
+RETRY_JITTER = 0.1
+"""Each wait on a retry hint is the hint plus up to this share of it (and up to 10 ms more), so
+callers refused together do not all come back at once."""
+
+
+def is_idempotent(service: str, method: str) -> bool:
+    """Whether the RPC may be sent again (per the proto comments, ``_convert.IDEMPOTENT``)."""
+    return method in cv.IDEMPOTENT.get(service, ())
+
+
+@dataclass
+class Attempts:
+    """The attempts of one call: an idempotent call refused with RESOURCE_EXHAUSTED and a retry
+    hint (``retry-after-ms``) is sent again after the hint, while the wait ends before the
+    call's deadline (``timeout`` from its first attempt) and ``max_attempts`` are not used up.
+    Anything else is raised: other errors, a non-idempotent call, a refusal without a hint."""
+
+    idempotent: bool
+    max_attempts: int
+    timeout: float
+    started: float = field(default_factory=time.monotonic)
+    attempt: int = 1
+
+    @classmethod
+    def of(cls, service: str, method: str, max_attempts: int, timeout: float) -> Attempts:
+        return cls(is_idempotent(service, method), max_attempts, timeout)
+
+    def remaining(self) -> float:
+        """The deadline of the next attempt: the whole ``timeout`` for the first."""
+        if self.attempt == 1:
+            return self.timeout
+        return self.timeout - (time.monotonic() - self.started)
+
+    def backoff(self, error: VectorSearchError) -> float | None:
+        """Seconds to wait before the next attempt, or None: raise ``error``."""
+        if not self.idempotent or not isinstance(error, ResourceExhausted) or error.retry_after_s is None:
+            return None
+        if self.attempt >= self.max_attempts:
+            return None
+        hint = max(0.0, error.retry_after_s)
+        delay = hint + random.uniform(0.0, RETRY_JITTER * hint + 0.01)
+        if delay >= self.timeout - (time.monotonic() - self.started):
+            return None  # the deadline would pass before the server takes it: say so now
+        self.attempt += 1
+        return delay
 
 
 @dataclass(frozen=True)

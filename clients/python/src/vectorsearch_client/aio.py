@@ -30,7 +30,8 @@ class AsyncClient:
     """The asyncio variant of ``Client`` (grpc.aio), with the same methods as coroutines.
 
     ``timeout`` is the deadline, in seconds, of every call (each method takes ``timeout=`` to
-    override it); idempotent calls are retried by gRPC on UNAVAILABLE, up to ``max_attempts``.
+    override it); idempotent calls are retried by gRPC on UNAVAILABLE, up to ``max_attempts``, and by
+    the client on RESOURCE_EXHAUSTED with the server's retry hint, after it (within the deadline).
     ``api_key`` is sent as ``authorization: Bearer <key>``. TLS: ``tls_ca`` (a PEM CA file) or
     ``root_certificates`` (its bytes) to trust, ``tls_cert``/``tls_key`` (PEM files) when the
     server requires a client certificate, ``tls_server_name`` when its certificate names another
@@ -59,25 +60,37 @@ class AsyncClient:
         else:
             channel = grpc.aio.secure_channel(address, credentials, options=options)
         stubs = {cv.SEARCH: pb_grpc.SearchServiceStub(channel), cv.ADMIN: admin_grpc.AdminServiceStub(channel)}
-        self._setup(channel, stubs, timeout, api_key)
+        self._setup(channel, stubs, timeout, api_key, max_attempts)
 
     def _setup(
-        self, channel: grpc.aio.Channel | None, stubs: dict[str, Any], timeout: float, api_key: str | None
+        self,
+        channel: grpc.aio.Channel | None,
+        stubs: dict[str, Any],
+        timeout: float,
+        api_key: str | None,
+        max_attempts: int = 5,
     ) -> None:
         self._channel = channel
         self._stubs = stubs
         self.timeout = timeout
         self._metadata = cv.call_metadata(api_key)
+        self._max_attempts = max_attempts
 
     @classmethod
     def from_stubs(
-        cls, *, search: Any = None, admin: Any = None, timeout: float = 10.0, api_key: str | None = None
+        cls,
+        *,
+        search: Any = None,
+        admin: Any = None,
+        timeout: float = 10.0,
+        api_key: str | None = None,
+        max_attempts: int = 5,
     ) -> AsyncClient:
         """A client that sends through the given stubs of SearchService and AdminService: generated
         ones on a channel you manage (grpc.aio), or test doubles with the same methods. ``close()``
         closes nothing then; ``wait_ready`` returns at once."""
         client = cls.__new__(cls)
-        client._setup(None, {cv.SEARCH: search, cv.ADMIN: admin}, timeout, api_key)
+        client._setup(None, {cv.SEARCH: search, cv.ADMIN: admin}, timeout, api_key, max_attempts)
         return client
 
     async def close(self) -> None:
@@ -104,12 +117,21 @@ class AsyncClient:
         await self.close()
 
     async def _run(self, op: _ops.Op[T], timeout: float | None) -> T:
+        """Sends ``op``; an idempotent call refused with a retry hint is sent again after it
+        (``_ops.Attempts``: within its deadline and ``max_attempts``)."""
         method = getattr(self._stubs[op.service], op.method)
-        try:
-            response = await method(op.request, **self._options(timeout))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return op.parse(response)
+        attempts = _ops.Attempts.of(op.service, op.method, self._max_attempts, timeout or self.timeout)
+        while True:
+            try:
+                response = await method(op.request, **self._options(attempts.remaining()))
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = attempts.backoff(error)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+                continue
+            return op.parse(response)
 
     async def _run_stream(self, op: _ops.StreamOp[T], timeout: float | None) -> T:
         method = getattr(self._stubs[op.service], op.method)
