@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 
@@ -43,6 +43,12 @@ def _code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
+def _abort(context: grpc.ServicerContext, exc: DomainError) -> NoReturn:
+    code = status.to_code(exc)
+    assert code is not None
+    context.abort(code, str(exc))
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -94,21 +100,27 @@ class _Call:
         self.rule = rule
 
     # ------------------------------------------------------------------ admission
-    def _admit(self, request: Any, streaming: bool, context: grpc.ServicerContext) -> Principal:
-        """The caller's principal, or the call aborted (UNAUTHENTICATED / PERMISSION_DENIED)."""
+    def _authenticate(self, context: grpc.ServicerContext) -> Principal:
+        """The caller's principal, or the call aborted UNAUTHENTICATED (PERMISSION_DENIED for a
+        method without a rule)."""
         try:
             if self.rule is None:
                 log.error("no role rule for %s: refused (add it to server/auth/roles.py)", self.method)
                 raise PermissionDenied(f"{roles.method_name(self.method)} is not open to API keys")
-            principal = self.owner.keys.authenticate(bearer_token(context.invocation_metadata()))
+            return self.owner.keys.authenticate(bearer_token(context.invocation_metadata()))
+        except DomainError as exc:
+            _abort(context, exc)
+
+    def _authorize(self, principal: Principal, request: Any, streaming: bool, context: grpc.ServicerContext) -> None:
+        """Aborts the call PERMISSION_DENIED unless the rule allows it to ``principal`` (a client
+        stream's messages are checked as they are read: :meth:`_checked`)."""
+        assert self.rule is not None
+        try:
             roles.check_call(principal, self.method, self.rule)
             if self.rule.scope is Scope.COLLECTION and not streaming and not isinstance(request, MalformedRequest):
                 roles.check_collection(principal, self.method, self.rule.collection(request))
-            return principal
         except DomainError as exc:
-            code = status.to_code(exc)
-            assert code is not None
-            context.abort(code, str(exc))
+            _abort(context, exc)
 
     def _checked(self, requests: Iterator[Any], principal: Principal) -> Iterator[Any]:
         """A client stream whose messages' collections are checked as the handler reads them (an
@@ -162,7 +174,8 @@ class _Call:
             principal: Principal | None = None
             failed = True
             try:
-                principal = self._admit(request, streaming, context)
+                principal = self._authenticate(context)
+                self._authorize(principal, request, streaming, context)
                 if streaming and self.rule is not None and self.rule.scope is Scope.COLLECTION:
                     request = self._checked(request, principal)
                 with bind(principal):
@@ -183,7 +196,8 @@ class _Call:
             principal: Principal | None = None
             failed = True
             try:
-                principal = self._admit(request, streaming, context)
+                principal = self._authenticate(context)
+                self._authorize(principal, request, streaming, context)
                 if streaming and self.rule is not None and self.rule.scope is Scope.COLLECTION:
                     request = self._checked(request, principal)
                 with bind(principal):  # held while the handler's generator runs, not just its call
