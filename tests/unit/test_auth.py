@@ -177,7 +177,8 @@ def handler(method: str, behavior: Any, kind: str, audit: AuditLog | None = None
         "stream_unary": grpc.stream_unary_rpc_method_handler,
         "unary_stream": grpc.unary_stream_rpc_method_handler,
     }[kind]
-    wrapped = AuthInterceptor(Keys(), audit, RULES).intercept_service(lambda d: make(behavior), Details(method))
+    details: Any = Details(method)
+    wrapped = AuthInterceptor(Keys(), audit, RULES).intercept_service(lambda d: make(behavior), details)
     assert wrapped is not None
     return getattr(wrapped, kind)
 
