@@ -2,7 +2,8 @@
 state file ``vsearch up`` leaves for the others.
 
 Address: ``--address``, else ``$VSEARCH_ADDRESS``, else ``127.0.0.1:7000`` (where
-``python -m server.cluster`` and ``vsearch up`` listen by default). Home: ``$VSEARCH_HOME``,
+``python -m server.cluster`` and ``vsearch up`` listen by default). API key: ``--api-key``, else
+``$VSEARCH_API_KEY``, else none (docs/api-keys.md). Home: ``$VSEARCH_HOME``,
 else ``~/.local/share/vectorsearch`` (``vsearch up`` keeps its data there and writes
 ``up.json``: the address it serves and the embedding model, so ``vsearch index`` can create a
 collection of the model's dimension).
@@ -29,6 +30,10 @@ class CliError(Exception):
 
 def default_address() -> str:
     return os.environ.get("VSEARCH_ADDRESS") or DEFAULT_ADDRESS
+
+
+def default_api_key() -> str | None:
+    return os.environ.get("VSEARCH_API_KEY") or None
 
 
 def home() -> Path:
@@ -83,13 +88,14 @@ class UpState:
 
 
 class Connection:
-    """The SDK client (``client``) of the server at ``address``. ``open()`` waits up to
+    """The SDK client (``client``) of the server at ``address``, sending ``api_key`` (``--api-key``,
+    else ``$VSEARCH_API_KEY``) when given. ``open()`` waits up to
     ``timeout`` for the server to answer and raises CliError (one line naming the address) when
     it does not."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, api_key: str | None = None) -> None:
         self.address = address
-        self.client = Client(address, timeout=RPC_TIMEOUT_S)
+        self.client = Client(address, timeout=RPC_TIMEOUT_S, api_key=api_key or None)
 
     def open(self, timeout: float = CONNECT_TIMEOUT_S) -> Connection:
         try:

@@ -12,9 +12,12 @@
     vsearch admin rebalance-status [--id N] [--watch]
                                                    a rebalance's state, per move (--watch: until done)
     vsearch admin abort-rebalance                  abort the running rebalance
+    vsearch admin keys create NAME --role R [--collection C]...
+                                                   an API key (printed once); list [--all]; revoke ID
 
 Every command but ``up`` talks to ``--address`` (else ``$VSEARCH_ADDRESS``, else
-127.0.0.1:7000). ``status``, ``search`` and the ``admin`` commands print JSON with ``--json``.
+127.0.0.1:7000), sending ``--api-key`` (else ``$VSEARCH_API_KEY``) when the server needs keys.
+``status``, ``search`` and the ``admin`` commands print JSON with ``--json``.
 Exit codes: 0 success; 1 ``index`` finished but some files failed, or ``admin rebalance-status
 --watch`` saw the rebalance end aborted; 2 an error reported as one line (server unreachable,
 unknown collection, bad arguments, a refused admin call).
@@ -33,6 +36,11 @@ from cli.common import CliError, Connection
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsearch", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--address", default=common.default_address(), help="server host:port (env VSEARCH_ADDRESS)")
+    parser.add_argument(
+        "--api-key",
+        default=common.default_api_key(),
+        help="the API key to send (env VSEARCH_API_KEY; prefer the variable: a flag shows in the process list)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from cli import up
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cli import admin
 
-    admin.add_arguments(commands.add_parser("admin", help="shards and rebalancing (add, drain, remove, status)"))
+    admin.add_arguments(commands.add_parser("admin", help="shards, rebalancing and API keys"))
     return parser
 
 
@@ -83,7 +91,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CliError("--batch must be 1..256 and --jobs at least 1")
     files = find_files(args.paths)
     options = IndexOptions(args.collection, batch=args.batch, jobs=args.jobs, dim=args.dim, tags=tuple(args.tag))
-    with Connection(args.address).open() as conn:
+    with Connection(args.address, args.api_key).open() as conn:
         described = ensure_collection(conn, options)
         print(
             f"indexing {len(files)} files into {args.collection!r} ({described.count} items, "
@@ -123,7 +131,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from cli import search
 
-    with Connection(args.address).open() as conn:
+    with Connection(args.address, args.api_key).open() as conn:
         answer = search.search(
             conn, args.collection, args.k, text=args.text, image=args.image, tags=args.tag, explain=args.explain
         )
@@ -134,7 +142,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from cli import status
 
-    with Connection(args.address).open() as conn:
+    with Connection(args.address, args.api_key).open() as conn:
         result = status.status(conn)
     print(status.format_json(result) if args.json else status.format_text(result))
     return 0
