@@ -14,9 +14,10 @@ server with a bootstrap key to get back in.
 
 Revocation: every server keeps a snapshot of the table, re-read in the background every
 ``refresh_s`` (1 s) and on demand when it is older than ``max_age_s`` (2 s) or a presented key id
-is not in it (at most every 0.1 s). A key revoked through any server stops working on every other
-one within about ``refresh_s`` plus one read, and never later than ``max_age_s`` while the
-database answers; a server that cannot read it keeps its last snapshot (logged).
+is not in it (at most every 0.1 s: a key created through another server works at once). A key
+revoked through any server stops working on every other one within about ``refresh_s`` plus one
+read, and never later than ``max_age_s`` while the database answers; a server that cannot read it
+keeps its last snapshot (logged).
 """
 
 from __future__ import annotations
@@ -187,11 +188,15 @@ class KeyStore:
         if was_open and keys and self._thread is not None:  # not the first read, at start
             log.warning("an API key was created: API keys are enforced from now on (docs/api-keys.md)")
 
-    def _reload(self) -> _Snapshot:
-        """Re-reads the keys unless another thread just did (at most every 0.1 s); on a database
-        error keeps the last snapshot. Returns the current snapshot."""
+    def _reload(self, wait: bool = False) -> _Snapshot:
+        """Re-reads the keys unless that was tried less than 0.1 s ago (``wait``: then waits for
+        the end of those 0.1 s and reads); on a database error keeps the last snapshot. Returns
+        the current snapshot."""
         with self._reload_lock:
             now = time.monotonic()
+            if wait and now - self._last_attempt < MIN_RELOAD_INTERVAL_S:
+                time.sleep(MIN_RELOAD_INTERVAL_S - (now - self._last_attempt))
+                now = time.monotonic()
             if now - self._last_attempt >= MIN_RELOAD_INTERVAL_S:
                 self._last_attempt = now
                 try:
@@ -233,7 +238,7 @@ class KeyStore:
             raise Unauthenticated("the API key is malformed (expected vs_<id>_<secret>)")
         record = snapshot.keys.get(key_id)
         if record is None:  # created moments ago through another server?
-            record = self._reload().keys.get(key_id)
+            record = self._reload(wait=True).keys.get(key_id)
         if record is None or not hmac.compare_digest(presented, record.secret_sha256):
             raise Unauthenticated(f"unknown API key (id {key_id})")
         if record.revoked:
