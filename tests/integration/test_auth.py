@@ -101,7 +101,7 @@ def call(channel: grpc.Channel, full: str, key: str | None, rid: str | None = No
     method = METHODS[full]
     messages = REQUESTS[method.name]
     response_cls = message_factory.GetMessageClass(method.output_type)
-    kinds = {
+    kinds: dict[tuple[bool, bool], Any] = {
         (False, False): channel.unary_unary,
         (True, False): channel.stream_unary,
         (False, True): channel.unary_stream,
