@@ -12,6 +12,7 @@ database within 2 seconds, without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pytest
 from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from vectorsearch_client import Client, PermissionDenied, Unauthenticated
+from vectorsearch_client import AsyncClient, Client, PermissionDenied, Unauthenticated
 
 from core.principal import Principal, Role
 from server.auth import roles
@@ -349,3 +350,35 @@ def test_open_until_the_first_key_and_revocation_across_servers(tmp_path: Path) 
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_sdk_manages_keys_sync_and_async(server: Server) -> None:
+    with server.client("admin") as admin:
+        created = admin.create_api_key("sdk", "write", collections=["c"], requests_per_s=10, items_per_s=1000)
+        key = created.key
+        assert (key.name, key.role, key.collections, key.requests_per_s, key.items_per_s) == (
+            "sdk",
+            "write",
+            ("c",),
+            10.0,
+            1000.0,
+        )
+        assert created.api_key.startswith(f"vs_{key.key_id}_") and created.api_key not in repr(created)
+        assert {k.key_id: k for k in admin.list_api_keys()}[key.key_id] == key
+        with pytest.raises(ValueError):
+            admin.create_api_key("x", "superuser")
+    with Client(server.address, api_key=created.api_key) as sdk_key:
+        assert sdk_key.upsert("c", ["w1"], [[0.0, 1.0, 0.0, 0.0]]) == 1
+
+    async def manage() -> None:
+        async with AsyncClient(server.address, api_key=server.keys["admin"]) as client:
+            assert key.key_id in {k.key_id for k in await client.list_api_keys()}
+            assert await client.revoke_api_key(key.key_id)
+            assert not await client.revoke_api_key(key.key_id)
+            revoked = {k.key_id: k for k in await client.list_api_keys(include_revoked=True)}[key.key_id]
+            assert revoked.revoked and key.key_id not in {k.key_id for k in await client.list_api_keys()}
+            made = await client.create_api_key("async", "read")
+            assert made.key.role == "read" and made.key.collections is None
+
+    asyncio.run(manage())
+    assert refused(server.address, created.api_key)
