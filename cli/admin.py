@@ -6,12 +6,17 @@
     vsearch admin rebalance [--dry-run]
     vsearch admin rebalance-status [--id N] [--watch]
     vsearch admin abort-rebalance
+    vsearch admin keys create NAME --role read|write|admin [--collection C]... [--requests-per-s N] [--items-per-s N]
+    vsearch admin keys list [--all]
+    vsearch admin keys revoke ID
 
 Contract: each subcommand is one RPC (``rebalance-status --watch`` polls GetRebalanceStatus
 every second until the rebalance is done or aborted, printing a line per change). Plans and
 statuses print as tables (per move: source → target, state, items copied/planned, WAL lag,
 elapsed, error), or as JSON with ``--json`` (``--watch --json``: one object per line per
-change). Exit codes: 0 success; 1 ``rebalance-status --watch`` saw the rebalance end aborted;
+change). ``keys create`` prints the new key once (``--json``: ``{"key": {...}, "api_key": ...}``);
+``keys list`` a table of ids, names, roles, collections, limits and times, never secrets (docs/api-keys.md).
+Exit codes: 0 success; 1 ``rebalance-status --watch`` saw the rebalance end aborted;
 2 an error as one line (the server's status code and message).
 
 The calls go through the Python SDK (``vectorsearch_client``); its typed replies are converted
@@ -38,6 +43,7 @@ from cli.common import RPC_TIMEOUT_S, CliError, Connection, call_error
 from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 
 WATCH_INTERVAL_S = 1.0
+ROLES = ("read", "write", "admin")
 T = TypeVar("T")
 ARROW = "→"
 
@@ -70,8 +76,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     sub.add_parser("abort-rebalance", help="abort the running rebalance (rolls forward after the switch)")
 
-    for command in sub.choices.values():
-        command.add_argument("--json", action="store_true", help="JSON instead of tables")
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke (docs/api-keys.md)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    create = keys_sub.add_parser("create", help="create an API key (printed once: store it)")
+    create.add_argument("name", metavar="NAME", help="a label, e.g. ingest-job")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument(
+        "--collection", action="append", default=[], help="restrict the key to this collection (repeatable)"
+    )
+    create.add_argument("--requests-per-s", type=float, default=None, help="per-key request rate limit")
+    create.add_argument("--items-per-s", type=float, default=None, help="per-key item rate limit")
+    listing = keys_sub.add_parser("list", help="the API keys (never their secrets)")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
+    revoke = keys_sub.add_parser("revoke", help="revoke an API key (every server refuses it within 2 s)")
+    revoke.add_argument("key_id", metavar="ID")
+
+    for command in [*sub.choices.values(), *keys_sub.choices.values()]:
+        if command is not keys:
+            command.add_argument("--json", action="store_true", help="JSON instead of tables")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -158,6 +180,67 @@ def rebalance_status(conn: Connection, rebalance_id: int = 0) -> RebalanceStatus
 def abort_rebalance(conn: Connection) -> RebalanceStatus | None:
     client = client_of(conn)
     return rebalance_of(_call("abort-rebalance", lambda: client.abort_rebalance()))
+
+
+def create_key(conn: Connection, args: argparse.Namespace) -> sdk.CreatedApiKey:
+    client = client_of(conn)
+    return _call(
+        "keys create",
+        lambda: client.create_api_key(
+            args.name,
+            args.role,
+            collections=args.collection or None,
+            requests_per_s=args.requests_per_s,
+            items_per_s=args.items_per_s,
+        ),
+    )
+
+
+def key_dict(k: sdk.ApiKey) -> dict[str, Any]:
+    return dict(asdict(k), collections=list(k.collections) if k.collections is not None else None)
+
+
+def when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def format_keys(keys: Sequence[sdk.ApiKey]) -> str:
+    """The keys as a table (one row per key), never a secret."""
+    if not keys:
+        return "no API keys (the server runs open unless it has a bootstrap key)"
+    rows = [
+        [
+            k.key_id,
+            k.name,
+            k.role,
+            ", ".join(k.collections) if k.collections else "all",
+            "/".join("-" if x is None else f"{x:g}" for x in (k.requests_per_s, k.items_per_s)),
+            when(k.created_at),
+            when(k.revoked_at),
+        ]
+        for k in keys
+    ]
+    return table.render(["id", "name", "role", "collections", "req/s / items/s", "created", "revoked"], rows)
+
+
+def run_keys(conn: Connection, args: argparse.Namespace) -> tuple[Any, str]:
+    """``vsearch admin keys ...``: the JSON value and the text to print."""
+    client = client_of(conn)
+    if args.keys_command == "create":
+        created = create_key(conn, args)
+        k = created.key
+        scope = f", collections {', '.join(k.collections)}" if k.collections else ""
+        text = (
+            f"API key {k.key_id} ({k.name}, {k.role}{scope}) created:\n\n    {created.api_key}\n\n"
+            "Store it now: it is not shown again (the server keeps only its hash)."
+        )
+        return {"key": key_dict(k), "api_key": created.api_key}, text
+    if args.keys_command == "list":
+        keys = _call("keys list", lambda: client.list_api_keys(include_revoked=args.all))
+        return [key_dict(k) for k in keys], format_keys(keys)
+    revoked = _call("keys revoke", lambda: client.revoke_api_key(args.key_id))
+    text = f"API key {args.key_id} revoked" if revoked else f"API key {args.key_id} was already revoked"
+    return {"key_id": args.key_id, "revoked": revoked}, text
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -297,7 +380,9 @@ def run(args: argparse.Namespace) -> int:
     command = args.admin_command
     out: Any
     with Connection.from_args(args).open() as conn:
-        if command == "add-shard":
+        if command == "keys":
+            out, text = run_keys(conn, args)
+        elif command == "add-shard":
             started = add_shard(conn, args.shard_id, args.shard_address, args.weight, not args.no_rebalance)
             out = {"shard_id": args.shard_id, "rebalance": status_dict(started)}
             text = f"shard {args.shard_id} added at {args.shard_address} (weight {args.weight:g})"

@@ -2,7 +2,8 @@
 state file ``vsearch up`` leaves for the others.
 
 Address: ``--address``, else ``$VSEARCH_ADDRESS``, else ``127.0.0.1:7000`` (where
-``python -m server.cluster`` and ``vsearch up`` listen by default). Home: ``$VSEARCH_HOME``,
+``python -m server.cluster`` and ``vsearch up`` listen by default). API key: ``--api-key``, else
+``$VSEARCH_API_KEY``, else none (docs/api-keys.md). Home: ``$VSEARCH_HOME``,
 else ``~/.local/share/vectorsearch`` (``vsearch up`` keeps its data there and writes
 ``up.json``: the address it serves and the embedding model, so ``vsearch index`` can create a
 collection of the model's dimension).
@@ -54,6 +55,10 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-key", default=env("VSEARCH_TLS_KEY") or None, metavar="FILE", help="its key (env VSEARCH_TLS_KEY)"
     )
+
+
+def default_api_key() -> str | None:
+    return os.environ.get("VSEARCH_API_KEY") or None
 
 
 def home() -> Path:
@@ -108,25 +113,42 @@ class UpState:
 
 
 class Connection:
-    """The SDK client (``client``) of the server at ``address``. ``open()`` waits up to
+    """The SDK client (``client``) of the server at ``address``, sending ``api_key`` (``--api-key``,
+    else ``$VSEARCH_API_KEY``) when given. ``open()`` waits up to
     ``timeout`` for the server to answer and raises CliError (one line naming the address) when
     it does not."""
 
     def __init__(
-        self, address: str, tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None
+        self,
+        address: str,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.address = address
         self.tls = bool(tls_ca or tls_cert)
         try:
-            self.client = Client(address, timeout=RPC_TIMEOUT_S, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+            self.client = Client(
+                address,
+                timeout=RPC_TIMEOUT_S,
+                api_key=api_key or None,
+                tls_ca=tls_ca,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+            )
         except (OSError, ValueError) as exc:
             raise CliError(f"TLS: {exc}") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Connection:
-        """The connection of the global options ``--address`` and ``--tls-*``."""
+        """The connection of the global options ``--address``, ``--tls-*`` and ``--api-key``."""
         return cls(
-            args.address, getattr(args, "tls_ca", None), getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+            args.address,
+            getattr(args, "tls_ca", None),
+            getattr(args, "tls_cert", None),
+            getattr(args, "tls_key", None),
+            getattr(args, "api_key", None),
         )
 
     def open(self, timeout: float = CONNECT_TIMEOUT_S) -> Connection:

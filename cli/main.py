@@ -12,10 +12,13 @@
     vsearch admin rebalance-status [--id N] [--watch]
                                                    a rebalance's state, per move (--watch: until done)
     vsearch admin abort-rebalance                  abort the running rebalance
+    vsearch admin keys create NAME --role R [--collection C]...
+                                                   an API key (printed once); list [--all]; revoke ID
 
 Every command but ``up`` talks to ``--address`` (else ``$VSEARCH_ADDRESS``, else
-127.0.0.1:7000), over TLS with ``--tls-ca FILE`` (``$VSEARCH_TLS_CA``; docs/tls.md). ``status``,
-``search`` and the ``admin`` commands print JSON with ``--json``.
+127.0.0.1:7000), over TLS with ``--tls-ca FILE`` (``$VSEARCH_TLS_CA``; docs/tls.md), sending
+``--api-key`` (else ``$VSEARCH_API_KEY``) when the server needs keys. ``status``, ``search`` and
+the ``admin`` commands print JSON with ``--json``.
 Exit codes: 0 success; 1 ``index`` finished but some files failed, or ``admin rebalance-status
 --watch`` saw the rebalance end aborted; 2 an error reported as one line (server unreachable,
 unknown collection, bad arguments, a refused admin call).
@@ -35,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsearch", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--address", default=common.default_address(), help="server host:port (env VSEARCH_ADDRESS)")
     common.add_tls_arguments(parser)
+    parser.add_argument(
+        "--api-key",
+        default=common.default_api_key(),
+        help="the API key to send (env VSEARCH_API_KEY; prefer the variable: a flag shows in the process list)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from cli import up
@@ -72,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cli import admin
 
-    admin.add_arguments(commands.add_parser("admin", help="shards and rebalancing (add, drain, remove, status)"))
+    admin.add_arguments(commands.add_parser("admin", help="shards, rebalancing and API keys"))
     return parser
 
 

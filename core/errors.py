@@ -24,6 +24,15 @@ class AlreadyExists(DomainError):
     """A collection exists with a different spec."""
 
 
+class Unauthenticated(DomainError):
+    """The call carries no API key, or one the server does not know (or that was revoked)."""
+
+
+class PermissionDenied(DomainError):
+    """The caller's API key may not make this call: its role is too low, or the collection is
+    not one of the key's."""
+
+
 class OutOfRange(DomainError):
     """A requested position (e.g. a WAL sequence number) is outside what is kept."""
 

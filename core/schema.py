@@ -36,7 +36,10 @@ METADATA = "metadata"
 """Component of the collection and item metadata tables (``vs_collections``, ``vs_item*``,
 ``vs_attr_types``, ``vs_pending_writes``)."""
 METADATA_VERSION = 4  # 2: vs_pending_writes; 3: vs_collection_models; 4: vs_payload_only
-COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION}
+AUTH = "auth"
+"""Component of the API keys table (``vs_api_keys``; ``server/auth/keys.py``)."""
+AUTH_VERSION = 1  # 1: vs_api_keys (revision 0002)
+COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION, AUTH: AUTH_VERSION}
 """Every component and the schema version of it this code writes."""
 
 metadata = sa.MetaData()
@@ -171,6 +174,24 @@ pending_writes = sa.Table(
     sa.Column("ids", sa.Text, nullable=False),  # JSON list of item ids
     sa.Column("created_at", sa.Float, nullable=False),  # unix time
     sa.Index("vs_pending_writes_by_age", "created_at"),
+)
+
+# ------------------------------------------------------------------------ API keys
+# One row per API key (``vs_<id>_<secret>``): only the SHA-256 of the whole key is stored. A
+# revoked key keeps its row (revoked_at set), so its id is never reused and the audit log's key
+# ids stay meaningful.
+api_keys = sa.Table(
+    "vs_api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),  # hex of sha256(the whole key)
+    sa.Column("role", sa.String(16), nullable=False),  # read, write, admin
+    sa.Column("collections", sa.Text),  # JSON list of names; NULL: every collection
+    sa.Column("requests_per_s", sa.Float),  # NULL: the server's default
+    sa.Column("items_per_s", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),  # unix time
+    sa.Column("revoked_at", sa.Float),  # NULL while valid
 )
 
 

@@ -41,6 +41,8 @@ _TABLE: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.CorruptionError, grpc.StatusCode.DATA_LOSS),
     (errors.Internal, grpc.StatusCode.INTERNAL),
     (errors.WrongRoute, grpc.StatusCode.ABORTED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 _TO_CODE: dict[type[errors.DomainError], grpc.StatusCode] = dict(_TABLE)
 _FROM_CODE: dict[grpc.StatusCode, type[errors.DomainError]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -17,9 +18,11 @@ import grpc
 from core import limits, status
 from core.errors import DomainError, Internal, InvalidArgument, ResourceExhausted
 from core.items import ItemMeta
+from core.principal import Principal, Role
 from core.text import check_text, quote
 from core.vectors import Matrix
 from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
+from server.auth.keys import ApiKeyRecord
 from server.media import ItemOutcome, MediaItem
 from server.query import (
     PLAN_LEGACY_SQL,
@@ -238,6 +241,51 @@ def cluster_status_to_proto(
     if rebalance is not None:
         reply.rebalance.CopyFrom(rebalance_status_to_proto(rebalance))
     return reply
+
+
+def shard_health_for(principal: Principal, shards: Sequence[ShardHealth]) -> list[ShardHealth]:
+    """What ``principal`` may see of the probed shards: addresses (also inside error messages)
+    only for admins, item counts only of its collections."""
+    out = []
+    for health in shards:
+        if not principal.may(Role.ADMIN):
+            error = health.error.replace(health.address, "<address>") if health.address else health.error
+            health = replace(health, address="", error=error)
+        if principal.collections is not None:
+            counts = {c: n for c, n in health.collection_counts.items() if c in principal.collections}
+            health = replace(health, collection_counts=counts)
+        out.append(health)
+    return out
+
+
+# ---------------------------------------------------------------------------------- API keys
+_ROLES = {
+    Role.READ: admin_pb.API_KEY_ROLE_READ,
+    Role.WRITE: admin_pb.API_KEY_ROLE_WRITE,
+    Role.ADMIN: admin_pb.API_KEY_ROLE_ADMIN,
+}
+_ROLES_BACK: dict[int, Role] = {int(number): role for role, number in _ROLES.items()}
+
+
+def role_from_proto(value: int) -> Role:
+    role = _ROLES_BACK.get(value)
+    if role is None:
+        raise InvalidArgument("role must be API_KEY_ROLE_READ, API_KEY_ROLE_WRITE or API_KEY_ROLE_ADMIN")
+    return role
+
+
+def api_key_to_proto(record: ApiKeyRecord) -> admin_pb.ApiKey:
+    """A stored key for the client: never its hash."""
+    return admin_pb.ApiKey(
+        key_id=record.key_id,
+        name=record.name,
+        role=_ROLES[record.role],
+        collections=sorted(record.collections or ()),
+        requests_per_s=record.requests_per_s or 0.0,
+        items_per_s=record.items_per_s or 0.0,
+        created_at=record.created_at,
+        revoked_at=record.revoked_at or 0.0,
+    )
 
 
 # ---------------------------------------------------------------------------------- rebalancing

@@ -2,7 +2,8 @@
 
 Reads the shard topology from the metadata database (see router/topology.py; register shards
 with ``--register-shard ID=HOST:PORT`` or through the database), serves SearchService and
-AdminService plus gRPC health and reflection. Stateless: run as many as you like against one
+AdminService plus gRPC health and reflection, behind API keys once any exist (docs/api-keys.md).
+Stateless: run as many as you like against one
 database. Every flag has a ``VS_SERVER_<FLAG>`` environment variable. SIGTERM drains.
 
 gRPC health: ``""`` (the process) and ``vectorsearch.v1.AdminService`` are SERVING while the
@@ -35,7 +36,10 @@ from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
 from router.rebalance import RebalanceOptions, Rebalancer
 from router.topology import JOINING, ShardInfo, Topology, TopologyStore, make_engine
-from server import ratelimit
+from server import auth, ratelimit
+from server.auth.audit import AuditLog
+from server.auth.interceptor import AuthInterceptor
+from server.auth.keys import KeyStore
 from server.engine import Engine, EngineOptions
 from server.fetch import FetchPolicy, UriFetcher
 from server.media import MediaEngine
@@ -182,6 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --metrics-listen (this process's endpoint) and the recall probe of the --local-shard
     add_metrics_arguments(p, _env)
     tls.add_server_arguments(p, _env)  # --tls-cert/-key/-client-ca, --shard-tls-ca/-cert/-key
+    auth.add_arguments(p, _env)  # --admin-key-file, --audit-log
 
 
 class ServerProcess:
@@ -228,15 +233,19 @@ class ServerProcess:
         fetcher = UriFetcher(FetchPolicy(tuple(Path(d) for d in args.allow_file_root), args.allow_http_fetch))
         self.media = MediaEngine(self.engine, self.embedder, fetcher)
         limit = args.max_message_mb << 20
+        self.keys = KeyStore(engine, bootstrap_key=auth.bootstrap_key(args))
+        self.audit = AuditLog.open(args.audit_log)
         self.server = grpc.server(
             # one thread per stream slot on top of the workers for unary calls: idle streams can
             # never starve Search or Health (threads are started only when needed)
             futures.ThreadPoolExecutor(max_workers=args.workers + args.max_streams, thread_name_prefix="rpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            # request ids first (also on refused calls), metrics (refusals counted by code), then API
+            # keys, which bind the Principal the rate limiter reads
             interceptors=[
-                logs.RequestInterceptor(),  # outermost: the request id, also on refused calls
+                logs.RequestInterceptor(),
                 *([MetricsInterceptor()] if args.metrics_listen else []),
-                # (#18) the API-key interceptor goes here: it binds the Principal the rate limiter reads
+                AuthInterceptor(self.keys, self.audit),
                 ratelimit.RateLimitInterceptor(ratelimit.RateLimits.from_args(args)),
             ],
         )
@@ -253,7 +262,7 @@ class ServerProcess:
         )
         add_servicer(
             self.server,
-            AdminServicer(self.topology, self.engine, rebalancer=self.rebalancer),
+            AdminServicer(self.topology, self.engine, rebalancer=self.rebalancer, keys=self.keys),
             admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
         )
         self.health = health.HealthServicer()
@@ -273,6 +282,7 @@ class ServerProcess:
 
     def start(self) -> None:
         self.probe = start_metrics(self.args, lambda: self.registries)
+        self.keys.start()  # logs a WARNING when no keys are configured (open)
         if self.args.metrics_listen:
             metrics.write_address(self.args.ready_file, metrics.serve(self.args.metrics_listen))
         self.server.start()
@@ -404,6 +414,9 @@ class ServerProcess:
         self.rebalancer.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=5).wait()
+        self.keys.stop()
+        if self.audit is not None:
+            self.audit.close()
         self.engine.router.close()
         if self.probe is not None:
             self.probe.stop()

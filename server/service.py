@@ -15,12 +15,13 @@ from typing import Any
 
 import grpc
 
-from core import status
+from core import principal, status
 from core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from core.status import handled
 from router.moves import RebalanceAdmin
 from router.topology import TopologyStore
 from server import convert
+from server.auth.keys import KeyStore
 from server.engine import Engine
 from server.fetch import FetchPolicy, UriFetcher
 from server.media import ItemOutcome, MediaEngine
@@ -82,7 +83,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @handled
     def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext) -> Any:
-        return pb.ListCollectionsResponse(collections=[spec_to_proto(s) for s in self.engine.list_collections()])
+        allowed = principal.current().collections  # a restricted key sees only its collections
+        specs = [s for s in self.engine.list_collections() if allowed is None or s.name in allowed]
+        return pb.ListCollectionsResponse(collections=[spec_to_proto(s) for s in specs])
 
     @handled
     def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: grpc.ServicerContext) -> Any:
@@ -197,9 +200,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
-    """Cluster status, compaction and (with a ``rebalancer``) online rebalancing: the topology
-    RPCs check their input, call ``router.moves.RebalanceAdmin`` and convert its result; without
-    a rebalancer they are FAILED_PRECONDITION."""
+    """Cluster status, compaction, (with a ``rebalancer``) online rebalancing and (with ``keys``)
+    API keys: the topology RPCs check their input, call ``router.moves.RebalanceAdmin`` and
+    convert its result; without a rebalancer (key store) they are FAILED_PRECONDITION. Who may
+    call which is the interceptor's business (``server/auth``); ClusterStatus shows shard
+    addresses only to admins."""
 
     def __init__(
         self,
@@ -208,11 +213,13 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
         probe_timeout_s: float = 1.0,
         *,
         rebalancer: RebalanceAdmin | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.topology = topology
         self.engine = engine
         self.probe_timeout_s = probe_timeout_s
         self.rebalancer = rebalancer
+        self.keys = keys
 
     def _rebalancer(self) -> RebalanceAdmin:
         if self.rebalancer is None:
@@ -227,7 +234,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     @handled
     def ClusterStatus(self, request: admin_pb.ClusterStatusRequest, context: grpc.ServicerContext) -> Any:
         topology = self.topology.load()
-        health = self.engine.shard_health(topology, self.probe_timeout_s)
+        health = convert.shard_health_for(principal.current(), self.engine.shard_health(topology, self.probe_timeout_s))
         if self.rebalancer is None:
             return convert.cluster_status_to_proto(topology.ring_version, health)
         shard_states = getattr(self.rebalancer, "shard_states", None)  # absent on older rebalancers
@@ -269,3 +276,30 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
     @handled
     def AbortRebalance(self, request: admin_pb.AbortRebalanceRequest, context: grpc.ServicerContext) -> Any:
         return convert.abort_rebalance_response_to_proto(self._rebalancer().abort())
+
+    def _keys(self) -> KeyStore:
+        if self.keys is None:
+            raise FailedPrecondition("API keys are not available in this server")
+        return self.keys
+
+    @handled
+    def CreateApiKey(self, request: admin_pb.CreateApiKeyRequest, context: grpc.ServicerContext) -> Any:
+        record, key = self._keys().create(
+            request.name,
+            convert.role_from_proto(request.role),
+            list(request.collections),
+            request.requests_per_s,
+            request.items_per_s,
+        )
+        return admin_pb.CreateApiKeyResponse(key=convert.api_key_to_proto(record), api_key=key)
+
+    @handled
+    def ListApiKeys(self, request: admin_pb.ListApiKeysRequest, context: grpc.ServicerContext) -> Any:
+        records = self._keys().list(request.include_revoked)
+        return admin_pb.ListApiKeysResponse(keys=[convert.api_key_to_proto(r) for r in records])
+
+    @handled
+    def RevokeApiKey(self, request: admin_pb.RevokeApiKeyRequest, context: grpc.ServicerContext) -> Any:
+        if not request.key_id:
+            raise InvalidArgument("key_id is required")
+        return admin_pb.RevokeApiKeyResponse(revoked=self._keys().revoke(request.key_id))

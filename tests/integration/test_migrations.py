@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
@@ -128,6 +129,38 @@ def test_a_database_from_before_migrations_is_stamped_and_keeps_its_rows(url: st
     assert _rows(engine, schema.cluster) == [(1, 3)]
     assert _shape(engine) == _reference_shape(url)
     assert MetadataStore(engine).keeps_index("c")  # made before payloads: keeps its SQL index
+    engine.dispose()
+
+
+def test_a_database_at_the_baseline_revision_upgrades_to_api_keys(url: str) -> None:
+    """A database a server of revision 0001 made (before API keys) gets ``vs_api_keys`` and the
+    ``auth`` component, keeps its rows, and takes keys afterwards."""
+    engine = _engine(url)
+    with migrations.locked(engine) as conn:
+        command.upgrade(migrations.config(conn), "0001")
+        for component in (schema.TOPOLOGY, schema.METADATA):
+            conn.execute(
+                schema.schema_version.insert().values(component=component, version=schema.COMPONENTS[component])
+            )
+        conn.execute(schema.cluster.insert().values(singleton=1, ring_version=5))
+        conn.execute(schema.collections.insert().values(name="c", spec='{"name": "c"}'))
+    with engine.connect() as conn:
+        assert migrations.current_revisions(conn) == ("0001",)
+        assert not sa.inspect(conn).has_table(schema.api_keys.name)
+    MetadataStore(engine).migrate()
+    with engine.connect() as conn:
+        assert migrations.current_revisions(conn) == (migrations.head(),) == ("0002",)
+        assert dict(conn.execute(sa.select(schema.schema_version)).all()) == schema.COMPONENTS
+    assert _rows(engine, schema.collections) == [("c", '{"name": "c"}')]
+    assert _rows(engine, schema.cluster) == [(1, 5)]
+    assert _shape(engine) == _reference_shape(url)
+    with engine.begin() as conn:
+        conn.execute(
+            schema.api_keys.insert().values(
+                id="k1", name="n", secret_sha256="0" * 64, role="read", collections=None, created_at=1.0
+            )
+        )
+    assert _rows(engine, schema.api_keys) == [("k1", "n", "0" * 64, "read", None, None, None, 1.0, None)]
     engine.dispose()
 
 

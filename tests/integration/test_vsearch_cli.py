@@ -148,7 +148,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(up: Up) -> None:
         assert reply.returncode == 2 and reply.stdout == ""
         assert reply.stderr.strip().splitlines() == [
             f"vsearch: cannot reach a vectorsearch server at {nobody} "
-            "(start one with `vsearch up`, or set --address / VSEARCH_ADDRESS)"
+            "(start one with `vsearch up`, or set --address / VSEARCH_ADDRESS; if it serves TLS, pass --tls-ca)"
         ]
     missing = vsearch(up, "search", "x", "--collection", "nope")
     assert missing.returncode == 2 and missing.stderr.startswith("vsearch: search 'nope': NOT_FOUND")

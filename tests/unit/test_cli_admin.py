@@ -251,13 +251,14 @@ class FakeAdmin:
 class FakeConnection:
     admin_stub: FakeAdmin
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, api_key: str | None = None) -> None:
         self.address = address
+        self.api_key = api_key
         self.admin = FakeConnection.admin_stub
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FakeConnection:
-        return cls(args.address)
+        return cls(args.address, getattr(args, "api_key", None))
 
     def open(self) -> FakeConnection:
         return self
@@ -351,3 +352,67 @@ def test_an_unknown_state_from_a_newer_server_is_one_line(stub: FakeAdmin, capsy
     assert capsys.readouterr().err.startswith(
         "vsearch: rebalance-status: cannot read the reply: unknown rebalance state 77"
     )
+
+
+def test_keys_commands(stub: FakeAdmin, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    key = admin_pb.ApiKey(
+        key_id="0123456789ab", name="ingest", role=admin_pb.API_KEY_ROLE_WRITE, collections=["docs"], created_at=1.0
+    )
+    secret = "vs_0123456789ab_" + "s" * 43
+    stub.replies["CreateApiKey"] = admin_pb.CreateApiKeyResponse(key=key, api_key=secret)
+    stub.replies["ListApiKeys"] = admin_pb.ListApiKeysResponse(keys=[key])
+    stub.replies["RevokeApiKey"] = [admin_pb.RevokeApiKeyResponse(revoked=True), admin_pb.RevokeApiKeyResponse()]
+    assert run("keys", "create", "ingest", "--role", "write", "--collection", "docs", "--items-per-s", "100") == 0
+    out = capsys.readouterr().out
+    assert secret in out and "not shown again" in out
+    request = stub.requests[-1][1]
+    assert (request.name, request.role, list(request.collections), request.items_per_s, request.requests_per_s) == (
+        "ingest",
+        admin_pb.API_KEY_ROLE_WRITE,
+        ["docs"],
+        100.0,
+        0.0,
+    )
+    assert run("keys", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [
+        {
+            "key_id": "0123456789ab",
+            "name": "ingest",
+            "role": "write",
+            "collections": ["docs"],
+            "requests_per_s": None,
+            "items_per_s": None,
+            "created_at": 1.0,
+            "revoked_at": None,
+        }
+    ]
+    assert run("keys", "list", "--all") == 0
+    table_out = capsys.readouterr().out
+    assert "0123456789ab" in table_out and secret not in table_out
+    assert stub.requests[-1][1].include_revoked
+    assert run("keys", "revoke", "0123456789ab") == 0 and capsys.readouterr().out.strip().endswith("revoked")
+    assert run("keys", "revoke", "0123456789ab") == 0 and "already revoked" in capsys.readouterr().out
+    stub.replies["ListApiKeys"] = FakeCall(grpc.StatusCode.PERMISSION_DENIED, "ListApiKeys needs the admin role")
+    assert run("keys", "list") == 2
+    assert capsys.readouterr().err.strip() == (
+        "vsearch: keys list: PERMISSION_DENIED: ListApiKeys needs the admin role"
+    )
+
+
+def test_the_api_key_comes_from_the_flag_or_the_environment(
+    stub: FakeAdmin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str | None] = []
+
+    class Recording(FakeConnection):
+        def __init__(self, address: str, api_key: str | None = None) -> None:
+            super().__init__(address, api_key)
+            seen.append(api_key)
+
+    monkeypatch.setattr(admin, "Connection", Recording)
+    stub.replies["AbortRebalance"] = admin_pb.AbortRebalanceResponse()
+    assert main(["--address", "127.0.0.1:1", "--api-key", "k1", "admin", "abort-rebalance"]) == 0
+    monkeypatch.setenv("VSEARCH_API_KEY", "k2")
+    assert main(["--address", "127.0.0.1:1", "admin", "abort-rebalance"]) == 0
+    assert seen == ["k1", "k2"]

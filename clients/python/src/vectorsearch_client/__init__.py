@@ -8,7 +8,9 @@ with Client("127.0.0.1:7000") as client:
 """
 
 from vectorsearch_client._admin import (
+    ApiKey,
     ClusterStatus,
+    CreatedApiKey,
     MovePlan,
     MoveStatus,
     RebalanceResult,
@@ -36,7 +38,9 @@ from vectorsearch_client.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
     UnreadableReply,
@@ -47,10 +51,12 @@ from vectorsearch_client.filters import F, Field, Filter
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "ApiKey",
     "AsyncClient",
     "Client",
     "ClusterStatus",
     "Collection",
+    "CreatedApiKey",
     "DeadlineExceeded",
     "EmbeddingModel",
     "F",
@@ -69,6 +75,7 @@ __all__ = [
     "MovePlan",
     "MoveStatus",
     "NotFound",
+    "PermissionDenied",
     "RebalanceResult",
     "RebalanceStatus",
     "ResourceExhausted",
@@ -77,6 +84,7 @@ __all__ = [
     "ShardIndexStatus",
     "ShardStatus",
     "TextItem",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "UnreadableReply",

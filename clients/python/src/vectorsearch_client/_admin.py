@@ -7,7 +7,7 @@ does not know (a newer server) raises ``UnreadableReply``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vectorsearch_client._proto import admin_service_pb2 as admin_pb
@@ -99,6 +99,68 @@ class ShardIndexStatus:
     count: int
     graph_elements: int
     delta_size: int
+
+
+ROLES = ("read", "write", "admin")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as the server stores it (never its secret). ``role``: read, write or admin;
+    ``collections``: the only ones it may use (None: every one); rate limits None: the server's
+    defaults; times are unix seconds, ``revoked_at`` None while the key is valid."""
+
+    key_id: str
+    name: str
+    role: str
+    collections: tuple[str, ...] | None
+    requests_per_s: float | None
+    items_per_s: float | None
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    """A new key: its record and ``api_key``, the whole key to send (``vs_<id>_<secret>``),
+    returned only once."""
+
+    key: ApiKey
+    api_key: str = field(repr=False)
+
+
+def role_number(role: str) -> admin_pb.ApiKeyRole:
+    """``read`` / ``write`` / ``admin`` -> the ApiKeyRole value; ValueError otherwise."""
+    name = role.strip().lower()
+    if name not in ROLES:
+        raise ValueError(f"unknown role {role!r}: read, write or admin")
+    number: admin_pb.ApiKeyRole = getattr(admin_pb, f"API_KEY_ROLE_{name.upper()}")
+    return number
+
+
+def api_key(k: admin_pb.ApiKey) -> ApiKey:
+    return ApiKey(
+        key_id=k.key_id,
+        name=k.name,
+        role=_enum_name(admin_pb.ApiKeyRole, "API_KEY_ROLE_", k.role, "API key role"),
+        collections=tuple(k.collections) or None,
+        requests_per_s=float(k.requests_per_s) or None,
+        items_per_s=float(k.items_per_s) or None,
+        created_at=float(k.created_at),
+        revoked_at=float(k.revoked_at) or None,
+    )
+
+
+def created_api_key(response: admin_pb.CreateApiKeyResponse) -> CreatedApiKey:
+    return CreatedApiKey(api_key(response.key), response.api_key)
+
+
+def api_keys(response: admin_pb.ListApiKeysResponse) -> list[ApiKey]:
+    return [api_key(k) for k in response.keys]
 
 
 def _enum_name(enum: Any, prefix: str, value: int, what: str) -> str:

@@ -232,3 +232,24 @@ def rebalance_status(rebalance_id: int) -> Op[adm.RebalanceStatus | None]:
 
 def abort_rebalance() -> Op[adm.RebalanceStatus | None]:
     return Op(cv.ADMIN, "AbortRebalance", admin_pb.AbortRebalanceRequest(), adm.optional_rebalance)
+
+
+def create_api_key(
+    name: str, role: str, collections: Sequence[str] | None, requests_per_s: float | None, items_per_s: float | None
+) -> Op[adm.CreatedApiKey]:
+    request = admin_pb.CreateApiKeyRequest(
+        name=name,
+        role=adm.role_number(role),
+        collections=[collections] if isinstance(collections, str) else list(collections or ()),
+        requests_per_s=requests_per_s or 0.0,
+        items_per_s=items_per_s or 0.0,
+    )
+    return Op(cv.ADMIN, "CreateApiKey", request, adm.created_api_key)
+
+
+def list_api_keys(include_revoked: bool) -> Op[list[adm.ApiKey]]:
+    return Op(cv.ADMIN, "ListApiKeys", admin_pb.ListApiKeysRequest(include_revoked=include_revoked), adm.api_keys)
+
+
+def revoke_api_key(key_id: str) -> Op[bool]:
+    return Op(cv.ADMIN, "RevokeApiKey", admin_pb.RevokeApiKeyRequest(key_id=key_id), lambda r: bool(r.revoked))

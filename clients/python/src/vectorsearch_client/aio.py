@@ -344,3 +344,29 @@ class AsyncClient:
     async def abort_rebalance(self, *, timeout: float | None = None) -> adm.RebalanceStatus | None:
         """Aborts the running rebalance (it rolls forward when past the switch)."""
         return await self._run(_ops.abort_rebalance(), timeout)
+
+    # API keys (docs/api-keys.md)
+
+    async def create_api_key(
+        self,
+        name: str,
+        role: str,
+        *,
+        collections: Sequence[str] | None = None,
+        requests_per_s: float | None = None,
+        items_per_s: float | None = None,
+        timeout: float | None = None,
+    ) -> adm.CreatedApiKey:
+        """Creates an API key (role: read, write or admin; ``collections``: the only ones it may
+        use, None for all; rate limits None: the server's defaults). ``CreatedApiKey.api_key`` is
+        the whole key, returned only this once. Needs an admin key (or a server without keys)."""
+        return await self._run(_ops.create_api_key(name, role, collections, requests_per_s, items_per_s), timeout)
+
+    async def list_api_keys(self, *, include_revoked: bool = False, timeout: float | None = None) -> list[adm.ApiKey]:
+        """The server's API keys by creation time, never their secrets."""
+        return await self._run(_ops.list_api_keys(include_revoked), timeout)
+
+    async def revoke_api_key(self, key_id: str, *, timeout: float | None = None) -> bool:
+        """Revokes a key on every server sharing the database (within 2 s); False when it already
+        was revoked; NotFound for an unknown id."""
+        return await self._run(_ops.revoke_api_key(key_id), timeout)

@@ -58,6 +58,14 @@ class Unimplemented(VectorSearchError):
     """The server does not offer the call (a server older than this client)."""
 
 
+class Unauthenticated(VectorSearchError):
+    """The server requires an API key and the call had none, or an unknown or revoked one."""
+
+
+class PermissionDenied(VectorSearchError):
+    """The API key's role may not make the call, or the collection is not one of the key's."""
+
+
 class UnreadableReply(ValueError):
     """The server's reply holds a value this client does not know (e.g. a rebalance state added
     by a newer server); the call itself succeeded."""
@@ -72,6 +80,8 @@ _BY_CODE: dict[grpc.StatusCode, type[VectorSearchError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
