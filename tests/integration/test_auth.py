@@ -382,3 +382,48 @@ def test_the_sdk_manages_keys_sync_and_async(server: Server) -> None:
 
     asyncio.run(manage())
     assert refused(server.address, created.api_key)
+
+
+def test_a_rate_limited_key_is_refused_while_another_key_is_not(tmp_path: Path) -> None:
+    """Per-key limits from the key store reach the rate limiter through the bound Principal: a
+    key allowed 1 request/s is refused with a retry hint on its second call in a row, while an
+    unlimited key (the server's defaults: none) and the admin key go on."""
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(BOOTSTRAP + "\n")
+    process = SingleNodeProcess(tmp_path / "node", "--admin-key-file", str(key_file))
+    process.start()
+    try:
+        with Client(process.address, api_key=BOOTSTRAP, max_attempts=1) as admin:
+            admin.create_collection("c", DIM)
+            slow = admin.create_api_key("slow", "read", requests_per_s=1.0).api_key
+            fast = admin.create_api_key("fast", "read").api_key
+        channel = grpc.insecure_channel(process.address)
+        try:
+            list_collections = channel.unary_unary(
+                "/vectorsearch.v1.SearchService/ListCollections",
+                request_serializer=pb.ListCollectionsRequest.SerializeToString,
+                response_deserializer=pb.ListCollectionsResponse.FromString,
+            )
+
+            def call(key: str) -> grpc.RpcError | None:
+                try:
+                    list_collections(
+                        pb.ListCollectionsRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5
+                    )
+                except grpc.RpcError as exc:
+                    return exc
+                return None
+
+            assert call(slow) is None
+            refused = call(slow)
+            assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+            hint: dict[str, Any] = {m.key: m.value for m in refused.trailing_metadata() or ()}
+            assert 0 < int(hint["retry-after-ms"]) <= 1000
+            assert all(call(fast) is None for _ in range(20))
+            assert call(BOOTSTRAP) is None
+            time.sleep(int(hint["retry-after-ms"]) / 1000 + 0.05)
+            assert call(slow) is None  # the hint was honest
+        finally:
+            channel.close()
+    finally:
+        process.stop()
