@@ -9,8 +9,9 @@ for response streams while their generator is iterated, and for client streams e
 collection is checked as the handler reads it. gRPC health is open (no key needed).
 
 Order in ``server/main.py``: after ``core.logs.RequestInterceptor`` (so refusals are logged with
-the request id, which the audit log also records), before the rate limiter and the metrics,
-which therefore see only admitted calls and can read the principal.
+the request id, which the audit log also records) and the metrics interceptor (refusals are
+counted by status code), before the rate limiter, which sees only admitted calls and reads the
+principal.
 """
 
 from __future__ import annotations
