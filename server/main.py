@@ -246,7 +246,9 @@ class ServerProcess:
                 logs.RequestInterceptor(),
                 *([MetricsInterceptor()] if args.metrics_listen else []),
                 AuthInterceptor(self.keys, self.audit),
-                ratelimit.RateLimitInterceptor(ratelimit.RateLimits.from_args(args)),
+                ratelimit.RateLimitInterceptor(
+                    ratelimit.RateLimits.from_args(args), keys_enforced=lambda: self.keys.enforced
+                ),
             ],
         )
         add_servicer(

@@ -92,6 +92,11 @@ class RateLimits:
     max_concurrent: int = 0
     max_keys: int = DEFAULT_MAX_KEYS
 
+    @property
+    def unlimited(self) -> bool:
+        """No default limit at all (a key's own limits may still apply)."""
+        return self.requests_per_s <= 0 and self.items_per_s <= 0 and self.max_concurrent <= 0
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RateLimits:
         return cls(
@@ -151,9 +156,11 @@ class RateLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         limits: RateLimits,
         principal_of: Callable[[grpc.ServicerContext], Principal] = _current_principal,
         clock: Clock = time.monotonic,
+        keys_enforced: Callable[[], bool] = lambda: True,
     ) -> None:
         self.limits = limits
         self.principal_of = principal_of
+        self.keys_enforced = keys_enforced
         self.requests = KeyedLimiter(limits.max_keys, clock)
         self.items = KeyedLimiter(limits.max_keys, clock)
         self.concurrency = ConcurrencyLimit(limits.max_concurrent)
@@ -236,6 +243,10 @@ class RateLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(HEALTH_PREFIX):
+            return handler
+        if self.limits.unlimited and not self.keys_enforced():
+            # No default limits and every caller is OPEN (no per-key limits): nothing to check,
+            # and no per-call wrapper to pay for (the default configuration).
             return handler
         kinds = (
             (handler.unary_unary, grpc.unary_unary_rpc_method_handler, self._unary),

@@ -75,6 +75,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         rule = self.rules.get(method)
         if rule is not None and rule.scope is Scope.OPEN:
             return handler
+        audited = rule is not None and rule.audit and self.audit is not None
+        if rule is not None and not audited and not getattr(self.keys, "enforced", True):
+            # Open mode (no keys): every caller is core.principal.OPEN, the context variable's
+            # default, so an unaudited call needs no wrapper (the default configuration's cost).
+            return handler
         call = _Call(self, method, rule)
         kinds = (
             (handler.unary_unary, grpc.unary_unary_rpc_method_handler, call.unary),

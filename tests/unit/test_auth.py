@@ -271,3 +271,21 @@ def test_permission_denied_is_a_domain_error_with_its_code() -> None:
 
     assert status.to_code(PermissionDenied("x")) == grpc.StatusCode.PERMISSION_DENIED
     assert status.to_code(Unauthenticated("x")) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_open_mode_installs_no_wrapper_except_for_audited_calls(tmp_path: Path) -> None:
+    """Without keys every caller is OPEN (the context variable's default): unaudited calls run
+    unwrapped; an audited one is still wrapped (its line is written); with keys, all are."""
+
+    class OpenKeys(Keys):
+        enforced = False
+
+    plain = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    audit = AuditLog.open(str(tmp_path / "audit.log"))
+
+    def intercepted(keys: Keys, method: str) -> Any:
+        return AuthInterceptor(keys, audit, RULES).intercept_service(lambda _d: plain, Details(method))  # type: ignore[arg-type]
+
+    assert intercepted(OpenKeys(), "/t.S/Ingest") is plain
+    assert intercepted(OpenKeys(), "/t.S/Drop") is not plain
+    assert intercepted(Keys(), "/t.S/Ingest") is not plain

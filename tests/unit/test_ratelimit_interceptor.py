@@ -237,3 +237,21 @@ def test_a_client_stream_whose_tokens_come_after_its_deadline_is_refused(serve: 
     details, trailing = refused(lambda: upsert_stream(channel, [100, 100], timeout=0.5))
     assert "100 items a second" in details and int(trailing[RETRY_AFTER_KEY]) > 500
     assert servicer.served == [100]  # the first message was applied, the second never read
+
+
+def test_no_limits_and_no_keys_install_no_wrapper() -> None:
+    """The default configuration pays nothing per call; a default limit, or keys (which may carry
+    their own limits), put the wrapper back."""
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    class Details:
+        method = "/vectorsearch.v1.SearchService/Search"
+
+    def intercepted(limits: RateLimits, enforced: bool) -> Any:
+        interceptor = RateLimitInterceptor(limits, keys_enforced=lambda: enforced)
+        return interceptor.intercept_service(lambda _details: handler, Details())  # type: ignore[arg-type]
+
+    assert intercepted(RateLimits(), enforced=False) is handler
+    assert intercepted(RateLimits(), enforced=True) is not handler
+    assert intercepted(RateLimits(requests_per_s=5), enforced=False) is not handler
+    assert intercepted(RateLimits(max_concurrent=4), enforced=False) is not handler
