@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from core import tracing
+from core import interceptors, tracing
 
 REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID = 128
@@ -147,20 +147,9 @@ class RequestInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         method = handler_call_details.method
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, _unary),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, _unary),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, _streamed),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, _streamed),
+        return interceptors.rewrap(
+            handler, lambda behavior, _, streamed: (_streamed if streamed else _unary)(behavior, method)
         )
-        for behavior, make, wrap in kinds:
-            if behavior is not None:
-                return make(
-                    wrap(behavior, method),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
 
 
 def _begin(context: grpc.ServicerContext) -> tuple[Any, Any]:

@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from core import interceptors
+
 log = logging.getLogger(__name__)
 
 # Latency buckets from 100 µs (a small exact search) to 30 s (a compaction waited for).
@@ -89,31 +91,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return None
         method = handler_call_details.method
         observe = self._children.observe
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _timed(handler.unary_unary, method, observe),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _timed(handler.stream_unary, method, observe),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _timed_stream(handler.unary_stream, method, observe),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _timed_stream(handler.stream_stream, method, observe),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return interceptors.rewrap(
+            handler, lambda behavior, _, streamed: (_timed_stream if streamed else _timed)(behavior, method, observe)
+        )
 
 
 _Observe = Callable[[str, grpc.StatusCode, float], None]

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 
-from core import metrics, principal, status
+from core import interceptors, metrics, principal, status
 from core.errors import ResourceExhausted
 from core.principal import Principal
 from core.ratelimit import DEFAULT_MAX_KEYS, Clock, ConcurrencyLimit, KeyedLimiter, burst_of
@@ -248,20 +248,13 @@ class RateLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             # No default limits and every caller is OPEN (no per-key limits): nothing to check,
             # and no per-call wrapper to pay for (the default configuration).
             return handler
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, self._unary),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, self._client_stream),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, self._response_stream),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, self._both_streams),
-        )
-        for behavior, make, wrap in kinds:
-            if behavior is not None:
-                return make(
-                    wrap(behavior, method),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        wraps = {
+            (False, False): self._unary,
+            (True, False): self._client_stream,
+            (False, True): self._response_stream,
+            (True, True): self._both_streams,
+        }
+        return interceptors.rewrap(handler, lambda behavior, ins, outs: wraps[ins, outs](behavior, method))
 
     def _admit_or_abort(self, context: grpc.ServicerContext, items: int, method: str) -> Principal:
         try:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 
-from core import logs, status
+from core import interceptors, logs, status
 from core.errors import DomainError, PermissionDenied
 from core.principal import Principal, bind
 from core.status import MalformedRequest
@@ -81,20 +81,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             # default, so an unaudited call needs no wrapper (the default configuration's cost).
             return handler
         call = _Call(self, method, rule)
-        kinds = (
-            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, call.unary),
-            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, call.unary),
-            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, call.streamed),
-            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, call.streamed),
+        return interceptors.rewrap(
+            handler, lambda behavior, ins, outs: (call.streamed if outs else call.unary)(behavior, ins)
         )
-        for behavior, make, wrap in kinds:
-            if behavior is not None:
-                return make(
-                    wrap(behavior, handler.request_streaming),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
 
 
 class _Call:
