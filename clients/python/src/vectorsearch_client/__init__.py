@@ -5,6 +5,9 @@ with Client("127.0.0.1:7000") as client:
     client.create_collection("docs", 384)
     client.upsert("docs", ["a", "b"], vectors, [{"tags": ["x"]}, None])
     hits = client.search("docs", query, k=5, filter=F.tag("x"))
+
+Embedded, no server (needs the server package): ``with vectorsearch_client.open("./db") as client:``,
+the same methods.
 """
 
 from vectorsearch_client._admin import (
@@ -29,6 +32,7 @@ from vectorsearch_client._convert import (
 from vectorsearch_client._media import EmbeddingModel, ImageItem, IngestResult, ItemStatus, TextItem
 from vectorsearch_client.aio import AsyncClient
 from vectorsearch_client.client import Client
+from vectorsearch_client.embedded import DirectoryLocked, EmbeddedClient, open
 from vectorsearch_client.errors import (
     Aborted,
     AlreadyExists,
@@ -52,6 +56,8 @@ __all__ = [
     "ClusterStatus",
     "Collection",
     "DeadlineExceeded",
+    "DirectoryLocked",
+    "EmbeddedClient",
     "EmbeddingModel",
     "F",
     "FailedPrecondition",
@@ -81,4 +87,5 @@ __all__ = [
     "Unimplemented",
     "UnreadableReply",
     "VectorSearchError",
+    "open",
 ]
