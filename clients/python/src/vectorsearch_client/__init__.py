@@ -32,7 +32,8 @@ from vectorsearch_client._convert import (
 from vectorsearch_client._media import EmbeddingModel, ImageItem, IngestResult, ItemStatus, TextItem
 from vectorsearch_client.aio import AsyncClient
 from vectorsearch_client.client import Client
-from vectorsearch_client.embedded import DirectoryLocked, EmbeddedClient, open
+from vectorsearch_client.embedded import DirectoryLocked, EmbeddedClient
+from vectorsearch_client.embedded import open as open  # (a re-export, not in __all__: see there)
 from vectorsearch_client.errors import (
     Aborted,
     AlreadyExists,
@@ -48,6 +49,7 @@ from vectorsearch_client.errors import (
 )
 from vectorsearch_client.filters import F, Field, Filter
 
+# vectorsearch_client.open(path) is left out: a star import keeps the builtin open.
 __all__ = [
     "Aborted",
     "AlreadyExists",
@@ -87,5 +89,4 @@ __all__ = [
     "Unimplemented",
     "UnreadableReply",
     "VectorSearchError",
-    "open",
 ]
