@@ -3,7 +3,8 @@ caller's process. The SDK quick start's operations answer as a real single-node 
 same data (id for id); recall@10 against brute force; every acknowledged write survives a SIGKILL
 of the process that made it; one process owns a directory at a time; bad input raises the
 exceptions the gRPC client raises; close stops the background threads and releases the
-directory. All data seeded."""
+directory; with a Triton serving the seeded random CLIP, ingestion (client streams) and search
+by text and image. All data seeded."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ import pytest
 import vectorsearch_client as vs
 from vectorsearch_client import Client, EmbeddedClient, F
 
+from clipmodel import triton_process
+from testkit.clipdata import pictures
 from testkit.datasets import data_and_queries, unit_rows
 from testkit.serverproc import SingleNodeProcess
 from testkit.truth import exact_top_k, recall_at_k
+from tests.conftest import ClipRepo
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -251,6 +255,8 @@ def bad_calls() -> list[tuple[str, Callable[[Client], Any]]]:
         ("another spec under the same name", lambda c: c.create_collection("errs", DIM + 1)),
         ("a filter of the wrong type", lambda c: c.search("errs", one, filter=F.attr("n").eq("text"))),
         ("text search without a model", lambda c: c.search("errs", text="a red bicycle")),
+        ("ingestion without a model (a stream)", lambda c: c.ingest_texts("errs", ["a red bicycle"])),
+        ("a stream naming no collection", lambda c: c.bulk_upsert("", ["x"], one, progress=False)),
         ("rebalancing", lambda c: c.rebalance()),
     ]
 
@@ -318,3 +324,27 @@ def test_the_directory_is_served_by_the_single_node_server_afterwards(tmp_path: 
             assert [h.id for h in remote.search("moved", vectors[5], k=5, ef=400, filter=F.tag("odd"))] == before
     finally:
         server.stop()
+
+
+def test_text_and_image_with_triton(tmp_path: Path, clip_repo: ClipRepo) -> None:
+    triton = triton_process.TritonProcess(clip_repo.repo, tmp_path / "triton")
+    triton.start(timeout=120)
+    try:
+        with vs.open(tmp_path / "db", timeout=30.0, triton_url=triton.grpc_url) as client:
+            served = client.describe_embedding_model()
+            assert (served.embedding_model, served.dimension) == (clip_repo.identity.id, clip_repo.identity.dim)
+            client.create_collection("media", served.dimension)
+            images = pictures(4, seed=5)
+            result = client.ingest_images("media", [vs.ImageItem(data=d, metadata={"tags": ["pic"]}) for d in images])
+            assert (result.ingested, result.failed) == (4, 0)
+            hits = client.search("media", image=images[2], k=3, filter=F.tag("pic"))
+            assert hits[0].id == result.items[2].id and hits[0].distance < 1e-4
+            texts = ["a red bicycle by a wall", "a cat asleep on a sofa"]
+            client.create_collection("captions", served.dimension)
+            written = client.ingest_texts("captions", texts, batch_size=1)  # two messages on the stream
+            assert written.ingested == 2
+            assert client.search("captions", text=texts[1], k=2)[0].id == written.items[1].id
+            with pytest.raises(vs.InvalidArgument):
+                client.search("captions", text="", k=3)
+    finally:
+        triton.close()
