@@ -175,6 +175,9 @@ class LocalStub:
             request_type = db.GetSymbol(m.input_type.full_name)
             setattr(self, m.name, _call(getattr(servicer, m.name), request_type, m.client_streaming))
 
+    def __getattr__(self, name: str) -> Any:  # (only for names the loop above did not set)
+        raise AttributeError(f"the service has no method {name!r}")
+
 
 class DirectoryLock:
     """An exclusive ``flock`` on ``path`` (created if missing), held until :meth:`release` or
