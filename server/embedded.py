@@ -17,17 +17,16 @@ assembled: the gRPC server and its interceptors (request ids, rate limits, metri
 the topology refresher and the rebalancer (one process owns the only shard: the topology calls
 are FAILED_PRECONDITION).
 
-One process owns a directory at a time: ``DIR/LOCK`` is held with ``flock`` from open to
-``close`` (released by the kernel when the process dies), and a second open, from this process or
-another, is :class:`DirectoryLocked`. ``close`` stops the background threads (compaction, index
+One process owns a directory at a time: ``DIR/shard/LOCK`` is held with ``flock`` from open to
+``close`` (``core/dirlock.py``; released by the kernel when the process dies), and a second open,
+from this process or another, or a server started with ``--local-shard DIR/shard``, is
+:class:`DirectoryLocked`. ``close`` stops the background threads (compaction, index
 repair), fsyncs and closes the logs, then releases the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import threading
@@ -38,6 +37,8 @@ from typing import Any
 
 import grpc
 
+from core.dirlock import DirectoryLock
+from core.dirlock import DirectoryLocked as DirectoryLocked  # what a second open raises
 from core.errors import FailedPrecondition
 from router.fanout import LOCAL_PREFIX, Router
 from router.topology import TopologyStore, make_engine
@@ -54,7 +55,6 @@ from vsproto.v1 import admin_service_pb2, search_service_pb2
 log = logging.getLogger(__name__)
 
 SHARD_ID = "local-0"  # the single-node server's default --local-shard-id
-LOCK_FILE = "LOCK"
 SHARD_DIR = "shard"
 META_DB = "meta.db"
 REPAIR_AFTER_S = 60.0  # as the server's --repair-after-s and --repair-interval-s defaults
@@ -67,10 +67,6 @@ NO_EMBEDDER = (
 
 SEARCH_SERVICE = search_service_pb2.DESCRIPTOR.services_by_name["SearchService"]
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]
-
-
-class DirectoryLocked(RuntimeError):
-    """Another ``open`` (in this process or another) holds the directory."""
 
 
 class LocalRpcError(grpc.RpcError):
@@ -179,40 +175,6 @@ class LocalStub:
         raise AttributeError(f"the service has no method {name!r}")
 
 
-class DirectoryLock:
-    """An exclusive ``flock`` on ``path`` (created if missing), held until :meth:`release` or
-    the process ends. The file names the holder's pid, for the error message of the next one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = ""
-            with contextlib.suppress(OSError):
-                holder = path.read_text().strip()
-            raise DirectoryLocked(
-                f"{path.parent} is open in another vectorsearch process or client"
-                f"{f' (pid {holder})' if holder else ''}: one process owns a directory at a time; "
-                "close the other client first (or serve the directory with the server and connect to it)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
 class EmbeddedServer:
     """The single-node server's engine and servicers over ``path`` in this process (see the
     module docstring). ``triton_url``: Triton's gRPC host:port serving clip_text and clip_image
@@ -232,8 +194,8 @@ class EmbeddedServer:
         collection_options: CollectionOptions | None = None,
     ) -> None:
         self.path = Path(path).expanduser().resolve()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = DirectoryLock(self.path / LOCK_FILE)
+        (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock = DirectoryLock(self.path / SHARD_DIR, self.path)  # the server's --local-shard takes it too
         self._stop = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()

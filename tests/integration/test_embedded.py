@@ -311,17 +311,22 @@ def test_missing_server_package_is_a_clear_import_error(tmp_path: Path) -> None:
 def test_the_directory_is_served_by_the_single_node_server_afterwards(tmp_path: Path) -> None:
     """The layout is the single-node server's: DIR/meta.db and DIR/shard, so a directory grown
     embedded can be served as it is (``--database-url sqlite:///DIR/meta.db --local-shard
-    DIR/shard``)."""
+    DIR/shard``); never while the other has it open (both lock DIR/shard)."""
     ids, vectors, metadata = dataset(seed=3)
+    server = SingleNodeProcess(tmp_path)
     with vs.open(tmp_path) as client:
         client.create_collection("moved", DIM)
         client.upsert("moved", ids, vectors, metadata)
         before = [h.id for h in client.search("moved", vectors[5], k=5, ef=400, filter=F.tag("odd"))]
-    server = SingleNodeProcess(tmp_path)
+        with pytest.raises(RuntimeError, match="exited with 2"):  # the shard is open here: it refuses
+            server.start(timeout=60)
+        assert "is open in another vectorsearch process" in server.log_tail()
     try:
         with Client(server.start(timeout=60), timeout=20.0) as remote:
             assert remote.describe_collection("moved").count == N
             assert [h.id for h in remote.search("moved", vectors[5], k=5, ef=400, filter=F.tag("odd"))] == before
+            with pytest.raises(vs.DirectoryLocked):  # and the other way round
+                vs.open(tmp_path)
     finally:
         server.stop()
 

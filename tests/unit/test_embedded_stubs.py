@@ -14,8 +14,9 @@ from vectorsearch_client import Client, NotFound, ResourceExhausted
 from vectorsearch_client import _convert as cv
 
 from core import errors
+from core.dirlock import DirectoryLock, DirectoryLocked
 from core.status import handled
-from server.embedded import SEARCH_SERVICE, DirectoryLock, DirectoryLocked, LocalContext, LocalRpcError, LocalStub
+from server.embedded import SEARCH_SERVICE, LocalContext, LocalRpcError, LocalStub
 from vsproto.v1 import search_service_pb2 as pb
 
 
@@ -98,9 +99,9 @@ def test_context() -> None:
 
 
 def test_the_directory_lock_is_exclusive_until_released(tmp_path: Path) -> None:
-    first = DirectoryLock(tmp_path / "LOCK")
+    first = DirectoryLock(tmp_path)
     with pytest.raises(DirectoryLocked, match="pid"):
-        DirectoryLock(tmp_path / "LOCK")
+        DirectoryLock(tmp_path, "the database")
     first.release()
     first.release()
-    DirectoryLock(tmp_path / "LOCK").release()
+    DirectoryLock(tmp_path).release()
