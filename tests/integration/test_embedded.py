@@ -3,11 +3,12 @@ caller's process. The SDK quick start's operations answer as a real single-node 
 same data (id for id); recall@10 against brute force; every acknowledged write survives a SIGKILL
 of the process that made it; one process owns a directory at a time; bad input raises the
 exceptions the gRPC client raises; close stops the background threads and releases the
-directory; with a Triton serving the seeded random CLIP, ingestion (client streams) and search
-by text and image. All data seeded."""
+directory; the asyncio variant (open_async); with a Triton serving the seeded random CLIP,
+ingestion (client streams) and search by text and image. All data seeded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -353,3 +354,31 @@ def test_text_and_image_with_triton(tmp_path: Path, clip_repo: ClipRepo) -> None
                 client.search("captions", text="", k=3)
     finally:
         triton.close()
+
+
+def test_the_asyncio_variant(tmp_path: Path) -> None:
+    ids, vectors, metadata = dataset(seed=5)
+    queries = np.random.default_rng(2).standard_normal((8, DIM)).astype(np.float32)
+
+    async def main() -> list[list[str]]:
+        async with vs.open_async(tmp_path / "db", timeout=20.0) as client:
+            assert await client.create_collection("a", DIM, metric="l2") is True
+            assert await client.upsert("a", ids[:100], vectors[:100], metadata[:100]) == 100
+            assert await client.bulk_upsert("a", ids[100:], vectors[100:], metadata[100:], progress=False) == N - 100
+            with pytest.raises(vs.NotFound):
+                await client.get("missing", ["x"])
+            with pytest.raises(vs.InvalidArgument):
+                await client.search("a", np.ones(DIM - 1), k=3)
+            found = await asyncio.gather(  # concurrent calls, each in a worker thread
+                *(client.search("a", q, k=5, ef=400, filter=F.tag("even")) for q in queries)
+            )
+        assert client.closed
+        return [[h.id for h in hits] for hits in found]
+
+    found = asyncio.run(main())
+    with vs.open(tmp_path / "db") as sync:  # released by the async close; the same answers
+        assert found == [[h.id for h in sync.search("a", q, k=5, ef=400, filter=F.tag("even"))] for q in queries]
+    mask = np.arange(N) % 2 == 0
+    rows = np.flatnonzero(mask)
+    truth = [[f"item-{rows[j]}" for j in row] for row in exact_top_k(vectors[rows], queries, 5, metric="l2")]
+    assert found == truth

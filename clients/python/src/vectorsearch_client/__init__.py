@@ -32,7 +32,7 @@ from vectorsearch_client._convert import (
 from vectorsearch_client._media import EmbeddingModel, ImageItem, IngestResult, ItemStatus, TextItem
 from vectorsearch_client.aio import AsyncClient
 from vectorsearch_client.client import Client
-from vectorsearch_client.embedded import DirectoryLocked, EmbeddedClient
+from vectorsearch_client.embedded import AsyncEmbeddedClient, DirectoryLocked, EmbeddedClient, open_async
 from vectorsearch_client.embedded import open as open  # (a re-export, not in __all__: see there)
 from vectorsearch_client.errors import (
     Aborted,
@@ -54,6 +54,7 @@ __all__ = [
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncEmbeddedClient",
     "Client",
     "ClusterStatus",
     "Collection",
@@ -89,4 +90,5 @@ __all__ = [
     "Unimplemented",
     "UnreadableReply",
     "VectorSearchError",
+    "open_async",
 ]
