@@ -31,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import logs, metrics, tls, tracing
+from core.dirlock import DirectoryLock, DirectoryLocked
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
 from router.fanout import LOCAL_PREFIX, Router
@@ -206,8 +207,12 @@ class ServerProcess:
             self._register(shard_id, address)
         self.local: dict[str, LocalShard] = {}
         self.registries: list[Registry] = []
+        self.shard_lock: DirectoryLock | None = None
         if args.local_shard:
             # single-node shape: this process owns a shard and calls it without a second hop
+            Path(args.local_shard).mkdir(parents=True, exist_ok=True)
+            # no other server or embedded client (vectorsearch_client.open) may have it open
+            self.shard_lock = DirectoryLock(Path(args.local_shard))
             registry = Registry(Path(args.local_shard), CollectionOptions())
             registry.open()
             self.registries.append(registry)
@@ -424,6 +429,8 @@ class ServerProcess:
             self.probe.stop()
         for registry in self.registries:
             registry.close()  # fsyncs and closes the logs of the in-process shard
+        if self.shard_lock is not None:
+            self.shard_lock.release()
         if self.embedder is not None:
             self.embedder.close()
         if self.tracer_provider is not None:
@@ -462,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         process = ServerProcess(args)
-    except (CorruptionError, tls.TLSConfigError) as exc:
+    except (CorruptionError, tls.TLSConfigError, DirectoryLocked) as exc:
         log.error("refusing to start: %s", exc)
         return 2
     process.start()

@@ -105,16 +105,19 @@ class _Pending:
 
 
 class MediaEngine:
-    def __init__(self, engine: Engine, embedder: Embedder | None, fetcher: UriFetcher) -> None:
+    def __init__(
+        self, engine: Engine, embedder: Embedder | None, fetcher: UriFetcher, *, no_embedder: str = NO_EMBEDDER
+    ) -> None:
         self.engine = engine
         self.embedder = embedder
         self.fetcher = fetcher
+        self.no_embedder = no_embedder  # the FAILED_PRECONDITION message without an embedder
         self._models: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ models
     def _embedder(self) -> Embedder:
         if self.embedder is None:
-            raise FailedPrecondition(NO_EMBEDDER)
+            raise FailedPrecondition(self.no_embedder)
         return self.embedder
 
     def _recorded_model(self, collection: str) -> str:

@@ -5,6 +5,9 @@ with Client("127.0.0.1:7000") as client:
     client.create_collection("docs", 384)
     client.upsert("docs", ["a", "b"], vectors, [{"tags": ["x"]}, None])
     hits = client.search("docs", query, k=5, filter=F.tag("x"))
+
+Embedded, no server (needs the server package): ``with vectorsearch_client.open("./db") as client:``,
+the same methods.
 """
 
 from vectorsearch_client._admin import (
@@ -31,6 +34,8 @@ from vectorsearch_client._convert import (
 from vectorsearch_client._media import EmbeddingModel, ImageItem, IngestResult, ItemStatus, TextItem
 from vectorsearch_client.aio import AsyncClient
 from vectorsearch_client.client import Client
+from vectorsearch_client.embedded import AsyncEmbeddedClient, DirectoryLocked, EmbeddedClient, open_async
+from vectorsearch_client.embedded import open as open  # (a re-export, not in __all__: see there)
 from vectorsearch_client.errors import (
     Aborted,
     AlreadyExists,
@@ -48,16 +53,20 @@ from vectorsearch_client.errors import (
 )
 from vectorsearch_client.filters import F, Field, Filter
 
+# vectorsearch_client.open(path) is left out: a star import keeps the builtin open.
 __all__ = [
     "Aborted",
     "AlreadyExists",
     "ApiKey",
     "AsyncClient",
+    "AsyncEmbeddedClient",
     "Client",
     "ClusterStatus",
     "Collection",
     "CreatedApiKey",
     "DeadlineExceeded",
+    "DirectoryLocked",
+    "EmbeddedClient",
     "EmbeddingModel",
     "F",
     "FailedPrecondition",
@@ -89,4 +98,5 @@ __all__ = [
     "Unimplemented",
     "UnreadableReply",
     "VectorSearchError",
+    "open_async",
 ]
