@@ -36,10 +36,10 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 import vectorsearch_client as sdk
-from vectorsearch_client import Client, UnreadableReply, VectorSearchError
+from vectorsearch_client import UnreadableReply, VectorSearchError
 
 from cli import table
-from cli.common import RPC_TIMEOUT_S, CliError, Connection, call_error
+from cli.common import CliError, Connection, call_error
 from router.moves import Kind, MovePlan, MoveStatus, RebalanceStatus, State
 
 WATCH_INTERVAL_S = 1.0
@@ -107,13 +107,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------- calls
 
 
-def client_of(conn: Any) -> Client:
-    """The SDK client of a connection; one over its ``admin`` stub when it has none (a stand-in
-    connection that offers only the AdminService stub, as the unit tests use)."""
-    client = getattr(conn, "client", None)
-    return client if isinstance(client, Client) else Client.from_stubs(admin=conn.admin, timeout=RPC_TIMEOUT_S)
-
-
 def _call(what: str, call: Callable[[], T]) -> T:
     """``call()``; a refused call, or a reply this client cannot read, as a one-line CliError."""
     try:
@@ -150,40 +143,40 @@ def rebalance_of(s: sdk.RebalanceStatus | None) -> RebalanceStatus | None:
 
 
 def add_shard(conn: Connection, shard_id: str, address: str, weight: float, start: bool) -> RebalanceStatus | None:
-    client = client_of(conn)
+    client = conn.client
     started = _call("add-shard", lambda: client.add_shard(shard_id, address, weight=weight, no_rebalance=not start))
     return rebalance_of(started)
 
 
 def drain_shard(conn: Connection, shard_id: str) -> RebalanceStatus | None:
-    client = client_of(conn)
+    client = conn.client
     return rebalance_of(_call("drain-shard", lambda: client.drain_shard(shard_id)))
 
 
 def remove_shard(conn: Connection, shard_id: str) -> None:
-    client = client_of(conn)
+    client = conn.client
     _call("remove-shard", lambda: client.remove_shard(shard_id))
 
 
 def rebalance(conn: Connection, dry_run: bool) -> tuple[list[MovePlan], RebalanceStatus | None]:
-    client = client_of(conn)
+    client = conn.client
     result = _call("rebalance", lambda: client.rebalance(dry_run=dry_run))
     plan = [MovePlan(m.source, m.target, m.ranges, dict(m.items)) for m in result.moves]
     return plan, rebalance_of(result.rebalance)
 
 
 def rebalance_status(conn: Connection, rebalance_id: int = 0) -> RebalanceStatus | None:
-    client = client_of(conn)
+    client = conn.client
     return rebalance_of(_call("rebalance-status", lambda: client.rebalance_status(rebalance_id)))
 
 
 def abort_rebalance(conn: Connection) -> RebalanceStatus | None:
-    client = client_of(conn)
+    client = conn.client
     return rebalance_of(_call("abort-rebalance", lambda: client.abort_rebalance()))
 
 
 def create_key(conn: Connection, args: argparse.Namespace) -> sdk.CreatedApiKey:
-    client = client_of(conn)
+    client = conn.client
     return _call(
         "keys create",
         lambda: client.create_api_key(
@@ -225,7 +218,7 @@ def format_keys(keys: Sequence[sdk.ApiKey]) -> str:
 
 def run_keys(conn: Connection, args: argparse.Namespace) -> tuple[Any, str]:
     """``vsearch admin keys ...``: the JSON value and the text to print."""
-    client = client_of(conn)
+    client = conn.client
     if args.keys_command == "create":
         created = create_key(conn, args)
         k = created.key

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from vectorsearch_client import Client
 
 from cli import admin
 from cli.common import CliError
@@ -254,7 +255,7 @@ class FakeConnection:
     def __init__(self, address: str, api_key: str | None = None) -> None:
         self.address = address
         self.api_key = api_key
-        self.admin = FakeConnection.admin_stub
+        self.client = Client.from_stubs(admin=FakeConnection.admin_stub)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FakeConnection:
