@@ -34,7 +34,7 @@ from core.filters import Filter
 from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, planner, records, snapshot
+from shard import exact, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
@@ -629,11 +629,19 @@ class Collection:
             try:
                 sealed = view.sealed
                 assert sealed is not None
+                memtrace.mark(
+                    "sealed",
+                    delta_rows=sealed.rows,
+                    graph_elements=view.graph.elements if view.graph is not None else 0,
+                )
                 new_graph, rebuilt = self._fold(view.graph, sealed, self._sealed_seq)
+                memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                memtrace.mark("snapshot_written")
                 new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
+                memtrace.mark("file_attached")
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:
@@ -651,7 +659,10 @@ class Collection:
             finally:
                 self._compacting = False
             COMPACTION_SECONDS.observe(time.perf_counter() - started)
+            memtrace.mark("published")
+            del view, sealed  # the old graph and the sealed delta go with the last reader's view
             self._prune(wal)
+            memtrace.mark("pruned")
             return CompactResult(info.applied_seq, rebuilt)
 
     def _prune(self, wal: Wal) -> None:
@@ -715,6 +726,7 @@ class Collection:
         else:
             assert graph is not None
             private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count)
+            memtrace.mark("fold_private_copy_loaded", elements=private.elements, capacity=private.elements + live_count)
             index = private.index
             label_ids = private.label_ids
             label_payloads = private.label_payloads
@@ -726,6 +738,7 @@ class Collection:
                 label_payloads[label] = b""
                 old_seq[label] = 0
             seq_parts = [old_seq]
+        memtrace.mark("fold_index_ready", rebuild=rebuild, elements=len(label_ids), adding=live_count)
         first_new = len(label_ids)
         for ids, vectors, payloads, seqs in _live_chunks(sealed, seal_seq):
             base = len(label_ids)
@@ -743,6 +756,7 @@ class Collection:
             for item in sealed.index:
                 label_of.pop(item, None)
             label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
+        memtrace.mark("fold_items_added", elements=len(label_ids))
         new_graph = Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq)
         new_graph.index_fields(columns)
         return new_graph, rebuild and graph is not None
