@@ -725,7 +725,7 @@ class Collection:
                     index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
         else:
             assert graph is not None
-            private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count)
+            private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count, attach=False)
             memtrace.mark("fold_private_copy_loaded", elements=private.elements, capacity=private.elements + live_count)
             index = private.index
             label_ids = private.label_ids

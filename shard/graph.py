@@ -54,16 +54,33 @@ def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDA
         return None
     if path.stat().st_size < _HNSW_HEADER.size + elements * record:
         return None
+    labels = _read_labels(path, elements, record, label_offset)
+    if labels is None or labels.max() >= count:
+        return None
+    # Nothing of the map is touched here: only the rows a caller gathers become resident (the
+    # labels above were read through a small buffer; reading them through the map would leave
+    # every page of the file in this process's RSS, a second copy of the graph's size).
     blob = np.memmap(path, dtype=np.uint8, mode="r", offset=_HNSW_HEADER.size, shape=(elements * record,))
     vectors: Matrix = np.ndarray((elements, dim), dtype="<f4", buffer=blob, offset=data_offset, strides=(record, 4))
-    labels: npt.NDArray[np.uint64] = np.ndarray(
-        (elements,), dtype="<u8", buffer=blob, offset=label_offset, strides=(record,)
-    )
-    if labels.max() >= count:
-        return None
     internal_of_label = np.empty(count, dtype=np.int64)
     internal_of_label[labels.astype(np.int64)] = np.arange(elements)
     return vectors, internal_of_label
+
+
+def _read_labels(path: Path, elements: int, record: int, label_offset: int) -> npt.NDArray[np.uint64] | None:
+    """The label of every level-0 record of an hnswlib index file, read in chunks of ~8 MiB."""
+    per_chunk = max(1, (8 << 20) // record)
+    out = np.empty(elements, dtype=np.uint64)
+    buffer = np.empty(per_chunk * record, dtype=np.uint8)
+    with open(path, "rb") as handle:
+        handle.seek(_HNSW_HEADER.size)
+        for lo in range(0, elements, per_chunk):
+            count = min(per_chunk, elements - lo)
+            view = buffer[: count * record]
+            if handle.readinto(view.data) != len(view):
+                return None
+            out[lo : lo + count] = np.ndarray((count,), dtype="<u8", buffer=view, offset=label_offset, strides=(record,))
+    return out
 
 
 def new_index(spec: CollectionSpec, capacity: int) -> HnswIndex:

@@ -213,8 +213,10 @@ def verify(info: SnapshotInfo, spec: CollectionSpec) -> dict[str, object]:
     return manifest
 
 
-def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> Graph:
-    """Loads a verified snapshot into a new, private Graph with room for ``extra_capacity``."""
+def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0, attach: bool = True) -> Graph:
+    """Loads a verified snapshot into a new, private Graph with room for ``extra_capacity``;
+    ``attach=False`` leaves its vectors unmapped (``Graph.attach_file``: a compaction's private
+    copy, whose index is all the fold takes)."""
     manifest = verify(info, spec)
     label_ids = decode_ids((info.path / IDS_FILE).read_bytes())
     if len(label_ids) != manifest["elements"]:
@@ -236,7 +238,8 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
         if len(versions) != len(label_ids):
             raise CorruptionError(f"snapshot {info.path}: versions file holds {len(versions)} labels")
     graph = Graph(index, label_ids, label_of, info.applied_seq, payloads, versions)
-    graph.attach_file(info.path / GRAPH_FILE)
+    if attach:
+        graph.attach_file(info.path / GRAPH_FILE)
     return graph
 
 
