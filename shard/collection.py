@@ -663,6 +663,8 @@ class Collection:
             del view, sealed  # the old graph and the sealed delta go with the last reader's view
             self._prune(wal)
             memtrace.mark("pruned")
+            memtrace.release_free_memory()
+            memtrace.mark("trimmed")
             return CompactResult(info.applied_seq, rebuilt)
 
     def _prune(self, wal: Wal) -> None:
