@@ -34,7 +34,7 @@ from core.filters import Filter
 from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, memtrace, planner, records, snapshot
+from shard import exact, heap, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
@@ -663,7 +663,7 @@ class Collection:
             del view, sealed  # the old graph and the sealed delta go with the last reader's view
             self._prune(wal)
             memtrace.mark("pruned")
-            memtrace.release_free_memory()
+            heap.release_free_memory()
             memtrace.mark("trimmed")
             return CompactResult(info.applied_seq, rebuilt)
 

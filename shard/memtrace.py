@@ -9,12 +9,10 @@ samples from outside. Unset (the default), :func:`mark` returns at once and cost
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
 
 _PATH = os.environ.get("VS_MEMORY_TRACE", "")
 _FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
@@ -46,24 +44,3 @@ def mark(step: str, **figures: int | str | bool) -> None:
     line = json.dumps({"t": time.time(), "step": step, **status_kib(), **figures})
     with _lock, open(_PATH, "a") as handle:
         handle.write(line + "\n")
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None)
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hands the C heap's free pages back to the system (glibc ``malloc_trim(0)``; nothing
-    elsewhere). A compaction frees the sealed delta's blocks and the old graph's side tables:
-    blocks of a few MiB that glibc serves from its heaps once its dynamic mmap threshold has
-    risen, and keeps there, resident, after they are freed."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
