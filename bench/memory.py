@@ -10,7 +10,7 @@ One run, the same seeded synthetic rows (``testkit.datasets.embedding_like``, un
     ef_construction=200)`` (bench/harness.py's constants), ``add_items`` over chunks of 10,000 rows
     read from a file into one reused buffer (so the process never holds the whole data set, like
     the server, which receives it over the wire). Its ``VmHWM`` is its peak, its ``VmRSS`` after
-    the build its steady state.
+    the build, the buffer freed, its steady state.
 (b) our single-node server (``python -m server --local-shard``, started as
     ``testkit.serverproc.SingleNodeProcess`` starts it, default flags): the collection created
     with the same parameters, the rows upserted in requests of 1,000 from 4 client threads (as
@@ -96,6 +96,26 @@ def rollup(pid: int) -> dict[str, int]:
     return out
 
 
+def top_mappings(pid: int, count: int = 8) -> list[dict[str, Any]]:
+    """The ``count`` mappings of a process with the most resident memory (``/proc/<pid>/smaps``):
+    what each is (a file, ``[heap]``, or anonymous), its size and its RSS in MiB."""
+    found: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    try:
+        with open(f"/proc/{pid}/smaps") as handle:
+            for line in handle:
+                head = line.split()
+                if head and "-" in head[0] and ":" not in head[0]:
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    current = {"what": head[5] if len(head) > 5 else "[anon]", "size_mib": mib((hi - lo) / 1024)}
+                    found.append(current)
+                elif head and head[0] == "Rss:" and current is not None:
+                    current["rss_mib"] = mib(int(head[1]))
+    except OSError:
+        return []
+    return sorted(found, key=lambda m: -m.get("rss_mib", 0))[:count]
+
+
 def make_data(n: int, dim: int) -> np.ndarray:
     from testkit.datasets import embedding_like, unit_rows
 
@@ -119,6 +139,7 @@ def raw_child(path: Path, n: int, dim: int, threads: int) -> None:
             handle.readinto(view.data.cast("B"))
             index.add_items(view, np.arange(lo, lo + rows), num_threads=threads)
     build_s = time.perf_counter() - started
+    del view, buffer  # the steady state is the index alone (the peak includes the chunk buffer)
     after = status("self")
     size = index.index_file_size() if hasattr(index, "index_file_size") else 0
     print(
@@ -289,7 +310,11 @@ def run_server(data: np.ndarray, workdir: Path, idle_s: float, trace: bool, env:
             time.sleep(idle_s)
             end_phase("idle")
             tail = [s[2] for s in sampler.samples if s[1] == "idle" and s[0] >= sampler.samples[-1][0] - 2.0]
-            steady = {"rss_mib": mib(status(pid).get("VmRSS", 0)), "median_last_2s_mib": mib(float(np.median(tail)))}
+            steady = {
+                "rss_mib": mib(status(pid).get("VmRSS", 0)),
+                "median_last_2s_mib": mib(float(np.median(tail))),
+                "top_mappings": top_mappings(pid),
+            }
             samples = sampler.samples
         disk = {"snapshots_mib": mib(du(workdir / "single" / "shard") / 1024)}
     finally:
@@ -394,6 +419,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"{round(phase['peak_sampled_mib'] / raw['peak_mib'], 2)} | {phase['rss_at_end_mib']} | "
             f"{roll.get('Anonymous', '')} | {round(roll.get('Rss', 0) - roll.get('Anonymous', 0), 1)} |"
         )
+    lines += [
+        "",
+        "The server's largest mappings when steady (`/proc/<pid>/smaps`): "
+        + "; ".join(
+            f"{m['what']} {m.get('rss_mib', 0)} of {m['size_mib']} MiB" for m in server["steady"]["top_mappings"]
+        )
+        + ".",
+    ]
     folds = result["folds"]
     if folds:
         lines += [

@@ -727,12 +727,15 @@ class Collection:
                     index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
         else:
             assert graph is not None
-            private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count, attach=False)
-            memtrace.mark("fold_private_copy_loaded", elements=private.elements, capacity=private.elements + live_count)
-            index = private.index
-            label_ids = private.label_ids
-            label_payloads = private.label_payloads
-            old_seq = private.label_seq.copy()
+            # The graph's own index is never mutated once published (searches run on it), so the
+            # fold adds to a private copy, loaded from the graph's snapshot. The labels' ids,
+            # payloads and versions come from the graph itself (copies of its lists share the
+            # objects) rather than from a second decoding of the snapshot's files.
+            index = snapshot.load_index(self._snapshots[0], self.spec, extra_capacity=live_count)
+            memtrace.mark("fold_private_copy_loaded", elements=graph.elements, capacity=graph.elements + live_count)
+            label_ids = list(graph.label_ids)
+            label_payloads = list(graph.label_payloads)
+            old_seq = graph.label_seq.copy()
             columns = graph.fields.columns.gather(np.arange(graph.elements))  # same labels
             for label in replaced:
                 index.mark_deleted(label)

@@ -125,8 +125,8 @@ def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDA
 
 
 def _read_labels(path: Path, elements: int, record: int, label_offset: int) -> npt.NDArray[np.uint64] | None:
-    """The label of every level-0 record of an hnswlib index file, read in chunks of ~8 MiB."""
-    per_chunk = max(1, (8 << 20) // record)
+    """The label of every level-0 record of an hnswlib index file, read in chunks of ~1 MiB."""
+    per_chunk = max(1, (1 << 20) // record)
     out = np.empty(elements, dtype=np.uint64)
     buffer = np.empty(per_chunk * record, dtype=np.uint8)
     with open(path, "rb") as handle:
