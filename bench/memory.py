@@ -26,7 +26,8 @@ each step (sealed delta, private graph copy, items added, snapshot written, publ
 freed), and the sampled peak between two steps is attributed to the later one.
 
 ``--server-env KEY=VALUE`` (repeatable) runs the server with extra environment (e.g.
-``MALLOC_ARENA_MAX=2``), for A/B rows; the run records it. Outputs: ``--out DIR``
+``VS_MALLOC_ARENAS=0``), and ``--server-root DIR`` from another source tree (a ``git worktree`` of
+an older commit, with its stubs and native module), for before/after rows; the run records both. Outputs: ``--out DIR``
 (default ``bench/results``) ``memory.json`` (every sample and trace line) and ``memory.md``: the
 part between ``<!-- run -->`` and ``<!-- /run -->`` is rewritten, the rest (the history of
 changes) is kept.
@@ -226,7 +227,9 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def run_server(data: np.ndarray, workdir: Path, idle_s: float, trace: bool, env: dict[str, str]) -> dict[str, Any]:
+def run_server(
+    data: np.ndarray, workdir: Path, idle_s: float, trace: bool, env: dict[str, str], root: Path = REPO
+) -> dict[str, Any]:
     import grpc
 
     from testkit.serverproc import SingleNodeProcess
@@ -247,7 +250,7 @@ def run_server(data: np.ndarray, workdir: Path, idle_s: float, trace: bool, env:
         os.environ["VS_MEMORY_TRACE"] = str(trace_path)
     else:
         os.environ.pop("VS_MEMORY_TRACE", None)
-    proc = SingleNodeProcess(workdir / "single", root=REPO)
+    proc = SingleNodeProcess(workdir / "single", root=root)
     try:
         address = proc.start()
     finally:
@@ -458,10 +461,11 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     md_path.write_text(text)
 
 
-def git_commit() -> str:
+def git_commit(root: Path = REPO) -> str:
+    """The server tree's commit (``+dirty`` with uncommitted changes)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         return "?"
@@ -477,6 +481,12 @@ def main() -> None:
     p.add_argument("--no-trace", action="store_true")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument(
+        "--server-root",
+        type=Path,
+        default=REPO,
+        help="the source tree the server runs from (e.g. a worktree of an older commit, for before/after rows)",
+    )
     p.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.raw_child is not None:
@@ -493,14 +503,14 @@ def main() -> None:
         data.tofile(rows)
         raw = run_raw(rows, args.n, args.dim, args.threads)
         rows.unlink()
-        server = run_server(data, workdir, args.idle_s, not args.no_trace, env)
+        server = run_server(data, workdir, args.idle_s, not args.no_trace, env, args.server_root.resolve())
         shutil.rmtree(workdir / "single", ignore_errors=True)
     result: dict[str, Any] = {
         "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}",
         "loadavg_before": [round(x, 2) for x in loadavg],
-        "commit": git_commit(),
+        "commit": git_commit(args.server_root.resolve()),
         "n": args.n,
         "dim": args.dim,
         "raw": raw,
