@@ -506,7 +506,7 @@ def main() -> None:
         server = run_server(data, workdir, args.idle_s, not args.no_trace, env, args.server_root.resolve())
         shutil.rmtree(workdir / "single", ignore_errors=True)
     result: dict[str, Any] = {
-        "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/memory.py", *sys.argv[1:]]),
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}",
         "loadavg_before": [round(x, 2) for x in loadavg],
