@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -48,14 +48,15 @@ class IndexFileRows:
     """The vectors of an hnswlib index file by label, read with ``pread`` into the caller's
     array: nothing of the file is mapped, so nothing of it stays in this process's RSS (a map
     keeps every page a gather touched resident, up to the graph's size again; on a filesystem
-    with large folios even a few rows cost megabytes). Holds the file open: a pruned snapshot's
-    rows stay readable while a graph still uses them. Thread-safe (``pread`` has no file offset)."""
+    with large folios even a few rows cost megabytes). Holds the file open until it is closed
+    or collected: a pruned snapshot's rows stay readable while a graph still uses them.
+    Thread-safe (``pread`` has no file offset)."""
 
     def __init__(
-        self, handle: BinaryIO, dim: int, record: int, data_offset: int, internal_of_label: npt.NDArray[np.int64]
+        self, path: Path, dim: int, record: int, data_offset: int, internal_of_label: npt.NDArray[np.int64]
     ) -> None:
-        self._handle = handle
-        self._fd = handle.fileno()
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._close = weakref.finalize(self, os.close, self._fd)
         self.dim = dim
         self._record = record
         self._base = _HNSW_HEADER.size + data_offset
@@ -72,7 +73,7 @@ class IndexFileRows:
         return out if sys.byteorder == "little" else out.byteswap()
 
     def close(self) -> None:
-        self._handle.close()
+        self._close()
 
 
 def open_index_rows(path: Path, dim: int, count: int) -> IndexFileRows | None:
@@ -87,7 +88,7 @@ def open_index_rows(path: Path, dim: int, count: int) -> IndexFileRows | None:
         return None
     internal_of_label = np.empty(count, dtype=np.int64)
     internal_of_label[labels.astype(np.int64)] = np.arange(elements)
-    return IndexFileRows(open(path, "rb"), dim, record, data_offset, internal_of_label)
+    return IndexFileRows(path, dim, record, data_offset, internal_of_label)
 
 
 def _index_layout(path: Path, dim: int, count: int) -> tuple[int, int, int, int] | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -448,3 +450,13 @@ def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(tmp_path: Path) 
     if maps.exists():
         assert snapshot.GRAPH_FILE not in maps.read_text()
     col.close()
+
+    def open_graph_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).endswith(snapshot.GRAPH_FILE))
+
+    if Path("/proc/self/fd").exists():
+        assert open_graph_files() == 1
+        del col, graph
+        gc.collect()
+        assert open_graph_files() == 0  # a dropped graph closes its snapshot file
