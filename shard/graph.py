@@ -256,10 +256,17 @@ class Graph:
             rows.close()
 
     def vectors(self, labels: list[int] | npt.NDArray[np.int64]) -> Matrix:
+        """The stored vectors of live ``labels``: copied from the native index's own memory
+        (``hnsw.gather``, no second copy resident), else read from the snapshot file
+        (``attach_file``), else hnswlib's ``get_items``."""
         if len(labels) == 0:
             return np.empty((0, self.index.dim), dtype=np.float32)
+        wanted = np.asarray(labels, dtype=np.int64)
+        rows = hnsw.gather(self.index, wanted)
+        if rows is not None:
+            return rows
         if self._file_rows is not None:
-            return self._file_rows.rows(np.asarray(labels, dtype=np.int64))
+            return self._file_rows.rows(wanted)
         out = self.index.get_items(np.asarray(labels, dtype=np.uint64), return_type="numpy")
         return np.asarray(out, dtype=np.float32)
 
