@@ -52,6 +52,9 @@ class Index:
     def set_ef(self, ef: int) -> None: ...
     def get_items(self, ids: npt.ArrayLike | None = None, return_type: str = "numpy") -> npt.NDArray[np.float32]: ...
     def get_ids_list(self) -> list[int]: ...
+    def gather(self, labels: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Stored vectors of live labels (int64), a memcpy from the level-0 block; RuntimeError
+        for an absent or deleted label."""
     def knn_query(
         self,
         data: npt.ArrayLike,

@@ -34,7 +34,7 @@ from core.filters import Filter
 from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, planner, records, snapshot
+from shard import exact, heap, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
@@ -629,11 +629,19 @@ class Collection:
             try:
                 sealed = view.sealed
                 assert sealed is not None
+                memtrace.mark(
+                    "sealed",
+                    delta_rows=sealed.rows,
+                    graph_elements=view.graph.elements if view.graph is not None else 0,
+                )
                 new_graph, rebuilt = self._fold(view.graph, sealed, self._sealed_seq)
+                memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                memtrace.mark("snapshot_written")
                 new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
+                memtrace.mark("file_attached")
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:
@@ -651,7 +659,12 @@ class Collection:
             finally:
                 self._compacting = False
             COMPACTION_SECONDS.observe(time.perf_counter() - started)
+            memtrace.mark("published")
+            del view, sealed  # the old graph and the sealed delta go with the last reader's view
             self._prune(wal)
+            memtrace.mark("pruned")
+            heap.release_free_memory()
+            memtrace.mark("trimmed")
             return CompactResult(info.applied_seq, rebuilt)
 
     def _prune(self, wal: Wal) -> None:
@@ -714,11 +727,15 @@ class Collection:
                     index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
         else:
             assert graph is not None
-            private = snapshot.load(self._snapshots[0], self.spec, extra_capacity=live_count)
-            index = private.index
-            label_ids = private.label_ids
-            label_payloads = private.label_payloads
-            old_seq = private.label_seq.copy()
+            # The graph's own index is never mutated once published (searches run on it), so the
+            # fold adds to a private copy, loaded from the graph's snapshot. The labels' ids,
+            # payloads and versions come from the graph itself (copies of its lists share the
+            # objects) rather than from a second decoding of the snapshot's files.
+            index = snapshot.load_index(self._snapshots[0], self.spec, extra_capacity=live_count)
+            memtrace.mark("fold_private_copy_loaded", elements=graph.elements, capacity=graph.elements + live_count)
+            label_ids = list(graph.label_ids)
+            label_payloads = list(graph.label_payloads)
+            old_seq = graph.label_seq.copy()
             columns = graph.fields.columns.gather(np.arange(graph.elements))  # same labels
             for label in replaced:
                 index.mark_deleted(label)
@@ -726,6 +743,7 @@ class Collection:
                 label_payloads[label] = b""
                 old_seq[label] = 0
             seq_parts = [old_seq]
+        memtrace.mark("fold_index_ready", rebuild=rebuild, elements=len(label_ids), adding=live_count)
         first_new = len(label_ids)
         for ids, vectors, payloads, seqs in _live_chunks(sealed, seal_seq):
             base = len(label_ids)
@@ -743,6 +761,7 @@ class Collection:
             for item in sealed.index:
                 label_of.pop(item, None)
             label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
+        memtrace.mark("fold_items_added", elements=len(label_ids))
         new_graph = Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq)
         new_graph.index_fields(columns)
         return new_graph, rebuild and graph is not None

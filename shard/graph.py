@@ -16,7 +16,10 @@ gives hnswlib's exact ``ef`` semantics without mutating shared state per request
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +44,56 @@ Labels = npt.NDArray[np.uint64]
 _HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
 
-def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDArray[np.int64]] | None:
-    """(vectors by internal id, internal id by label) as views of an hnswlib index file, or
-    None if the header does not describe ``count`` float32 vectors of ``dim``."""
+class IndexFileRows:
+    """The vectors of an hnswlib index file by label, read with ``pread`` into the caller's
+    array: nothing of the file is mapped, so nothing of it stays in this process's RSS (a map
+    keeps every page a gather touched resident, up to the graph's size again; on a filesystem
+    with large folios even a few rows cost megabytes). Holds the file open until it is closed
+    or collected: a pruned snapshot's rows stay readable while a graph still uses them.
+    Thread-safe (``pread`` has no file offset)."""
+
+    def __init__(
+        self, path: Path, dim: int, record: int, data_offset: int, internal_of_label: npt.NDArray[np.int64]
+    ) -> None:
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._close = weakref.finalize(self, os.close, self._fd)
+        self.dim = dim
+        self._record = record
+        self._base = _HNSW_HEADER.size + data_offset
+        self.internal_of_label = internal_of_label
+
+    def rows(self, labels: npt.NDArray[np.int64]) -> Matrix:
+        """Float32 rows of ``labels`` (each in ``[0, count)``), in order."""
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        offsets = self.internal_of_label[labels] * self._record + self._base
+        fd, size = self._fd, 4 * self.dim
+        for row, at in zip(out, offsets.tolist(), strict=True):
+            if os.preadv(fd, [row.data.cast("B")], at) != size:
+                raise OSError(f"short read of a vector at offset {at}")
+        return out if sys.byteorder == "little" else out.byteswap()
+
+    def close(self) -> None:
+        self._close()
+
+
+def open_index_rows(path: Path, dim: int, count: int) -> IndexFileRows | None:
+    """A reader of the vectors of the hnswlib index file at ``path`` by label, or None if its
+    header does not describe ``count`` float32 vectors of ``dim`` labelled ``0..count-1``."""
+    layout = _index_layout(path, dim, count)
+    if layout is None:
+        return None
+    elements, record, label_offset, data_offset = layout
+    labels = _read_labels(path, elements, record, label_offset)
+    if labels is None or labels.max() >= count:
+        return None
+    internal_of_label = np.empty(count, dtype=np.int64)
+    internal_of_label[labels.astype(np.int64)] = np.arange(elements)
+    return IndexFileRows(path, dim, record, data_offset, internal_of_label)
+
+
+def _index_layout(path: Path, dim: int, count: int) -> tuple[int, int, int, int] | None:
+    """(elements, record size, label offset, vector offset) of an hnswlib index file holding
+    ``count`` float32 vectors of ``dim``, else None."""
     try:
         with open(path, "rb") as handle:
             header = _HNSW_HEADER.unpack(handle.read(_HNSW_HEADER.size))
@@ -54,16 +104,43 @@ def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDA
         return None
     if path.stat().st_size < _HNSW_HEADER.size + elements * record:
         return None
+    return elements, record, label_offset, data_offset
+
+
+def map_index_vectors(path: Path, dim: int, count: int) -> tuple[Matrix, npt.NDArray[np.int64]] | None:
+    """(vectors by internal id, internal id by label) as views of an hnswlib index file, or
+    None if the header does not describe ``count`` float32 vectors of ``dim`` (benchmarks: the
+    shard reads rows with :class:`IndexFileRows`, which leaves nothing resident)."""
+    layout = _index_layout(path, dim, count)
+    if layout is None:
+        return None
+    elements, record, label_offset, data_offset = layout
+    labels = _read_labels(path, elements, record, label_offset)
+    if labels is None or labels.max() >= count:
+        return None
     blob = np.memmap(path, dtype=np.uint8, mode="r", offset=_HNSW_HEADER.size, shape=(elements * record,))
     vectors: Matrix = np.ndarray((elements, dim), dtype="<f4", buffer=blob, offset=data_offset, strides=(record, 4))
-    labels: npt.NDArray[np.uint64] = np.ndarray(
-        (elements,), dtype="<u8", buffer=blob, offset=label_offset, strides=(record,)
-    )
-    if labels.max() >= count:
-        return None
     internal_of_label = np.empty(count, dtype=np.int64)
     internal_of_label[labels.astype(np.int64)] = np.arange(elements)
     return vectors, internal_of_label
+
+
+def _read_labels(path: Path, elements: int, record: int, label_offset: int) -> npt.NDArray[np.uint64] | None:
+    """The label of every level-0 record of an hnswlib index file, read in chunks of ~1 MiB."""
+    per_chunk = max(1, (1 << 20) // record)
+    out = np.empty(elements, dtype=np.uint64)
+    buffer = np.empty(per_chunk * record, dtype=np.uint8)
+    with open(path, "rb") as handle:
+        handle.seek(_HNSW_HEADER.size)
+        for lo in range(0, elements, per_chunk):
+            count = min(per_chunk, elements - lo)
+            view = buffer[: count * record]
+            if handle.readinto(view.data) != len(view):
+                return None
+            out[lo : lo + count] = np.ndarray(
+                (count,), dtype="<u8", buffer=view, offset=label_offset, strides=(record,)
+            )
+    return out
 
 
 def new_index(spec: CollectionSpec, capacity: int) -> HnswIndex:
@@ -111,7 +188,7 @@ class Graph:
             raise ValueError(f"{len(self.label_seq)} versions for {len(self.label_ids)} labels")
         self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
-        self._mapped: tuple[Matrix, npt.NDArray[np.int64]] | None = None
+        self._file_rows: IndexFileRows | None = None
         self._fields: GraphFields | None = None
 
     def index_fields(self, columns: FieldColumns | None = None) -> GraphFields:
@@ -158,30 +235,38 @@ class Graph:
         return self._ids_array[labels]
 
     def attach_file(self, path: Path) -> None:
-        """Serves ``vectors`` from a read-only memory map of this graph's snapshot file.
+        """Serves ``vectors`` from this graph's snapshot file (:class:`IndexFileRows`).
 
-        hnswlib 0.8's ``get_items`` costs ~40 us per label; gathering rows of a memory map is
-        about a thousand times cheaper. The map is checked against ``get_items`` on a sample
-        and not used if anything disagrees (e.g. another hnswlib file layout).
+        hnswlib 0.8's ``get_items`` costs ~40 us per label; a ``pread`` of the row is a few
+        microseconds. The file is checked against ``get_items`` on a sample and not used if
+        anything disagrees (e.g. another hnswlib file layout).
         """
-        mapped = map_index_vectors(path, self.index.dim, self.elements)
-        if mapped is None:
+        rows = open_index_rows(path, self.index.dim, self.elements)
+        if rows is None:
             return
-        vectors, internal_of_label = mapped
         live = np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)  # get_items refuses deleted
         if len(live) == 0:
+            rows.close()
             return
         sample = live[np.unique(np.linspace(0, len(live) - 1, num=min(8, len(live))).astype(np.int64))]
         expected = np.asarray(self.index.get_items(sample.astype(np.uint64), return_type="numpy"), dtype=np.float32)
-        if np.array_equal(vectors[internal_of_label[sample]], expected):
-            self._mapped = (vectors, internal_of_label)
+        if np.array_equal(rows.rows(sample), expected):
+            self._file_rows = rows
+        else:
+            rows.close()
 
     def vectors(self, labels: list[int] | npt.NDArray[np.int64]) -> Matrix:
+        """The stored vectors of live ``labels``: copied from the native index's own memory
+        (``hnsw.gather``, no second copy resident), else read from the snapshot file
+        (``attach_file``), else hnswlib's ``get_items``."""
         if len(labels) == 0:
             return np.empty((0, self.index.dim), dtype=np.float32)
-        if self._mapped is not None:
-            vectors, internal_of_label = self._mapped
-            return np.asarray(vectors[internal_of_label[np.asarray(labels, dtype=np.int64)]], dtype=np.float32)
+        wanted = np.asarray(labels, dtype=np.int64)
+        rows = hnsw.gather(self.index, wanted)
+        if rows is not None:
+            return rows
+        if self._file_rows is not None:
+            return self._file_rows.rows(wanted)
         out = self.index.get_items(np.asarray(labels, dtype=np.uint64), return_type="numpy")
         return np.asarray(out, dtype=np.float32)
 

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from core import logs, metrics, tls, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
+from shard import heap
 from shard.collection import Collection, CollectionOptions
 from shard.local import LocalShard
 from shard.metrics import RecallProbe, ShardCollector
@@ -170,6 +171,7 @@ def build_server(
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.limit_arenas()  # before any thread starts (shard/heap.py)
     args = parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:

@@ -32,6 +32,7 @@ from core.errors import CorruptionError
 from core.spec import CollectionSpec
 from shard.fsutil import fsync_dir, fsync_file
 from shard.graph import Graph, new_index
+from shard.hnsw import HnswIndex
 
 FORMAT = 1
 GRAPH_FILE = "graph.hnsw"
@@ -62,7 +63,7 @@ def snapshot_name(applied_seq: int) -> str:
 def _file_crc(path: Path) -> int:
     crc = 0
     with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
+        while chunk := handle.read(1 << 20):
             crc = crc32c(chunk, crc)
     return crc
 
@@ -213,17 +214,31 @@ def verify(info: SnapshotInfo, spec: CollectionSpec) -> dict[str, object]:
     return manifest
 
 
+def load_index(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> HnswIndex:
+    """The verified snapshot's hnswlib index alone, private, with room for ``extra_capacity``
+    more elements: a compaction's copy of the graph it folds into, which takes the labels' ids,
+    payloads and versions from the graph in memory (the same as the snapshot's files) rather
+    than a second set of them."""
+    manifest = verify(info, spec)
+    return _load_graph_file(info, spec, int(manifest["elements"]), extra_capacity)  # type: ignore[call-overload]
+
+
+def _load_graph_file(info: SnapshotInfo, spec: CollectionSpec, elements: int, extra_capacity: int) -> HnswIndex:
+    index = new_index(spec, 1)
+    index.load_index(str(info.path / GRAPH_FILE), max_elements=max(1, elements + extra_capacity))
+    index.set_ef(1)
+    if index.element_count != elements:
+        raise CorruptionError(f"snapshot {info.path}: graph holds {index.element_count} elements")
+    return index
+
+
 def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> Graph:
     """Loads a verified snapshot into a new, private Graph with room for ``extra_capacity``."""
     manifest = verify(info, spec)
     label_ids = decode_ids((info.path / IDS_FILE).read_bytes())
     if len(label_ids) != manifest["elements"]:
         raise CorruptionError(f"snapshot {info.path}: ids file holds {len(label_ids)} labels")
-    index = new_index(spec, 1)
-    index.load_index(str(info.path / GRAPH_FILE), max_elements=max(1, len(label_ids) + extra_capacity))
-    index.set_ef(1)
-    if index.element_count != len(label_ids):
-        raise CorruptionError(f"snapshot {info.path}: graph holds {index.element_count} elements")
+    index = _load_graph_file(info, spec, len(label_ids), extra_capacity)
     label_of = {item: label for label, item in enumerate(label_ids) if item}
     payloads: list[bytes] = []
     if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]

@@ -837,6 +837,41 @@ class Index {
         return std::move(out);
     }
 
+    // The stored vectors of `labels` (int64, each live) as a float32 [n, dim] array, copied
+    // straight from the level-0 block under hnswlib's label lock, taken once for the batch
+    // (get_items takes two locks and allocates a vector per label: ~5 us a row; this is a
+    // memcpy). Raises RuntimeError for a label absent or marked deleted, as get_items does.
+    // Like the searches, safe concurrently with searches, not with add_items.
+    py::array_t<float> gather(const py::object& labels_in) {
+        Hnsw& alg = inited();
+        py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels(labels_in);
+        if (labels.ndim() != 1) {
+            throw std::invalid_argument("gather takes a 1-D array of labels");
+        }
+        const size_t n = static_cast<size_t>(labels.shape(0));
+        py::array_t<float> out({n, static_cast<size_t>(dim_)});
+        float* dst = out.mutable_data();
+        const int64_t* src = labels.data();
+        bool missing = false;
+        {
+            py::gil_scoped_release release;
+            std::unique_lock<std::mutex> lock(alg.label_lookup_lock);
+            for (size_t i = 0; i < n && !missing; i++) {
+                auto found = src[i] < 0 ? alg.label_lookup_.end()
+                                        : alg.label_lookup_.find(static_cast<labeltype>(src[i]));
+                if (found == alg.label_lookup_.end() || alg.isMarkedDeleted(found->second)) {
+                    missing = true;
+                    break;
+                }
+                std::memcpy(dst + i * dim_, alg.getDataByInternalId(found->second), sizeof(float) * dim_);
+            }
+        }
+        if (missing) {
+            throw std::runtime_error("Label not found");
+        }
+        return out;
+    }
+
     std::vector<labeltype> get_ids_list() {
         Hnsw& alg = inited();
         std::unique_lock<std::mutex> lock(alg.label_lookup_lock);
@@ -1236,6 +1271,7 @@ PYBIND11_MODULE(_vsnative, m) {
         .def("set_ef", &Index::set_ef, py::arg("ef"))
         .def("get_items", &Index::get_items, py::arg("ids") = py::none(), py::arg("return_type") = "numpy")
         .def("get_ids_list", &Index::get_ids_list)
+        .def("gather", &Index::gather, py::arg("labels"))
         .def("knn_query", &Index::knn_query, py::arg("data"), py::arg("k") = 1, py::arg("num_threads") = -1,
              py::arg("filter") = py::none(), py::arg("allowed") = py::none(), py::arg("strategy") = "sweep")
         .def("exact_query", &Index::exact_query, py::arg("data"), py::arg("labels"), py::arg("k") = 1,

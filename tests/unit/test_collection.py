@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from core.errors import CorruptionError, InvalidArgument
 from core.items import ItemMeta
 from core.spec import Metric, make_spec
 from core.vectors import prepare_batch
+from shard import snapshot
 from shard.collection import Collection, CollectionOptions
 from testkit.datasets import Matrix, clustered
 from testkit.truth import exact_top_k
@@ -288,13 +291,13 @@ def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(tmp_path:
     col.delete(ids[50:60])
     col.compact()
     graph = col._view.graph
-    assert graph is not None and graph._mapped is not None
+    assert graph is not None and graph._file_rows is not None
     labels = np.fromiter(graph.label_of.values(), dtype=np.int64)
     expected = np.asarray(graph.index.get_items(labels.astype(np.uint64)), dtype=np.float32)
     np.testing.assert_array_equal(graph.vectors(labels), expected)
     col = reopen(col)  # loaded from the snapshot: mapped again
     graph = col._view.graph
-    assert graph is not None and graph._mapped is not None
+    assert graph is not None and graph._file_rows is not None
     _, vectors, _ = col.get(["g0", "g100"])
     np.testing.assert_array_equal(vectors, np.stack([data[1000], data[100]]))
     col.close()
@@ -431,3 +434,29 @@ def test_versions_are_the_seq_of_the_writing_record_through_folds_and_recovery(t
     col = Collection.open(col.directory, OPTS)
     assert versions_of(["v250", "v425"]) == [0, expected["v425"]]  # graph item unknown, logged one known
     col.close()
+
+
+def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(tmp_path: Path) -> None:
+    """A graph reads its rows from the snapshot with pread: no page of the file is mapped."""
+    col = make(tmp_path, dim=64)
+    data = clustered(3000, 64, seed=5)
+    col.upsert([f"r{i}" for i in range(3000)], data)
+    col.compact()
+    graph = col._view.graph
+    assert graph is not None and graph._file_rows is not None
+    labels = np.asarray([graph.label_of[f"r{i}"] for i in (0, 1500, 2999)], dtype=np.int64)
+    np.testing.assert_array_equal(graph.vectors(labels), data[[0, 1500, 2999]])
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert snapshot.GRAPH_FILE not in maps.read_text()
+    col.close()
+
+    def open_graph_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).endswith(snapshot.GRAPH_FILE))
+
+    if Path("/proc/self/fd").exists():
+        assert open_graph_files() == 1
+        del col, graph
+        gc.collect()
+        assert open_graph_files() == 0  # a dropped graph closes its snapshot file

@@ -692,3 +692,32 @@ def test_huge_page_blocks_search_save_and_resize_like_plain_ones(tmp_path: Path)
     for suffix in (".built", ".resized"):
         assert Path(outputs["1"] + suffix).read_bytes() == Path(outputs["0"] + suffix).read_bytes()
     np.testing.assert_array_equal(np.load(outputs["1"] + ".npy"), np.load(outputs["0"] + ".npy"))
+
+
+# ---- gather (issue #19: graph rows from the index's own memory) ------------------------------
+
+
+def test_gather_copies_the_stored_vectors_of_live_labels(tmp_path: Path) -> None:
+    """Same rows as get_items (cosine: the normalised vectors the index stores); a deleted or
+    absent label raises; an hnswlib.Index (or a module built before gather) gives None."""
+    data, _ = data_and_queries(500, 16, DIM, seed=11)
+    for space in ("l2", "cosine"):
+        index = hnsw.new_index(space, DIM)
+        index.init_index(max_elements=500, M=8, ef_construction=50)
+        index.add_items(data, np.arange(500))
+        labels = np.asarray([499, 0, 250, 7], dtype=np.int64)
+        rows = hnsw.gather(index, labels)
+        if not hnsw.is_native(index):
+            assert rows is None
+            continue
+        assert rows is not None and rows.dtype == np.float32 and rows.shape == (4, DIM)
+        expected = np.asarray(index.get_items(labels.astype(np.uint64)), dtype=np.float32)
+        np.testing.assert_array_equal(rows, expected)
+        index.mark_deleted(7)
+        for bad in ([7], [500], [-1]):
+            with pytest.raises(RuntimeError):
+                hnsw.gather(index, np.asarray(bad, dtype=np.int64))
+        assert hnsw.gather(index, np.empty(0, dtype=np.int64)).shape == (0, DIM)  # type: ignore[union-attr]
+    plain = hnswlib.Index(space="l2", dim=DIM)
+    plain.init_index(max_elements=1)
+    assert hnsw.gather(plain, np.zeros(1, dtype=np.int64)) is None
