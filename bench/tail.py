@@ -116,9 +116,10 @@ def make_system(shape: str, workdir: Path, sampler: RssSampler) -> Any:
 
 
 def scrape(files: list[Path]) -> dict[str, float]:
-    """Folds completed (``vs_compactions_total`` of the bench collection) and the compaction
-    histogram's sum and count, summed over the processes' metrics endpoints."""
-    out = {"folds": 0.0, "seconds_sum": 0.0, "seconds_count": 0.0}
+    """Folds completed (``vs_compactions_total`` of the bench collection), the compaction
+    histogram's sum and count, and the rows in the deltas, summed over the processes' metrics
+    endpoints."""
+    out = {"folds": 0.0, "seconds_sum": 0.0, "seconds_count": 0.0, "delta": 0.0}
     for path in files:
         address = path.read_text().strip()
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
@@ -126,6 +127,8 @@ def scrape(files: list[Path]) -> dict[str, float]:
         for line in text.splitlines():
             if line.startswith('vs_compactions_total{collection="bench"}'):
                 out["folds"] += float(line.split()[-1])
+            elif line.startswith('vs_collection_delta_items{collection="bench"}'):
+                out["delta"] += float(line.split()[-1])
             elif line.startswith("vs_compaction_duration_seconds_sum"):
                 out["seconds_sum"] += float(line.split()[-1])
             elif line.startswith("vs_compaction_duration_seconds_count"):
@@ -369,6 +372,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
                 if fold_count
                 else None,
                 "valid": folds >= MIN_FOLDS,
+                "delta_rows_start_end": [int(before["delta"]), int(after["delta"])],
                 "writer": wrote,
                 "rows_streamed_in_window": int(seen.max() - seen.min()) if len(seen) else 0,
                 "loadavg": loadavg(),
@@ -433,7 +437,8 @@ def markdown(saved: dict[str, Any]) -> str:
                 lines.append(
                     f"  - {shape['shape']}: loaded in {shape['load_s']} s; writer {writer['rows_per_s']:,.0f} rows/s, "
                     f"Upsert p50 {writer['upsert_p50_ms']} ms / p99 {writer['upsert_p99_ms']} ms, "
-                    f"{writer['late_batches']} late batches"
+                    f"{writer['late_batches']} late batches; rows in the deltas at the start and end of the "
+                    f"loaded window {loaded.get('delta_rows_start_end')}"
                 )
     return "\n".join(lines) + "\n"
 
