@@ -304,7 +304,7 @@ def py_spy(pids: dict[str, int], seconds: float, out: Path, shape: str) -> list[
     out.mkdir(parents=True, exist_ok=True)
     for name, pid in pids.items():
         target = out / f"{shape}-{name}.txt"
-        cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "--threads", "--native"]
+        cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "--threads", "--idle"]
         cmd += ["--nonblocking", "-f", "raw", "-o", str(target)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
     return procs
