@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from core import logs
 from server.main import ServerProcess, add_arguments, wait_for_signal
-from shard import heap
+from shard import blas, heap
 
 if TYPE_CHECKING:
     from clipmodel.identity import ModelIdentity
@@ -263,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, on_ready: OnReady | None = None) -> int:
     heap.limit_arenas()  # before any thread starts (shard/heap.py)
+    blas.limit_threads()  # one-query products on the caller's thread alone (shard/blas.py)
     args = parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     return run(args, on_ready)

@@ -46,7 +46,7 @@ from server.fetch import FetchPolicy, UriFetcher
 from server.media import MediaEngine
 from server.metadata import MetadataStore
 from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
-from shard import heap
+from shard import blas, heap
 from shard.api import ShardApi
 from shard.collection import CollectionOptions
 from shard.local import LocalShard
@@ -465,6 +465,7 @@ def wait_for_signal() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     heap.limit_arenas()  # before any thread starts (shard/heap.py)
+    blas.limit_threads()  # one-query products on the caller's thread alone (shard/blas.py)
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -76,6 +76,9 @@ class CollectionOptions:
     exact_allow_max: int = 20_000
     plan_costs: planner.PlanCosts = field(default_factory=planner.PlanCosts)
     snapshots_kept: int = 2
+    # added to the nice value of the background compactor thread and its build threads
+    # (``shard.sched``): searches and writes get the cores first while a fold runs; 0: unchanged
+    compact_nice: int = 10
 
 
 class _View(NamedTuple):

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from core import logs, metrics, tls, tracing
 from core.errors import CorruptionError
 from core.metrics import MetricsInterceptor
-from shard import heap
+from shard import blas, heap
 from shard.collection import Collection, CollectionOptions
 from shard.local import LocalShard
 from shard.metrics import RecallProbe, ShardCollector
@@ -68,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compact-age-s", type=float, default=float(_env("compact_age_s", "30")))
     p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_env("rebuild_deleted_ratio", "0.2")))
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
+    p.add_argument(
+        "--compact-nice",
+        type=int,
+        default=int(_env("compact_nice", "10")),
+        help="added to the nice value of the background compaction and its build threads, so searches "
+        "and writes run first while a fold takes the cores (0: same priority)",
+    )
     p.add_argument("--search-threads", type=int, default=int(_env("search_threads", str(cpus))))
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
     p.add_argument("--tls-cert", default=_env("tls_cert", ""), help="PEM certificate of this shard (mutual TLS)")
@@ -132,6 +139,7 @@ def options_from_args(args: argparse.Namespace) -> CollectionOptions:
         rebuild_deleted_ratio=args.rebuild_deleted_ratio,
         build_threads=args.build_threads,
         search_threads=args.search_threads,
+        compact_nice=args.compact_nice,
     )
 
 
@@ -172,6 +180,7 @@ def build_server(
 
 def main(argv: list[str] | None = None) -> int:
     heap.limit_arenas()  # before any thread starts (shard/heap.py)
+    blas.limit_threads()  # one-query products on the caller's thread alone (shard/blas.py)
     args = parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:

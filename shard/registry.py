@@ -24,6 +24,7 @@ from core.text import quote
 from shard.collection import Collection, CollectionOptions
 from shard.control import CONTROL_FILE, ShardControl, validate_key
 from shard.fsutil import fsync_dir
+from shard.sched import lower_thread_priority
 from shard.types import CompactResult, KeyRange
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class Registry:
         return None
 
     def _compaction_loop(self) -> None:
+        lower_thread_priority(self.options.compact_nice)  # background folds yield the cores (shard/sched.py)
         while not self._stop.is_set():
             self._wake.wait(self._poll_s)
             self._wake.clear()
