@@ -240,8 +240,13 @@ class EmbeddedServer:
         self.media = MediaEngine(self.engine, self.embedder, fetcher, no_embedder=NO_EMBEDDER)
         self.search_servicer = SearchServicer(self.engine, media=self.media)
         self.admin_servicer = AdminServicer(topology, self.engine)
-        self._repair_once()
-        self._repairer = threading.Thread(target=self._repair_loop, name="index-repair", daemon=True)
+        self.engine.repair_index_logged(REPAIR_AFTER_S)
+        self._repairer = threading.Thread(
+            target=self.engine.repair_index_until,
+            args=(self._stop, REPAIR_AFTER_S, REPAIR_INTERVAL_S, False),
+            name="index-repair",
+            daemon=True,
+        )
         self._repairer.start()
 
     def stubs(self) -> dict[str, Any]:
@@ -251,18 +256,6 @@ class EmbeddedServer:
             SEARCH_SERVICE.full_name: LocalStub(self.search_servicer, SEARCH_SERVICE),
             ADMIN_SERVICE.full_name: LocalStub(self.admin_servicer, ADMIN_SERVICE),
         }
-
-    def _repair_once(self) -> None:
-        try:
-            repaired = self.engine.repair_index(REPAIR_AFTER_S)
-            if repaired:
-                log.info("repaired the index rows of %d interrupted writes", repaired)
-        except Exception:
-            log.exception("index repair failed; retrying later")
-
-    def _repair_loop(self) -> None:
-        while not self._stop.wait(REPAIR_INTERVAL_S):
-            self._repair_once()
 
     @property
     def closed(self) -> bool:

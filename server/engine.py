@@ -31,6 +31,7 @@ import functools
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -234,6 +235,25 @@ class Engine:
             except DomainError as exc:
                 log.warning("index repair of %s (%d ids) postponed: %s", collection, len(ids), status.describe(exc))
         return repaired
+
+    def repair_index_logged(self, older_than_s: float) -> None:
+        """One :meth:`repair_index` pass whose failure is logged, not raised (the next pass retries)."""
+        try:
+            repaired = self.repair_index(older_than_s)
+            if repaired:
+                log.info("repaired the index rows of %d interrupted writes", repaired)
+        except Exception:
+            log.exception("index repair failed; retrying later")
+
+    def repair_index_until(
+        self, stop: threading.Event, older_than_s: float, interval_s: float, first: bool = True
+    ) -> None:
+        """The background repair of a serving process: a pass now (when ``first``), then one every
+        ``interval_s`` until ``stop`` is set."""
+        if first:
+            self.repair_index_logged(older_than_s)
+        while not stop.wait(interval_s):
+            self.repair_index_logged(older_than_s)
 
     def _read_for_repair(
         self, collection: str, ids: list[str], timeout: float

@@ -301,7 +301,14 @@ class ServerProcess:
         self._refresher.start()
         self.rebalancer.start()
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
-        threading.Thread(target=self._repair_loop, name="index-repair", daemon=True).start()
+        # SQL index rows of writes that failed between their shard write and their commit
+        # (Engine.repair_index): once at start, then every --repair-interval-s
+        threading.Thread(
+            target=self.engine.repair_index_until,
+            args=(self._stop, self.args.repair_after_s, self.args.repair_interval_s),
+            name="index-repair",
+            daemon=True,
+        ).start()
         if self.args.ready_file:
             tmp = Path(self.args.ready_file + ".tmp")
             tmp.write_text(self.address)
@@ -339,19 +346,6 @@ class ServerProcess:
                 self._update_search_health()
             except Exception:
                 log.exception("health probe failed")
-
-    def _repair_loop(self) -> None:
-        """Repairs SQL index rows of writes that failed between their shard write and their
-        commit (``Engine.repair_index``): once at start, then every ``--repair-interval-s``."""
-        while True:
-            try:
-                repaired = self.engine.repair_index(self.args.repair_after_s)
-                if repaired:
-                    log.info("repaired the index rows of %d interrupted writes", repaired)
-            except Exception:
-                log.exception("index repair failed; retrying later")
-            if self._stop.wait(self.args.repair_interval_s):
-                return
 
     def _register(self, shard_id: str, address: str) -> None:
         """``--register-shard``: a known shard follows its new address; a new one joins the ring
