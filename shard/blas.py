@@ -11,55 +11,40 @@ batch (hnswlib's threads), so :func:`limit_threads` sets the pool to one thread,
 first thing in the processes that own shards. ``VS_BLAS_THREADS`` in the environment sets
 another size (``0``: the library's default).
 
-A no-op where numpy's BLAS is not an OpenBLAS found in this process's mappings.
+The pool is found and set by threadpoolctl (OpenBLAS, MKL, BLIS); a no-op where numpy's BLAS
+has no pool it knows.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-from collections.abc import Callable
 from typing import Any
 
 DEFAULT_THREADS = 1
-# OpenBLAS builds export the setter under these names (plain, 64-bit integer interface, scipy's)
-_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads64_")
-_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_", "scipy_openblas_get_num_threads64_")
 
 
-def _openblas() -> tuple[Callable[[int], Any], Callable[[], int]] | None:
-    """The set/get thread-count functions of the OpenBLAS loaded by numpy, else None."""
+def _blas_pools() -> Any:
+    """threadpoolctl's controller of the BLAS pools loaded in this process (numpy's)."""
     import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import ThreadpoolController
 
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        with contextlib.suppress(OSError):
-            lib = ctypes.CDLL(path)
-            setter = next((getattr(lib, name) for name in _SETTERS if hasattr(lib, name)), None)
-            getter = next((getattr(lib, name) for name in _GETTERS if hasattr(lib, name)), None)
-            if setter is not None and getter is not None:
-                setter.argtypes = [ctypes.c_int]
-                getter.restype = ctypes.c_int
-                return setter, getter
-    return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+def has_blas_pool() -> bool:
+    """Whether numpy's BLAS has a thread pool this module can size."""
+    return bool(_blas_pools().lib_controllers)
 
 
 def limit_threads(environ: dict[str, str] | None = None) -> int:
-    """Sets numpy's OpenBLAS pool to ``VS_BLAS_THREADS`` threads (default 1); returns the
-    size it has afterwards, or 0 when nothing was changed (``VS_BLAS_THREADS=0``, or no
-    OpenBLAS)."""
+    """Sets numpy's BLAS pool to ``VS_BLAS_THREADS`` threads (default 1); returns the size it
+    has afterwards, or 0 when nothing was changed (``VS_BLAS_THREADS=0``, or no pool)."""
     env = os.environ if environ is None else environ
     wanted = int(env.get("VS_BLAS_THREADS", str(DEFAULT_THREADS)) or 0)
     if wanted <= 0:
         return 0
-    found = _openblas()
-    if found is None:
+    pools = _blas_pools()
+    if not pools.lib_controllers:
         return 0
-    setter, getter = found
-    setter(wanted)
-    return int(getter())
+    pools.limit(limits=wanted)  # kept: the limiter is not used as a context manager
+    return max(int(lib.num_threads) for lib in pools.lib_controllers)
