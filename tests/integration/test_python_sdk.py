@@ -163,6 +163,39 @@ def test_bulk_upsert_streams_batches(address: str) -> None:
         client.drop_collection("bulk")
 
 
+def test_search_batch_answers_each_query_as_search_does(address: str) -> None:
+    ids, vectors, metadata = dataset(seed=5)
+    queries = np.random.default_rng(9).standard_normal((7, DIM)).astype(np.float32)
+    n = np.arange(N)
+    with Client(address, timeout=20.0) as client:
+        client.create_collection("sdk_batch", DIM, metric="l2")
+        client.upsert("sdk_batch", ids, vectors, metadata)
+        for flt, mask in ((None, n >= 0), (F.tag("odd"), n % 2 == 1)):
+            batch = client.search_batch("sdk_batch", queries, k=4, ef=400, filter=flt, include_metadata=False)
+            assert len(batch) == len(queries)
+            for query, hits in zip(queries, batch, strict=True):
+                assert not hits.partial and all(h.metadata is None for h in hits)
+                assert [h.id for h in hits] == [f"item-{i}" for i in brute_force(vectors, query, mask, 4)]
+                one = client.search("sdk_batch", query, k=4, ef=400, filter=flt, include_metadata=False)
+                assert [(h.id, h.distance) for h in hits] == [(h.id, h.distance) for h in one]
+        (single,) = client.search_batch("sdk_batch", vectors[3], k=1)
+        assert single[0].id == "item-3" and single[0].metadata == Metadata(**metadata[3])  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            client.search_batch("sdk_batch", np.ones((2, DIM + 1), dtype=np.float32))
+        with pytest.raises(ValueError):
+            client.search_batch("sdk_batch", np.ones((0, DIM), dtype=np.float32))
+
+        async def batched() -> list[list[str]]:
+            async with AsyncClient(address, timeout=20.0) as aclient:
+                found = await aclient.search_batch("sdk_batch", queries[:2], k=3, ef=400)
+                return [[h.id for h in hits] for hits in found]
+
+        assert asyncio.run(batched()) == [
+            [f"item-{i}" for i in brute_force(vectors, q, n >= 0, 3)] for q in queries[:2]
+        ]
+        client.drop_collection("sdk_batch")
+
+
 def test_async_client_basics(address: str) -> None:
     ids, vectors, metadata = dataset(seed=11)
 

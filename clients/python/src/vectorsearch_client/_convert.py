@@ -320,6 +320,19 @@ def hits(response: pb.SearchResponse, include_metadata: bool, explain: bool = Fa
     )
 
 
+def hits_per_query(response: pb.SearchResponse, include_metadata: bool) -> list[Hits]:
+    """One ``Hits`` per query of a batched search, in the order of the queries; each carries the
+    response's ``partial`` and ``failed_shards``."""
+    return [
+        Hits(
+            [Hit(h.id, h.distance, metadata(h.metadata) if include_metadata else None) for h in result.hits],
+            partial=response.partial,
+            failed_shards=response.failed_shards,
+        )
+        for result in response.results
+    ]
+
+
 def get_result(response: pb.GetResponse) -> GetResult:
     items = [
         Item(i.id, metadata(i.metadata), np.asarray(i.vector, dtype=np.float32) if len(i.vector) else None)

@@ -159,6 +159,30 @@ def search(
     return Op(cv.SEARCH, method, request, lambda r: cv.hits(r, include_metadata, explain))
 
 
+def search_batch(
+    collection: str,
+    vectors: cv.VectorsLike,
+    k: int,
+    ef: int,
+    filter: Filter | None,
+    include_metadata: bool,
+    require_all_shards: bool,
+) -> Op[list[cv.Hits]]:
+    queries = cv.vectors(vectors)
+    if queries.rows < 1:
+        raise ValueError("search_batch needs at least one query vector")
+    request = pb.SearchRequest(
+        collection=collection,
+        queries=queries,
+        k=k,
+        ef=ef,
+        filter=filter.to_proto() if filter is not None else None,
+        include_metadata=include_metadata,
+        require_all_shards=require_all_shards,
+    )
+    return Op(cv.SEARCH, "Search", request, lambda r: cv.hits_per_query(r, include_metadata))
+
+
 def search_by_id(
     collection: str, id: str, k: int, ef: int, filter: Filter | None, include_metadata: bool, explain: bool = False
 ) -> Op[cv.Hits]:

@@ -251,6 +251,24 @@ class AsyncClient:
         op = _ops.search(collection, vector, text, image, k, ef, filter, include_metadata, require_all_shards, explain)
         return await self._run(op, timeout)
 
+    async def search_batch(
+        self,
+        collection: str,
+        vectors: cv.VectorsLike,
+        *,
+        k: int = 10,
+        ef: int = 0,
+        filter: Filter | None = None,
+        include_metadata: bool = True,
+        require_all_shards: bool = False,
+        timeout: float | None = None,
+    ) -> list[cv.Hits]:
+        """The k nearest items to each row of ``vectors`` (a 2-D array, or one vector), in one
+        Search call: one ``Hits`` per query, in their order, all with the same ``partial``. Cheaper
+        than one call per query; same errors as ``search``."""
+        op = _ops.search_batch(collection, vectors, k, ef, filter, include_metadata, require_all_shards)
+        return await self._run(op, timeout)
+
     async def search_by_id(
         self,
         collection: str,
