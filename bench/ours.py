@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc
 from google.protobuf import text_format
+from vectorsearch_client import Client, F, Filter, Hits, Metadata, SearchExplain
 
 from bench.datasets import FIELD_NAMES, TAG, FilterSpec, K, RowFields
 from bench.harness import HNSW_EF_CONSTRUCTION, HNSW_M, Labels, Matrix, PreparedQuerySystem, System, worker_main
@@ -47,20 +47,12 @@ from testkit.procutil import REPO, import_origins
 from testkit.serverproc import SingleNodeProcess
 from testkit.shard_client import ShardClient, pack
 from testkit.shardproc import ShardProcess
-from vsproto.v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    search_service_pb2,
-    search_service_pb2_grpc,
-    shard_service_pb2,
-    types_pb2,
-)
+from vsproto.v1 import shard_service_pb2
 
 COLLECTION = "bench"
 INGEST_BATCH = 1000
 INGEST_THREADS = 4
-MAX_MESSAGE = 256 << 20
-GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+CALL_TIMEOUT_S = 600.0
 
 
 def server_root() -> Path:
@@ -121,10 +113,11 @@ class Ours(PreparedQuerySystem):
 
 
 class PublicApi(Ours):
-    """The public SearchService; subclasses start the server."""
+    """The public SearchService through the Python SDK (``vectorsearch_client.Client``), as a user's
+    service calls it; subclasses start the server."""
 
     filtered = True
-    filter_proto: search_service_pb2.Filter | None = None  # set_filter's, sent with every Search
+    filter: Filter | None = None  # set_filter's, sent with every search
 
     def start(self) -> str:
         raise NotImplementedError
@@ -140,101 +133,91 @@ class PublicApi(Ours):
 
     def ingest(self, base: Matrix, fields: RowFields | None) -> dict[str, float]:
         self.check_tree()
-        self.channel = grpc.insecure_channel(self.start(), options=GRPC_OPTIONS)
-        grpc.channel_ready_future(self.channel).result(timeout=60)
-        self.stub = search_service_pb2_grpc.SearchServiceStub(self.channel)
-        admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        self.client = Client(self.start(), timeout=CALL_TIMEOUT_S)
+        self.client.wait_ready(60)
         n, dim = base.shape
-        spec = types_pb2.CollectionSpec(
-            name=COLLECTION,
-            dimension=dim,
-            metric=types_pb2.METRIC_INNER_PRODUCT,
-            hnsw=types_pb2.HnswParams(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION),
+        self.client.create_collection(
+            COLLECTION, dim, metric="inner_product", m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION
         )
-        self.stub.CreateCollection(search_service_pb2.CreateCollectionRequest(spec=spec))
-        requests = []
-        for lo in range(0, n, INGEST_BATCH):
-            rows = pack(base[lo : lo + INGEST_BATCH])
-            request = search_service_pb2.UpsertRequest(collection=COLLECTION, vectors=rows)
-            for i in range(lo, min(n, lo + INGEST_BATCH)):
-                item = request.items.add(id=str(i))
-                if fields is not None:
-                    item.metadata.CopyFrom(item_metadata(fields, i))
-            requests.append(request)
+        batches = [
+            (
+                [str(i) for i in range(lo, min(n, lo + INGEST_BATCH))],
+                base[lo : lo + INGEST_BATCH],
+                None if fields is None else [item_metadata(fields, i) for i in range(lo, min(n, lo + INGEST_BATCH))],
+            )
+            for lo in range(0, n, INGEST_BATCH)
+        ]
         start = time.perf_counter()
         with ThreadPoolExecutor(INGEST_THREADS) as pool:
-            acked = sum(reply.upserted for reply in pool.map(self.stub.Upsert, requests))
+            acked = sum(pool.map(lambda batch: self.client.upsert(COLLECTION, *batch), batches))
         ack = time.perf_counter() - start
-        compacted = admin.Compact(admin_service_pb2.CompactRequest(collection=COLLECTION, wait=True))
+        compacted = self.client.compact(COLLECTION, wait=True)
         indexed = time.perf_counter() - start
-        in_graphs = sum(s.graph_elements for s in compacted.shards)
-        pending = sum(s.delta_size for s in compacted.shards)
-        count = self.stub.DescribeCollection(search_service_pb2.DescribeCollectionRequest(collection=COLLECTION)).count
+        in_graphs = sum(s.graph_elements for s in compacted)
+        pending = sum(s.delta_size for s in compacted)
+        count = self.client.describe_collection(COLLECTION).count
         if acked != n or count != n or in_graphs != n or pending:
             raise RuntimeError(f"after ingest: acked {acked}, count {count}, in graphs {in_graphs}, delta {pending}")
         self.info = self.describe(
             consistency="an Upsert is acknowledged once the vectors are fsync'ed in every owning shard's WAL "
             "(group commit) and searchable (exact delta layer); indexed = AdminService.Compact(wait=true) returned "
             "with every item in a graph",
-            items_per_shard={s.shard_id: s.count for s in compacted.shards},
-            query="SearchService.Search, one packed float32 query, k=10",
+            items_per_shard={s.shard_id: s.count for s in compacted},
+            client=f"the Python SDK, vectorsearch_client {pkg_version('vectorsearch-client')}: Client.upsert, "
+            "Client.search (one query, include_metadata=False), Client.search_batch",
+            query="SearchService.Search through Client.search: one packed float32 query, k=10",
+            ef_setting="Client.search(ef=...) per request",
+            batch="all queries in one Client.search_batch call (one Search request)",
+            concurrent="each client thread calls the same Client (one channel)",
         )
         if fields is not None:
             self.info["ingest"] = (
-                f"{INGEST_BATCH} items per Upsert request, each with Metadata (int attributes "
+                f"{INGEST_BATCH} items per Client.upsert, each with Metadata (int attributes "
                 f"{', '.join(FIELD_NAMES)}; tags [{TAG!r}] on the tagged rows, else none), "
-                f"{INGEST_THREADS} client threads on one channel"
+                f"{INGEST_THREADS} client threads on one Client"
             )
-            self.info["filter"] = (
-                "SearchRequest.filter (vectorsearch.v1.Filter): attributes.<name> eq / range lt, tags eq, all_of"
-            )
+            self.info["filter"] = "vectorsearch_client.F: F.attr(name).eq / .lt, F.tag, F.all"
         return {"ack_s": ack, "indexed_s": indexed}
 
     def request(self, queries: Matrix, ef: int) -> Any:
-        request = search_service_pb2.SearchRequest(collection=COLLECTION, queries=pack(queries), k=K, ef=ef)
-        if self.filter_proto is not None:
-            request.filter.CopyFrom(self.filter_proto)
-        return request
+        return queries[0]  # Client.search packs the row on every call, as a user's call does
 
     def set_filter(self, name: str, spec: FilterSpec) -> None:
-        self.filter_proto = None if spec is None else to_filter_proto(spec)
-        self.set_ef(self.ef)  # rebuilds the prepared requests with the filter
-        if self.filter_proto is not None:
-            self.info.setdefault("filters", {})[name] = text_format.MessageToString(self.filter_proto, as_one_line=True)
+        self.filter = None if spec is None else to_filter(spec)
+        if self.filter is not None:
+            proto = self.filter.to_proto()
+            self.info.setdefault("filters", {})[name] = text_format.MessageToString(proto, as_one_line=True)
 
     def explain(self, prepared: list[Any]) -> dict[str, Any] | None:
-        """``SearchResponse.explain`` over ``prepared`` (requested with ``explain=true``) when the
-        stubs have it; None otherwise."""
-        if "explain" not in search_service_pb2.SearchResponse.DESCRIPTOR.fields_by_name:
-            return None
-        replies = []
-        for i in prepared:
-            request = search_service_pb2.SearchRequest()
-            request.CopyFrom(self.requests[i])
-            if "explain" in request.DESCRIPTOR.fields_by_name:
-                setattr(request, "explain", True)  # noqa: B010 (not in every generation of the stubs)
-            replies.append(self.stub.Search(request))
-        return summarize_explain(replies)
+        """``Hits.explain`` (the server's ``SearchExplain``) over the ``prepared`` queries."""
+        found = [self.search_hits(self.requests[i], explain=True) for i in prepared]
+        return summarize_explain([hits.explain for hits in found if hits.explain is not None], len(found))
+
+    def search_hits(self, query: Any, explain: bool = False) -> Hits:
+        hits = self.client.search(
+            COLLECTION, query, k=K, ef=self.ef, filter=self.filter, include_metadata=False, explain=explain
+        )
+        if hits.partial:
+            raise RuntimeError(f"partial result: {hits.failed_shards}")
+        return hits
 
     def search_one(self, query: Any) -> list[int]:
-        reply = self.stub.Search(self.requests[query])
-        if reply.partial:
-            raise RuntimeError(f"partial result: {list(reply.failed_shards)}")
-        return [int(h.id) for h in reply.results[0].hits]
+        return [int(h.id) for h in self.search_hits(self.requests[query])]
 
     def search_batch(self, queries: Matrix) -> Labels:
-        reply = self.stub.Search(self.request(queries, self.ef))
-        if reply.partial:
-            raise RuntimeError(f"partial result: {list(reply.failed_shards)}")
+        found = self.client.search_batch(
+            COLLECTION, queries, k=K, ef=self.ef, filter=self.filter, include_metadata=False
+        )
         out = np.full((len(queries), K), -1, dtype=np.int64)
-        for i, result in enumerate(reply.results):
-            ids = [int(h.id) for h in result.hits]
-            out[i, : len(ids)] = ids
+        for i, hits in enumerate(found):
+            if hits.partial:
+                raise RuntimeError(f"partial result: {hits.failed_shards}")
+            out[i, : len(hits)] = [int(h.id) for h in hits]
         return out
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.channel.close()
+            self.client.close()
         self.stop()
 
 
@@ -330,62 +313,37 @@ class ShardDirect(Ours):
             self.shard.stop()
 
 
-def item_metadata(fields: RowFields, row: int) -> search_service_pb2.Metadata:
-    """Row ``row``'s fields as public Metadata: an int attribute per field, its tags."""
-    meta = search_service_pb2.Metadata(tags=fields.tags(row))
-    for name in FIELD_NAMES:
-        meta.attributes[name].int_value = int(fields.ints[name][row])
-    return meta
+def item_metadata(fields: RowFields, row: int) -> Metadata:
+    """Row ``row``'s fields as the SDK's Metadata: an int attribute per field, its tags."""
+    return Metadata(tags=fields.tags(row), attributes={name: int(fields.ints[name][row]) for name in FIELD_NAMES})
 
 
-def to_filter_proto(spec: dict[str, Any]) -> search_service_pb2.Filter:
-    """A bench/datasets.py filter tree as the public ``vectorsearch.v1.Filter``."""
+def to_filter(spec: dict[str, Any]) -> Filter:
+    """A bench/datasets.py filter tree as an SDK filter (``vectorsearch_client.F``)."""
     (op, arg), *_ = spec.items()
-    pb = search_service_pb2
     if op == "eq":
-        return pb.Filter(condition=pb.Condition(field=f"attributes.{arg[0]}", eq=pb.AttributeValue(int_value=arg[1])))
+        return F.attr(arg[0]).eq(arg[1])
     if op == "lt":
-        bound = pb.Range(lt=pb.AttributeValue(int_value=arg[1]))
-        return pb.Filter(condition=pb.Condition(field=f"attributes.{arg[0]}", range=bound))
+        return F.attr(arg[0]).lt(arg[1])
     if op == "tag":
-        return pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value=arg)))
+        return F.tag(arg)
     if op == "and":
-        return pb.Filter(all_of=pb.FilterList(filters=[to_filter_proto(child) for child in arg]))
+        return F.all(*(to_filter(child) for child in arg))
     raise ValueError(f"unknown filter node {op!r}")
 
 
-def summarize_explain(replies: list[Any]) -> dict[str, Any]:
-    """What ``SearchResponse.explain`` (``SearchExplain``: ``matched``, ``shards`` each with
-    ``plan``, ``matched``, ``scored``, ``micros``) said over some replies: plan counts, means.
-    Reads the fields it finds; never fails on a field the stubs lack."""
+def summarize_explain(explains: list[SearchExplain], queries: int) -> dict[str, Any]:
+    """What ``SearchExplain`` said over some queries: plan counts (per shard answer) and means."""
     plans: dict[str, int] = {}
-    sums: dict[str, float] = {}
-    shard_answers = 0
-    with_explain = 0
-    for reply in replies:
-        if not reply.HasField("explain"):
-            continue
-        with_explain += 1
-        explain = reply.explain
-        sums["matched"] = sums.get("matched", 0.0) + float(getattr(explain, "matched", 0))
-        for shard in getattr(explain, "shards", []):
-            shard_answers += 1
-            plan_field = shard.DESCRIPTOR.fields_by_name.get("plan")
-            if plan_field is not None:
-                value = shard.plan
-                enum = plan_field.enum_type
-                label = enum.values_by_number[value].name if enum and value in enum.values_by_number else str(value)
-                plans[label] = plans.get(label, 0) + 1
-            for key in ("matched", "scored", "micros"):
-                if key in shard.DESCRIPTOR.fields_by_name:
-                    sums[f"shard_{key}"] = sums.get(f"shard_{key}", 0.0) + float(getattr(shard, key))
-    out: dict[str, Any] = {"queries": len(replies), "with_explain": with_explain, "plans": plans}
-    if with_explain:
-        out["mean_matched"] = round(sums.get("matched", 0.0) / with_explain, 1)
-    if shard_answers:
+    shards = [shard for explain in explains for shard in explain.shards]
+    for shard in shards:
+        plans[shard.plan] = plans.get(shard.plan, 0) + 1
+    out: dict[str, Any] = {"queries": queries, "with_explain": len(explains), "plans": plans}
+    if explains:
+        out["mean_matched"] = round(sum(e.matched for e in explains) / len(explains), 1)
+    if shards:
         for key in ("matched", "scored", "micros"):
-            if f"shard_{key}" in sums:
-                out[f"mean_shard_{key}"] = round(sums[f"shard_{key}"] / shard_answers, 1)
+            out[f"mean_shard_{key}"] = round(sum(getattr(s, key) for s in shards) / len(shards), 1)
     return out
 
 
