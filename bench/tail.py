@@ -48,7 +48,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -154,13 +153,11 @@ def writer_main(
     """Streams rows ``first..first+rows`` of the set as new items at ``rate`` rows/s, ``batch``
     per Upsert, on a fixed schedule (a late batch is sent at once, never skipped); ``acked``
     counts the rows acknowledged so far. Puts its own figures on ``results`` when stopped."""
-    from testkit.shard_client import pack
-    from vsproto.v1 import search_service_pb2, search_service_pb2_grpc
+    from vectorsearch_client import Client
 
     base = np.load(Path(data) / "base.npy", mmap_mode="r")
     stream = np.ascontiguousarray(base[first : first + rows], dtype=np.float32)
-    channel = grpc.insecure_channel(address)
-    stub = search_service_pb2_grpc.SearchServiceStub(channel)
+    client = Client(address, timeout=60.0)
     interval = batch / rate
     latencies: list[float] = []
     late = 0
@@ -178,20 +175,18 @@ def writer_main(
                     break
             elif now - due > interval:
                 late += 1
-            request = search_service_pb2.UpsertRequest(collection="bench", vectors=pack(stream[sent : sent + batch]))
-            for i in range(sent, sent + batch):
-                request.items.add(id=f"s{i}")
+            ids = [f"s{i}" for i in range(sent, sent + batch)]
             t0 = time.perf_counter()
-            reply = stub.Upsert(request, timeout=60)
+            upserted = client.upsert("bench", ids, stream[sent : sent + batch])
             latencies.append(time.perf_counter() - t0)
-            if reply.upserted != batch:
-                raise RuntimeError(f"upserted {reply.upserted} of {batch}")
+            if upserted != batch:
+                raise RuntimeError(f"upserted {upserted} of {batch}")
             sent += batch
             acked.value = sent
     except Exception as exc:  # reported by the parent
         error = f"{type(exc).__name__}: {exc}"
     elapsed = time.perf_counter() - start
-    channel.close()
+    client.close()
     times = np.asarray(latencies or [0.0])
     results.put(
         {
@@ -224,10 +219,8 @@ def summary(times: npt.NDArray[np.float64]) -> dict[str, Any]:
 
 def search_rows(system: Any, query: int, n: int) -> list[int]:
     """One Search of a prepared query; the hits as row numbers (``s{j}``, streamed row j: ``n + j``)."""
-    reply = system.stub.Search(system.requests[query])
-    if reply.partial:
-        raise RuntimeError(f"partial result: {list(reply.failed_shards)}")
-    return [n + int(h.id[1:]) if h.id.startswith("s") else int(h.id) for h in reply.results[0].hits]
+    hits = system.search_hits(system.requests[query])  # Client.search, partial results refused
+    return [n + int(h.id[1:]) if h.id.startswith("s") else int(h.id) for h in hits]
 
 
 def search_window(
