@@ -45,31 +45,21 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
+from vectorsearch_client import Client, RebalanceStatus, VectorSearchError
 
 from bench.datasets import DATA, load_data
 from bench.machine import cpu_model, git_commit, loadavg
 from testkit.datasets import data_and_queries, unit_rows
 from testkit.procutil import REPO
 from testkit.serverproc import SingleNodeProcess
-from testkit.shard_client import pack
 from testkit.shardproc import ShardProcess
 from testkit.truth import exact_top_k, recall_at_k
-from vsproto.v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    search_service_pb2,
-    search_service_pb2_grpc,
-    types_pb2,
-)
 
 Matrix = npt.NDArray[np.float32]
 COLLECTION = "bench"
 K = 10
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
-MAX_MESSAGE = 256 << 20
-GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-FINAL = {admin_service_pb2.REBALANCE_STATE_DONE, admin_service_pb2.REBALANCE_STATE_ABORTED}
 
 
 # ---------------------------------------------------------------- data
@@ -105,15 +95,13 @@ class Cluster:
         registered = [f"--register-shard={sid}={self.shards[sid].address}" for sid in ("s0", "s1", "s2")]
         self.server = SingleNodeProcess(self.workdir / "server", *self.server_args, *registered, local_shard=False)
         address = self.server.start()
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-        grpc.channel_ready_future(self.channel).result(timeout=60)
-        self.search = search_service_pb2_grpc.SearchServiceStub(self.channel)
-        self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        self.client = Client(address, timeout=30.0)
+        self.client.wait_ready(60)
         return address
 
     def stop(self) -> None:
-        if hasattr(self, "channel"):
-            self.channel.close()
+        if hasattr(self, "client"):
+            self.client.close()
         if self.server is not None:
             self.server.stop()
         for shard in self.shards.values():
@@ -121,8 +109,8 @@ class Cluster:
 
     def counts(self) -> dict[str, str]:
         """Per shard: membership state and item count."""
-        status = self.admin.ClusterStatus(admin_service_pb2.ClusterStatusRequest(), timeout=30)
-        return {s.shard_id: f"{s.state or 'active'} {s.collection_counts.get(COLLECTION, 0)}" for s in status.shards}
+        status = self.client.cluster_status()
+        return {s.shard_id: f"{s.state} {s.collection_counts.get(COLLECTION, 0)}" for s in status.shards}
 
     def index_state(self) -> str:
         """Per shard process: items in its HNSW graph and operations still in its (exact) delta layer."""
@@ -139,36 +127,28 @@ class Cluster:
         return ", ".join(parts)
 
     def count(self) -> int:
-        request = search_service_pb2.DescribeCollectionRequest(collection=COLLECTION)
-        return int(self.search.DescribeCollection(request, timeout=30).count)
+        return int(self.client.describe_collection(COLLECTION).count or 0)
 
 
 def ingest(cluster: Cluster, base: Matrix, batch: int, threads: int) -> dict[str, float]:
     """Creates the collection, upserts every row (id = row index), waits for Compact."""
     n, dim = base.shape
-    spec = types_pb2.CollectionSpec(
-        name=COLLECTION,
-        dimension=dim,
-        metric=types_pb2.METRIC_INNER_PRODUCT,
-        hnsw=types_pb2.HnswParams(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION),
+    client = cluster.client
+    client.create_collection(
+        COLLECTION, dim, metric="inner_product", m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, timeout=60
     )
-    cluster.search.CreateCollection(search_service_pb2.CreateCollectionRequest(spec=spec), timeout=60)
 
-    def request(lo: int) -> search_service_pb2.UpsertRequest:
-        out = search_service_pb2.UpsertRequest(collection=COLLECTION, vectors=pack(base[lo : lo + batch]))
-        for i in range(lo, min(n, lo + batch)):
-            out.items.add(id=str(i))
-        return out
+    def upsert(lo: int) -> int:
+        ids = [str(i) for i in range(lo, min(n, lo + batch))]
+        return client.upsert(COLLECTION, ids, base[lo : lo + batch], timeout=300)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        acked = sum(
-            r.upserted for r in pool.map(lambda lo: cluster.search.Upsert(request(lo), timeout=300), range(0, n, batch))
-        )
+        acked = sum(pool.map(upsert, range(0, n, batch)))
     ack_s = time.perf_counter() - start
-    compacted = cluster.admin.Compact(admin_service_pb2.CompactRequest(collection=COLLECTION, wait=True), timeout=3600)
+    compacted = client.compact(COLLECTION, wait=True, timeout=3600)
     indexed_s = time.perf_counter() - start
-    in_graphs = sum(s.graph_elements for s in compacted.shards)
+    in_graphs = sum(s.graph_elements for s in compacted)
     if acked != n or in_graphs != n:
         raise RuntimeError(f"after ingest: acked {acked}, in graphs {in_graphs} of {n}")
     return {"ack_s": ack_s, "indexed_s": indexed_s}
@@ -202,28 +182,26 @@ class SearchLoop:
     """One client thread: searches the query set in a cycle, one query per call, until stopped."""
 
     def __init__(self, cluster: Cluster, queries: Matrix, ef: int) -> None:
-        self.stub = cluster.search
-        self.requests = [
-            search_service_pb2.SearchRequest(collection=COLLECTION, queries=pack(queries[i : i + 1]), k=K, ef=ef)
-            for i in range(len(queries))
-        ]
+        self.client = cluster.client
+        self.queries = queries
+        self.ef = ef
         self.next = 0
 
     def run(self, phase: Phase, stop: threading.Event) -> None:
         start = time.perf_counter()
         while not stop.is_set():
-            request = self.requests[self.next % len(self.requests)]
+            query = self.queries[self.next % len(self.queries)]
             self.next += 1
             t0 = time.perf_counter()
             try:
-                reply = self.stub.Search(request, timeout=30)
-            except grpc.RpcError as e:
+                found = self.client.search(COLLECTION, query, k=K, ef=self.ef, include_metadata=False)
+            except VectorSearchError as e:
                 phase.errors += 1
-                phase.first_error = phase.first_error or f"{e.code().name}: {e.details()}"
+                phase.first_error = phase.first_error or f"{e.code.name}: {e.message}"
                 continue
             phase.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-            hits = [h.id for h in reply.results[0].hits]
-            phase.partial += reply.partial
+            hits = [h.id for h in found]
+            phase.partial += found.partial
             phase.duplicates += len(hits) != len(set(hits))
             phase.short += len(hits) < K
         phase.wall_s = time.perf_counter() - start
@@ -236,15 +214,14 @@ class SearchLoop:
         return phase
 
     def warm_up(self, calls: int) -> None:
-        for request in self.requests[:calls]:
-            self.stub.Search(request, timeout=30)
+        for query in self.queries[:calls]:
+            self.client.search(COLLECTION, query, k=K, ef=self.ef, include_metadata=False)
 
 
 def recall(cluster: Cluster, queries: Matrix, truth: npt.NDArray[np.int64], ef: int) -> float:
     found = []
-    for i in range(len(queries)):
-        request = search_service_pb2.SearchRequest(collection=COLLECTION, queries=pack(queries[i : i + 1]), k=K, ef=ef)
-        found.append([int(h.id) for h in cluster.search.Search(request, timeout=30).results[0].hits])
+    for query in queries:
+        found.append([int(h.id) for h in cluster.client.search(COLLECTION, query, k=K, ef=ef, include_metadata=False)])
     return recall_at_k(truth, found)
 
 
@@ -275,23 +252,26 @@ def run_move(cluster: Cluster, loop: SearchLoop, name: str, start_call: Any, pol
     searcher.start()
     time.sleep(0.2)  # the loop is running before the move starts
     t0 = time.perf_counter()
-    rebalance_id = start_call().rebalance.rebalance_id
+    started: RebalanceStatus | None = start_call()
+    if started is None:
+        raise RuntimeError(f"{name}: the admin call started no rebalance")
     states: list[str] = []
-    status = None
+    status: RebalanceStatus | None = None
     while time.perf_counter() - t0 < timeout_s:
-        request = admin_service_pb2.GetRebalanceStatusRequest(rebalance_id=rebalance_id)
-        status = cluster.admin.GetRebalanceStatus(request, timeout=30).rebalance
-        state = admin_service_pb2.RebalanceState.Name(status.state).removeprefix("REBALANCE_STATE_")
+        status = cluster.client.rebalance_status(started.rebalance_id)
+        if status is None:
+            raise RuntimeError(f"{name}: rebalance {started.rebalance_id} not found")
+        state = status.state.upper()
         if not states or states[-1] != state:
             states.append(state)
-        if status.state in FINAL:
+        if status.finished:
             break
         time.sleep(poll_s)
     seconds = time.perf_counter() - t0
     stop.set()
     searcher.join()
     assert status is not None
-    if status.state not in FINAL:
+    if not status.finished:
         raise RuntimeError(f"{name}: not done after {timeout_s} s: {status}")
     return Move(
         name=name,
@@ -427,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 cluster,
                 loop,
                 "add s3 (3 -> 4 shards)",
-                lambda: cluster.admin.AddShard(
-                    admin_service_pb2.AddShardRequest(shard_id="s3", address=s3, weight=1.0), timeout=60
-                ),
+                lambda: cluster.client.add_shard("s3", s3, weight=1.0, timeout=60),
                 args.poll_s,
                 args.move_timeout_s,
             )
@@ -441,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 cluster,
                 loop,
                 "drain s1 (4 -> 3 shards)",
-                lambda: cluster.admin.DrainShard(admin_service_pb2.DrainShardRequest(shard_id="s1"), timeout=60),
+                lambda: cluster.client.drain_shard("s1", timeout=60),
                 args.poll_s,
                 args.move_timeout_s,
             )
@@ -451,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             phases += [add.search, drain.search, loop.timed("after", args.seconds)]
             recall_after = recall(cluster, sample, truth, args.ef)
-            cluster.admin.Compact(admin_service_pb2.CompactRequest(collection=COLLECTION, wait=True), timeout=3600)
+            cluster.client.compact(COLLECTION, wait=True, timeout=3600)
             phases.append(loop.timed("after + compact", args.seconds))
             recall_compacted = recall(cluster, sample, truth, args.ef)
             checks.append(
