@@ -10,19 +10,14 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from vectorsearch_client import Client, InvalidArgument
 
 from testkit.clusterproc import ClusterProcess
 from testkit.datasets import data_and_queries
 from testkit.serverproc import SingleNodeProcess
 from testkit.shardproc import ShardProcess
-from vsproto.v1 import admin_service_pb2 as admin_pb
-from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import search_service_pb2_grpc as pb_grpc
-from vsproto.v1 import types_pb2
 
 DIM = 16
 N = 2000
@@ -121,28 +116,18 @@ def test_a_shard_exports_rpc_collection_compaction_and_recall_metrics(tmp_path: 
         shard.stop()
 
 
-def packed(matrix: np.ndarray) -> types_pb2.Vectors:
-    return types_pb2.Vectors(dimension=matrix.shape[1], packed=np.ascontiguousarray(matrix, dtype="<f4").tobytes())
-
-
 def test_a_single_node_server_exports_rpc_and_local_shard_metrics(tmp_path: Path) -> None:
     server = SingleNodeProcess(tmp_path / "node", "--metrics-listen", "127.0.0.1:0")
-    channel = grpc.insecure_channel(server.start())
+    client = Client(server.start(), timeout=30.0)
     try:
         address = metrics_address(tmp_path / "node" / "server.ready")
-        stub = pb_grpc.SearchServiceStub(channel)
-        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
+        assert client.create_collection("c", DIM, metric="cosine")
         data, queries = data_and_queries(500, 5, DIM, seed=3)
-        request = pb.UpsertRequest(collection="c", vectors=packed(data))
-        for i in range(len(data)):
-            request.items.add(id=f"s{i}")
-        stub.Upsert(request)
-        stub.Search(pb.SearchRequest(collection="c", queries=packed(queries), k=5))
-        with pytest.raises(grpc.RpcError) as bad:
-            stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:1, :3]), k=5))
-        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        admin_grpc.AdminServiceStub(channel).Compact(admin_pb.CompactRequest(collection="c", wait=True))
+        client.upsert("c", [f"s{i}" for i in range(len(data))], data)
+        client.search_batch("c", queries, k=5)
+        with pytest.raises(InvalidArgument):
+            client.search("c", queries[0, :3], k=5)
+        client.compact("c", wait=True)
 
         samples = scrape(address)
         assert rpc_count(samples, "SearchService/Upsert", "OK") == 1
@@ -153,7 +138,7 @@ def test_a_single_node_server_exports_rpc_and_local_shard_metrics(tmp_path: Path
         assert value(samples, "vs_compactions_total", collection="c") == 1
         assert value(samples, "vs_fanout_partial_results_total") == 0
     finally:
-        channel.close()
+        client.close()
         server.stop()
 
 
@@ -165,30 +150,24 @@ def test_a_server_counts_partial_results_per_failed_shard(tmp_path: Path) -> Non
     server = SingleNodeProcess(
         tmp_path / "server", "--metrics-listen", "127.0.0.1:0", "--request-timeout-s", "3", *register, local_shard=False
     )
-    channel = grpc.insecure_channel(server.start())
+    client = Client(server.start(), timeout=30.0)
     try:
         address = metrics_address(tmp_path / "server" / "server.ready")
-        stub = pb_grpc.SearchServiceStub(channel)
-        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
+        assert client.create_collection("c", DIM, metric="cosine")
         data, queries = data_and_queries(300, 2, DIM, seed=5)
-        request = pb.UpsertRequest(collection="c", vectors=packed(data))
-        for i in range(len(data)):
-            request.items.add(id=f"p{i}")
-        stub.Upsert(request)
-        whole = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:1]), k=5))
-        assert not whole.partial
+        client.upsert("c", [f"p{i}" for i in range(len(data))], data)
+        assert not client.search("c", queries[0], k=5).partial
         assert value(scrape(address), "vs_fanout_partial_results_total") == 0
 
         shards[1].kill()
         for _ in range(2):
-            reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:1]), k=5))
-            assert reply.partial and list(reply.failed_shards) == ["s1"]
+            hits = client.search("c", queries[0], k=5)
+            assert hits.partial and hits.failed_shards == ["s1"]
         samples = scrape(address)
         assert value(samples, "vs_fanout_partial_results_total", shard="s1") == 2
         assert value(samples, "vs_fanout_partial_results_total", shard="s0") == 0
     finally:
-        channel.close()
+        client.close()
         server.stop()
         for shard in shards:
             shard.stop()
@@ -196,15 +175,12 @@ def test_a_server_counts_partial_results_per_failed_shard(tmp_path: Path) -> Non
 
 def test_a_local_cluster_gives_each_shard_a_metrics_port(tmp_path: Path) -> None:
     cluster = ClusterProcess(tmp_path / "cluster", "--metrics-listen", "127.0.0.1:0", shards=2)
-    stub = cluster.start()
+    cluster.start()
     try:
-        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
-        data, _ = data_and_queries(200, 1, DIM, seed=6)
-        request = pb.UpsertRequest(collection="c", vectors=packed(data))
-        for i in range(len(data)):
-            request.items.add(id=f"m{i}")
-        stub.Upsert(request)
+        with Client(cluster.address, timeout=30.0) as client:
+            assert client.create_collection("c", DIM, metric="cosine")
+            data, _ = data_and_queries(200, 1, DIM, seed=6)
+            client.upsert("c", [f"m{i}" for i in range(len(data))], data)
         per_shard = [
             value(
                 scrape(metrics_address(tmp_path / "cluster" / f"shard-{i}.ready")),

@@ -10,17 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
-import numpy as np
+import pytest
+from vectorsearch_client import Client, F, InvalidArgument
 
 from testkit.datasets import data_and_queries
 from testkit.procutil import wait_for_ready_file
 from testkit.truth import exact_top_k, recall_at_k
-from vsproto.v1 import admin_service_pb2 as admin_pb
-from vsproto.v1 import admin_service_pb2_grpc as admin_grpc
-from vsproto.v1 import search_service_pb2 as pb
-from vsproto.v1 import search_service_pb2_grpc as pb_grpc
-from vsproto.v1 import types_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -51,62 +46,43 @@ def start(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, wait_for_ready_file(proc, ready, 60, "server", log_tail)
 
 
-def packed(matrix: np.ndarray) -> types_pb2.Vectors:
-    return types_pb2.Vectors(dimension=matrix.shape[1], packed=np.ascontiguousarray(matrix, dtype="<f4").tobytes())
-
-
 def test_single_node_serves_the_api_and_survives_sigkill(tmp_path: Path) -> None:
     proc, address = start(tmp_path)
     try:
-        stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(address))
-        spec = types_pb2.CollectionSpec(name="c", dimension=DIM, metric=types_pb2.METRIC_COSINE)
-        assert stub.CreateCollection(pb.CreateCollectionRequest(spec=spec)).created
+        client = Client(address, timeout=30.0)
+        assert client.create_collection("c", DIM, metric="cosine")
         data, queries = data_and_queries(3000, 50, DIM, seed=31)
         ids = [f"s{i}" for i in range(3000)]
+        tags = [["odd" if i % 2 else "even", *(["rare"] if i % 1000 == 7 else [])] for i in range(3000)]
         for lo in range(0, 3000, 500):
-            request = pb.UpsertRequest(collection="c", vectors=packed(data[lo : lo + 500]))
-            for i in range(lo, lo + 500):
-                tags = request.items.add(id=ids[i]).metadata.tags
-                tags.append("odd" if i % 2 else "even")
-                if i % 1000 == 7:
-                    tags.append("rare")
-            stub.Upsert(request)
-        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries), k=10))
-        found = [[h.id for h in r.hits] for r in reply.results]
-        assert not reply.partial and recall_at_k(exact_top_k(data, queries, 10, "cosine"), found, ids) >= 0.95
-        odd = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="odd")))
-        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:5]), k=5, filter=odd))
-        assert all(int(h.id[1:]) % 2 for r in reply.results for h in r.hits)
-        rare = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="rare")))
-        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:5]), k=5, filter=rare))
-        assert [sorted(h.id for h in r.hits) for r in reply.results] == [["s1007", "s2007", "s7"]] * 5
-        none = pb.Filter(condition=pb.Condition(field="tags", eq=pb.AttributeValue(string_value="absent")))
-        reply = stub.Search(pb.SearchRequest(collection="c", queries=packed(queries[:2]), k=5, filter=none))
-        assert [len(r.hits) for r in reply.results] == [0, 0]
-        status = admin_grpc.AdminServiceStub(grpc.insecure_channel(address)).ClusterStatus(
-            admin_pb.ClusterStatusRequest()
-        )
+            client.upsert("c", ids[lo : lo + 500], data[lo : lo + 500], [{"tags": t} for t in tags[lo : lo + 500]])
+        found = client.search_batch("c", queries, k=10)
+        assert not any(hits.partial for hits in found)
+        truth = exact_top_k(data, queries, 10, "cosine")
+        assert recall_at_k(truth, [[h.id for h in hits] for hits in found], ids) >= 0.95
+        odd = client.search_batch("c", queries[:5], k=5, filter=F.tag("odd"))
+        assert all(int(h.id[1:]) % 2 for hits in odd for h in hits)
+        rare = client.search_batch("c", queries[:5], k=5, filter=F.tag("rare"))
+        assert [sorted(h.id for h in hits) for hits in rare] == [["s1007", "s2007", "s7"]] * 5
+        absent = client.search_batch("c", queries[:2], k=5, filter=F.tag("absent"))
+        assert [len(hits) for hits in absent] == [0, 0]
+        status = client.cluster_status()
         assert [(s.shard_id, s.healthy, s.collection_counts["c"]) for s in status.shards] == [("local-0", True, 3000)]
         assert status.shards[0].address.startswith("local:")
-        compacted = admin_grpc.AdminServiceStub(grpc.insecure_channel(address)).Compact(
-            admin_pb.CompactRequest(collection="c", wait=True)
-        )
-        assert [(s.shard_id, s.count, s.graph_elements, s.delta_size) for s in compacted.shards] == [
+        compacted = client.compact("c", wait=True)
+        assert [(s.shard_id, s.count, s.graph_elements, s.delta_size) for s in compacted] == [
             ("local-0", 3000, 3000, 0)
         ]
-        bad = pb.SearchRequest(collection="c", queries=packed(queries[:1, :3]), k=5)
-        try:
-            stub.Search(bad)
-            raise AssertionError("a wrong dimension was accepted")
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(InvalidArgument):
+            client.search("c", queries[0, :3], k=5)
+        client.close()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc, address = start(tmp_path)
-        stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(address))
-        assert stub.DescribeCollection(pb.DescribeCollectionRequest(collection="c")).count == 3000
-        got = stub.Get(pb.GetRequest(collection="c", ids=["s0", "s2999"]))
-        assert [i.id for i in got.items] == ["s0", "s2999"] and got.items[1].metadata.tags == ["odd"]
+        with Client(address, timeout=30.0) as client:
+            assert client.describe_collection("c").count == 3000
+            got = client.get("c", ["s0", "s2999"])
+            assert [i.id for i in got.items] == ["s0", "s2999"] and got.items[1].metadata.tags == ["odd"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
