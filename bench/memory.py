@@ -230,17 +230,9 @@ def du(path: Path) -> int:
 def run_server(
     data: np.ndarray, workdir: Path, idle_s: float, trace: bool, env: dict[str, str], root: Path = REPO
 ) -> dict[str, Any]:
-    import grpc
+    from vectorsearch_client import Client
 
     from testkit.serverproc import SingleNodeProcess
-    from testkit.shard_client import pack
-    from vsproto.v1 import (
-        admin_service_pb2,
-        admin_service_pb2_grpc,
-        search_service_pb2,
-        search_service_pb2_grpc,
-        types_pb2,
-    )
 
     n, dim = data.shape
     trace_path = workdir / "memtrace.jsonl"
@@ -258,14 +250,11 @@ def run_server(
         os.environ.update(saved)
     assert proc.proc is not None
     pid = proc.proc.pid
-    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
-    channel = grpc.insecure_channel(address, options=options)
+    client = Client(address, timeout=600.0)
     phases: dict[str, dict[str, Any]] = {}
     times: dict[str, float] = {}
     try:
-        grpc.channel_ready_future(channel).result(timeout=60)
-        stub = search_service_pb2_grpc.SearchServiceStub(channel)
-        admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        client.wait_ready(60)
         with Sampler(pid) as sampler:
             time.sleep(1.0)
 
@@ -279,21 +268,13 @@ def run_server(
                 }
 
             end_phase("started")
-            spec = types_pb2.CollectionSpec(
-                name=COLLECTION,
-                dimension=dim,
-                metric=types_pb2.METRIC_INNER_PRODUCT,
-                hnsw=types_pb2.HnswParams(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION),
+            client.create_collection(
+                COLLECTION, dim, metric="inner_product", m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION
             )
-            stub.CreateCollection(search_service_pb2.CreateCollectionRequest(spec=spec))
 
             def upsert(lo: int) -> int:
-                request = search_service_pb2.UpsertRequest(
-                    collection=COLLECTION, vectors=pack(data[lo : lo + INGEST_BATCH])
-                )
-                for i in range(lo, min(n, lo + INGEST_BATCH)):
-                    request.items.add(id=str(i))
-                return int(stub.Upsert(request).upserted)
+                ids = [str(i) for i in range(lo, min(n, lo + INGEST_BATCH))]
+                return client.upsert(COLLECTION, ids, data[lo : lo + INGEST_BATCH])
 
             sampler.phase = "load"
             started = time.perf_counter()
@@ -303,10 +284,10 @@ def run_server(
             end_phase("load")
             sampler.phase = "compact"
             started = time.perf_counter()
-            compacted = admin.Compact(admin_service_pb2.CompactRequest(collection=COLLECTION, wait=True))
+            compacted = client.compact(COLLECTION, wait=True)
             times["compact_s"] = round(time.perf_counter() - started, 1)
             end_phase("compact")
-            in_graphs = sum(s.graph_elements for s in compacted.shards)
+            in_graphs = sum(s.graph_elements for s in compacted)
             if acked != n or in_graphs != n:
                 raise RuntimeError(f"acked {acked}, in graphs {in_graphs} of {n}")
             sampler.phase = "idle"
@@ -321,7 +302,7 @@ def run_server(
             samples = sampler.samples
         disk = {"snapshots_mib": mib(du(workdir / "single" / "shard") / 1024)}
     finally:
-        channel.close()
+        client.close()
         proc.stop()
     trace_lines = []
     if trace and trace_path.exists():
