@@ -1,4 +1,4 @@
-"""Collection specification (name, dimension, metric, HNSW parameters) and its validation."""
+"""Collection specification (name, dimension, metric, HNSW parameters, quantization) and its validation."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ class Metric(enum.Enum):
         return "l2" if self is Metric.L2 else "ip"
 
 
+class Quantization(enum.Enum):
+    """How the graph stores vectors; the values match the protobuf enum numbers (0, unspecified,
+    reads as NONE). INT8: one byte per dimension in memory, full-precision rows on disk that
+    re-score the graph's best candidates (docs/quantization.md)."""
+
+    NONE = 1
+    INT8 = 2
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     name: str
@@ -43,16 +52,24 @@ class CollectionSpec:
     m: int = DEFAULT_M
     ef_construction: int = DEFAULT_EF_CONSTRUCTION
     ef_search: int = DEFAULT_EF_SEARCH
+    quantization: Quantization = Quantization.NONE
 
     def to_json(self) -> str:
+        """Canonical JSON; ``quantization`` is left out when NONE, so the spec files and snapshot
+        manifests of unquantized collections stay what older releases wrote and read."""
         data = asdict(self)
         data["metric"] = self.metric.name
+        if self.quantization is Quantization.NONE:
+            del data["quantization"]
+        else:
+            data["quantization"] = self.quantization.name
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CollectionSpec:
         data = json.loads(text)
         data["metric"] = Metric[data["metric"]]
+        data["quantization"] = Quantization[data.get("quantization", "NONE")]
         return cls(**data)
 
 
@@ -66,9 +83,16 @@ def validate_name(name: str) -> str:
 
 
 def make_spec(
-    name: str, dimension: int, metric_number: int, m: int = 0, ef_construction: int = 0, ef_search: int = 0
+    name: str,
+    dimension: int,
+    metric_number: int,
+    m: int = 0,
+    ef_construction: int = 0,
+    ef_search: int = 0,
+    quantization_number: int = 0,
 ) -> CollectionSpec:
-    """Validates raw request fields and fills defaults (0 means default)."""
+    """Validates raw request fields and fills defaults (0 means default; quantization 0 is NONE).
+    Every metric can be quantized; an unknown quantization number is InvalidArgument."""
     validate_name(name)
     if not 1 <= dimension <= MAX_DIMENSION:
         raise InvalidArgument(f"dimension must be in 1..{MAX_DIMENSION}, got {dimension}")
@@ -85,4 +109,10 @@ def make_spec(
         raise InvalidArgument(f"hnsw.ef_construction must be in 8..4096 and >= m, got {ef_construction}")
     if not 1 <= ef_search <= MAX_EF:
         raise InvalidArgument(f"hnsw.ef_search must be in 1..{MAX_EF}, got {ef_search}")
-    return CollectionSpec(name, dimension, metric, m, ef_construction, ef_search)
+    try:
+        quantization = Quantization(quantization_number or Quantization.NONE.value)
+    except ValueError:
+        raise InvalidArgument(
+            f"quantization must be QUANTIZATION_NONE or QUANTIZATION_INT8, got {quantization_number}"
+        ) from None
+    return CollectionSpec(name, dimension, metric, m, ef_construction, ef_search, quantization)

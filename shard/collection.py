@@ -32,13 +32,13 @@ import numpy.typing as npt
 from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
 from core.filters import Filter
 from core.keyranges import RangeSet
-from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec
+from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec, Quantization
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from shard import exact, heap, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
-from shard.graph import Graph, new_index
+from shard.graph import Graph, Int8Quantizer, check_quantization, map_rows, new_index
 from shard.labelset import LabelSet
 from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
@@ -114,7 +114,10 @@ class Collection:
     # ================================================================== lifecycle
     @classmethod
     def create(cls, directory: Path, spec: CollectionSpec, options: CollectionOptions) -> Collection:
-        """Creates the on-disk collection at ``directory`` (must not exist) and opens it."""
+        """Creates the on-disk collection at ``directory`` (must not exist) and opens it.
+        FailedPrecondition, before anything is written, for a quantization this process cannot
+        serve (int8 without the native module)."""
+        check_quantization(spec)
         staging = directory.with_name(f".creating-{directory.name}")
         if staging.exists():
             shutil.rmtree(staging)
@@ -131,6 +134,7 @@ class Collection:
     @classmethod
     def open(cls, directory: Path, options: CollectionOptions) -> Collection:
         spec = cls.read_spec(directory)
+        check_quantization(spec)
         self = cls(directory, spec, options)
         graph, kept = snapshot.load_newest(self._snapshot_dir, spec)
         base_seq = graph.applied_seq if graph is not None else 0
@@ -700,7 +704,23 @@ class Collection:
             register()
 
     def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> tuple[Graph, bool]:
-        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither."""
+        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither. An int8
+        collection's new graph gets its float32 rows in a private ``.tmp-rows-*`` file under the
+        snapshot directory (moved into the snapshot by ``write_snapshot``; removed here on
+        failure, else by the next ``list_snapshots``)."""
+        rows_out = None
+        if self.spec.quantization is Quantization.INT8:
+            rows_out = _RowsWriter(self._snapshot_dir / f".tmp-rows-{seal_seq:020d}-{os.getpid()}")
+        try:
+            return self._fold_layers(graph, sealed, seal_seq, rows_out)
+        except BaseException:
+            if rows_out is not None:
+                rows_out.discard()
+            raise
+
+    def _fold_layers(
+        self, graph: Graph | None, sealed: Delta, seal_seq: int, rows_out: _RowsWriter | None
+    ) -> tuple[Graph, bool]:
         live_count = int(sum(int(b.visible(seal_seq).sum()) for b in sealed.blocks()))
         replaced: list[int] = []
         if graph is not None:
@@ -710,6 +730,7 @@ class Collection:
         deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
         rebuild = graph is None or deleted_after > self.options.rebuild_deleted_ratio * max(1, elements)
         threads = self.options.build_threads
+        quantizer: Int8Quantizer | None = None
         if rebuild:
             label_ids: list[str] = []
             label_payloads: list[bytes] = []
@@ -722,12 +743,16 @@ class Collection:
                 columns = graph.fields.columns.gather(kept)
             else:
                 columns = FieldColumns()
-            index = new_index(self.spec, len(label_ids) + live_count)
+            if rows_out is not None:  # a rebuild trains the quantizer again, on every row it will hold
+                quantizer = _train_quantizer(graph, label_ids, sealed, seal_seq, self.spec.dimension)
+            index = new_index(self.spec, len(label_ids) + live_count, quantizer)
             if graph is not None:
                 for lo in range(0, len(label_ids), _BUILD_CHUNK):
                     chunk = label_ids[lo : lo + _BUILD_CHUNK]
                     vectors = graph.vectors([graph.label_of[item] for item in chunk])
                     index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
+                    if rows_out is not None:
+                        rows_out.write(vectors)
         else:
             assert graph is not None
             # The graph's own index is never mutated once published (searches run on it), so the
@@ -735,6 +760,11 @@ class Collection:
             # payloads and versions come from the graph itself (copies of its lists share the
             # objects) rather than from a second decoding of the snapshot's files.
             index = snapshot.load_index(self._snapshots[0], self.spec, extra_capacity=live_count)
+            quantizer = graph.quantizer
+            if rows_out is not None:
+                assert graph.full_rows is not None
+                for lo in range(0, graph.elements, _BUILD_CHUNK):  # every label, deleted ones too
+                    rows_out.write(graph.full_rows[lo : lo + _BUILD_CHUNK])
             memtrace.mark("fold_private_copy_loaded", elements=graph.elements, capacity=graph.elements + live_count)
             label_ids = list(graph.label_ids)
             label_payloads = list(graph.label_payloads)
@@ -751,6 +781,8 @@ class Collection:
         for ids, vectors, payloads, seqs in _live_chunks(sealed, seal_seq):
             base = len(label_ids)
             index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
+            if rows_out is not None:
+                rows_out.write(vectors)
             label_ids.extend(ids)
             label_payloads.extend(payloads)
             seq_parts.append(seqs)
@@ -766,6 +798,18 @@ class Collection:
             label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
         memtrace.mark("fold_items_added", elements=len(label_ids))
         new_graph = Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq)
+        if rows_out is not None:
+            new_graph = Graph(
+                index,
+                label_ids,
+                label_of,
+                seal_seq,
+                label_payloads,
+                label_seq,
+                quantizer=quantizer,
+                full_rows=rows_out.finish(self.spec.dimension, len(label_ids)),
+                full_rows_path=rows_out.path,
+            )
         new_graph.index_fields(columns)
         return new_graph, rebuild and graph is not None
 
@@ -811,6 +855,49 @@ def _rows_of_delta(layer: Delta, rows: npt.NDArray[np.intp]) -> Callable[[npt.ND
         return out
 
     return gather
+
+
+class _RowsWriter:
+    """Appends float32 rows to a new file (an int8 graph's ``vectors.f32`` before its snapshot)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle = open(path, "wb")  # noqa: SIM115 (closed by finish or discard)
+
+    def write(self, rows: Matrix) -> None:
+        self._handle.write(np.ascontiguousarray(rows, dtype="<f4").data)
+
+    def finish(self, dim: int, count: int) -> Matrix:
+        """Closes the file and maps it read-only (``count`` rows of ``dim``)."""
+        self._handle.close()
+        return map_rows(self.path, dim, count)
+
+    def discard(self) -> None:
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _train_quantizer(graph: Graph | None, kept_ids: list[str], sealed: Delta, seal_seq: int, dim: int) -> Int8Quantizer:
+    """The int8 quantizer of a rebuilt graph: the per-dimension range of the rows it will hold
+    (``kept_ids`` of ``graph``, then the live rows of ``sealed``)."""
+    low = np.full(dim, np.inf, dtype=np.float32)
+    high = np.full(dim, -np.inf, dtype=np.float32)
+
+    def extend(rows: Matrix) -> None:
+        if len(rows):
+            np.minimum(low, rows.min(axis=0), out=low)
+            np.maximum(high, rows.max(axis=0), out=high)
+
+    if graph is not None:
+        for lo in range(0, len(kept_ids), _BUILD_CHUNK):
+            extend(graph.vectors([graph.label_of[item] for item in kept_ids[lo : lo + _BUILD_CHUNK]]))
+    for _, vectors, _, _ in _live_chunks(sealed, seal_seq):
+        extend(vectors)
+    if not np.isfinite(low).all():  # no rows at all
+        low[:] = 0.0
+        high[:] = 0.0
+    return Int8Quantizer.train(low, high)
 
 
 def _live_chunks(

@@ -12,6 +12,14 @@ changes after publication (written under the collection's write lock).
 
 Search uses a fixed ``ef`` of 1 on the index and asks for ``max(k, ef)`` results instead, which
 gives hnswlib's exact ``ef`` semantics without mutating shared state per request.
+
+An int8 collection (``Quantization.INT8``, docs/quantization.md) has a graph whose index holds
+one byte per dimension (``Int8Quantizer``, ``_vsnative``'s ``set_int8``) and ``full_rows``: the
+float32 rows by label, a read-only memory map of ``vectors.f32`` (in the snapshot, or a private
+file of the fold before the snapshot is written). Its searches ask the index for
+``max(ef, RESCORE_FACTOR * k)`` candidates and re-score the first ``RESCORE_FACTOR * k`` of them
+exactly on ``full_rows``; ``vectors()`` reads ``full_rows``, so Get, scans and folds see exactly
+the vectors written.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.spec import CollectionSpec
+from core.errors import FailedPrecondition
+from core.spec import CollectionSpec, Quantization
 from core.vectors import Matrix
 from shard import exact, hnsw
 from shard.delta import NEVER
@@ -35,6 +44,56 @@ from shard.hnsw import HnswIndex
 from shard.labelset import LabelSet
 
 Labels = npt.NDArray[np.uint64]
+
+RESCORE_FACTOR = 4
+"""An int8 graph re-scores the ``RESCORE_FACTOR * k`` best candidates by code distance with the
+float32 rows (and asks the index for at least that many)."""
+
+ROWS_FILE = "vectors.f32"
+"""An int8 graph's float32 rows, label-major, little-endian, no header (``elements * dim * 4``)."""
+
+
+@dataclass(frozen=True)
+class Int8Quantizer:
+    """int8 codes ``round((x - lo) / scale)`` clamped to 0..255: a per-dimension offset ``lo``
+    (float32 [dim]) and one ``scale`` > 0. Trained once per collection, on the rows of its first
+    compaction (cosine rows are already normalised); later rows outside the trained range are
+    clamped (re-scoring with the float32 rows keeps returned distances exact)."""
+
+    lo: npt.NDArray[np.float32]
+    scale: float
+
+    @classmethod
+    def train(cls, low: npt.NDArray[np.float32], high: npt.NDArray[np.float32]) -> Int8Quantizer:
+        """From the per-dimension minimum and maximum of the training rows."""
+        span = float(np.max(high - low)) if len(low) else 0.0
+        scale = span / 255.0 if span > 0 and np.isfinite(span) else 1.0
+        return cls(np.ascontiguousarray(low, dtype=np.float32), scale)
+
+    def to_json(self) -> dict[str, object]:
+        return {"lo": [float(v) for v in self.lo], "scale": self.scale}
+
+    @classmethod
+    def from_json(cls, data: object, dim: int) -> Int8Quantizer:
+        """ValueError if ``data`` is not what :meth:`to_json` wrote for ``dim``."""
+        if not isinstance(data, dict) or not isinstance(data.get("lo"), list) or len(data["lo"]) != dim:
+            raise ValueError("int8 quantizer: malformed")
+        scale = float(data["scale"])
+        if not (scale > 0 and np.isfinite(scale)):
+            raise ValueError("int8 quantizer: bad scale")
+        return cls(np.asarray(data["lo"], dtype=np.float32), scale)
+
+
+def map_rows(path: Path, dim: int, count: int) -> Matrix:
+    """A read-only map of ``count`` float32 rows of ``dim`` (a ``ROWS_FILE``); ValueError if the
+    file's size is not exactly that."""
+    size = path.stat().st_size
+    if size != count * dim * 4:
+        raise ValueError(f"{path}: {size} bytes for {count} rows of {dim}")
+    if count == 0:
+        return np.empty((0, dim), dtype=np.float32)
+    rows: Matrix = np.memmap(path, dtype="<f4", mode="r", shape=(count, dim))
+    return rows
 
 
 # hnswlib 0.8 index file header (hnswalg.h saveIndex): offsetLevel0, max_elements,
@@ -143,9 +202,31 @@ def _read_labels(path: Path, elements: int, record: int, label_offset: int) -> n
     return out
 
 
-def new_index(spec: CollectionSpec, capacity: int) -> HnswIndex:
-    """An empty index for ``spec`` (``shard/hnsw.py``: the native class when it is built)."""
+def check_quantization(spec: CollectionSpec) -> None:
+    """FailedPrecondition if this process cannot serve ``spec``'s quantization (int8 needs
+    ``shard._vsnative``)."""
+    if spec.quantization is Quantization.INT8 and not hnsw.NATIVE:
+        raise FailedPrecondition(
+            "quantization INT8 needs the shard's native module (python -m shard.native.build; VS_NATIVE not 0)"
+        )
+
+
+def uninitialised_index(spec: CollectionSpec, quantizer: Int8Quantizer | None) -> HnswIndex:
+    """An index for ``spec`` before ``init_index``/``load_index``: int8 codes when ``quantizer``
+    is given (``spec`` must be INT8 then, and only then: ValueError)."""
+    if (quantizer is not None) != (spec.quantization is Quantization.INT8):
+        raise ValueError(f"collection {spec.name}: quantizer given for quantization {spec.quantization.name}")
+    check_quantization(spec)
     index = hnsw.new_index(spec.metric.hnsw_space, spec.dimension)
+    if quantizer is not None:
+        index.set_int8(quantizer.lo, quantizer.scale)  # type: ignore[attr-defined]
+    return index
+
+
+def new_index(spec: CollectionSpec, capacity: int, quantizer: Int8Quantizer | None = None) -> HnswIndex:
+    """An empty index for ``spec`` (``shard/hnsw.py``: the native class when it is built); int8
+    codes with ``quantizer`` (required for, and only for, an INT8 spec)."""
+    index = uninitialised_index(spec, quantizer)
     index.init_index(max_elements=max(1, capacity), M=spec.m, ef_construction=spec.ef_construction)
     index.set_ef(1)
     return index
@@ -174,6 +255,11 @@ class Graph:
     # label -> the item's version: the seq of the log record that wrote it (0: unknown, an item
     # from a snapshot written before versions were kept); left empty when constructed: all 0
     label_seq: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # int8 graphs only: the index's quantizer and the float32 rows by label (every element,
+    # deleted ones too), a read-only map of ``full_rows_path``
+    quantizer: Int8Quantizer | None = None
+    full_rows: Matrix | None = None
+    full_rows_path: Path | None = None
     shadow_seq: npt.NDArray[np.int64] = field(init=False)
     shadowed: int = 0
 
@@ -186,6 +272,10 @@ class Graph:
             self.label_seq = np.zeros(len(self.label_ids), dtype=np.int64)
         elif len(self.label_seq) != len(self.label_ids):
             raise ValueError(f"{len(self.label_seq)} versions for {len(self.label_ids)} labels")
+        if (self.quantizer is None) != (self.full_rows is None):
+            raise ValueError("an int8 graph needs both its quantizer and its float32 rows")
+        if self.full_rows is not None and len(self.full_rows) != len(self.label_ids):
+            raise ValueError(f"{len(self.full_rows)} float32 rows for {len(self.label_ids)} labels")
         self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
         self._file_rows: IndexFileRows | None = None
@@ -241,6 +331,8 @@ class Graph:
         microseconds. The file is checked against ``get_items`` on a sample and not used if
         anything disagrees (e.g. another hnswlib file layout).
         """
+        if self.full_rows is not None:
+            return  # int8: the index file holds codes; full_rows serves the vectors
         rows = open_index_rows(path, self.index.dim, self.elements)
         if rows is None:
             return
@@ -262,6 +354,9 @@ class Graph:
         if len(labels) == 0:
             return np.empty((0, self.index.dim), dtype=np.float32)
         wanted = np.asarray(labels, dtype=np.int64)
+        if self.full_rows is not None:
+            out: Matrix = np.array(self.full_rows[wanted], dtype=np.float32)
+            return out
         rows = hnsw.gather(self.index, wanted)
         if rows is not None:
             return rows
@@ -281,12 +376,42 @@ class Graph:
         k = min(k, self.live)
         if k <= 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
-        wanted = min(max(k, ef), self.live)
+        rescore = self.full_rows is not None
+        wanted = min(max(k * RESCORE_FACTOR if rescore else k, ef), self.live)
         try:
             labels, distances = self.index.knn_query(queries, k=wanted, num_threads=num_threads)
         except RuntimeError:
             return self._exact(queries, k)
+        if rescore:
+            return self.rescore(queries, labels.astype(np.int64), k)
         return labels[:, :k], distances[:, :k]
+
+    def rescore(
+        self, queries: Matrix, labels: npt.NDArray[np.int64], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """int8 graphs: the ``k`` best of the first ``RESCORE_FACTOR * k`` columns of ``labels``
+        (rows ordered by code distance, padded with -1) by exact distance on ``full_rows``, in
+        ascending order; -1 / +inf padding stays last. ValueError on a graph without
+        ``full_rows``."""
+        if self.full_rows is None:
+            raise ValueError("rescore needs an int8 graph")
+        labels = labels[:, : max(k, k * RESCORE_FACTOR)]
+        nq, width = labels.shape
+        out_dist = np.full((nq, width), np.inf, dtype=np.float32)
+        present = labels >= 0
+        space = self.index.space
+        step = max(1, 4096 // max(1, width))
+        for lo in range(0, nq, step):
+            block = labels[lo : lo + step]
+            rows = np.asarray(self.full_rows[np.where(block >= 0, block, 0)], dtype=np.float32)
+            if space == "l2":
+                diff = rows - queries[lo : lo + step, None, :]
+                dist = np.einsum("qcd,qcd->qc", diff, diff)
+            else:
+                dist = 1 - np.einsum("qcd,qd->qc", rows, queries[lo : lo + step])
+            out_dist[lo : lo + step] = np.where(present[lo : lo + step], dist, np.inf)
+        order = np.argsort(out_dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(labels, order, axis=1), np.take_along_axis(out_dist, order, axis=1)
 
     def _exact(self, queries: Matrix, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         labels = np.fromiter(self.label_of.values(), dtype=np.int64, count=len(self.label_of))

@@ -40,7 +40,7 @@ from shard import exact, hnsw
 from shard.delta import Delta
 from shard.fields import ColumnIndex
 from shard.filtering import evaluate
-from shard.graph import Graph
+from shard.graph import RESCORE_FACTOR, Graph
 from shard.labelset import LabelSet
 
 PLAN_GRAPH = "graph"
@@ -194,10 +194,13 @@ def _masked(graph: Graph, allowed: LabelSet, queries: Matrix, k: int, ef: int, t
     ones); a query it leaves short (allowed labels out of its reach) is answered exactly."""
     m = allowed.count
     take = min(k, m)
-    want = min(ef, m)
+    quantized = graph.full_rows is not None  # int8: re-score the candidates on the float32 rows
+    want = min(max(ef, take * RESCORE_FACTOR) if quantized else ef, m)
     strategy: hnsw.Strategy = "acorn" if plan == PLAN_ACORN else "sweep"
     labels, dist = hnsw.knn_allowed(graph.index, queries, want, allowed.mask(), threads, strategy)
     taken = int(np.count_nonzero(labels >= 0))  # the allowed results the traversal gathered
+    if quantized:
+        labels, dist = graph.rescore(queries, labels, take)
     labels, dist = labels[:, :take], dist[:, :take]
     outcome = GraphOutcome(None, plan, m, scored=taken, candidates=want)
     short = np.flatnonzero((labels < 0).any(axis=1))
@@ -269,7 +272,7 @@ def _exact_labels(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Exact top-``k`` over live ``labels``: the native scan of the index's own storage, else
     a numpy gather and ``shard/exact.py``."""
-    if hnsw.is_native(graph.index):
+    if hnsw.is_native(graph.index) and graph.full_rows is None:  # int8: the index holds codes
         return hnsw.exact_labels(graph.index, queries, labels, k, threads)
     order, best = exact.search(queries, graph.vectors(labels), graph.index.space, k)
     return labels[order], best

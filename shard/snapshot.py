@@ -4,7 +4,9 @@ A snapshot is a directory ``snap-{applied_seq:020d}`` under ``snapshots/`` holdi
 ``graph.hnsw`` (hnswlib's own format), ``ids.bin`` (label -> id), ``payloads.bin`` (label ->
 the item's payload; written only when some item has one, absent in snapshots written before
 payloads existed), ``versions.bin`` (label -> the item's version, the seq of the log record
-that wrote it; absent in snapshots written before versions existed: all read as 0, unknown) and
+that wrote it; absent in snapshots written before versions existed: all read as 0, unknown),
+for an int8 collection ``vectors.f32`` (label -> the float32 row; the graph file holds int8
+codes, and the manifest the quantizer, ``"quantizer": {"lo": [...], "scale": s}``) and
 ``MANIFEST.json``. It is
 written into a temporary directory, every file and the directory are fsynced, and the
 directory is renamed into place, so a crash leaves either no snapshot or a complete one.
@@ -31,7 +33,7 @@ from crc32c import crc32c
 from core.errors import CorruptionError
 from core.spec import CollectionSpec
 from shard.fsutil import fsync_dir, fsync_file
-from shard.graph import Graph, new_index
+from shard.graph import ROWS_FILE, Graph, Int8Quantizer, map_rows, uninitialised_index
 from shard.hnsw import HnswIndex
 
 FORMAT = 1
@@ -141,6 +143,13 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
         names.append(PAYLOADS_FILE)
     (tmp / VERSIONS_FILE).write_bytes(encode_versions(graph.label_seq))
     names.append(VERSIONS_FILE)
+    rows_path = graph.full_rows_path
+    if rows_path is not None:
+        if rows_path.name.startswith(".tmp-"):  # the fold's private file: moved, not copied
+            os.replace(rows_path, tmp / ROWS_FILE)
+        else:
+            shutil.copyfile(rows_path, tmp / ROWS_FILE)
+        names.append(ROWS_FILE)
     files = {}
     for name in names:
         path = tmp / name
@@ -154,6 +163,8 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
         "live": graph.live,
         "files": files,
     }
+    if graph.quantizer is not None:
+        body["quantizer"] = graph.quantizer.to_json()
     manifest = dict(body, checksum=_manifest_checksum(body))
     with open(tmp / MANIFEST, "w") as handle:
         json.dump(manifest, handle, sort_keys=True, indent=1)
@@ -164,6 +175,8 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
         shutil.rmtree(final)
     os.rename(tmp, final)
     fsync_dir(root)
+    if rows_path is not None:
+        graph.full_rows_path = final / ROWS_FILE  # the same file (its map stays valid)
     return SnapshotInfo(final, graph.applied_seq)
 
 
@@ -173,8 +186,11 @@ def list_snapshots(root: Path) -> list[SnapshotInfo]:
         return []
     found = []
     for path in root.iterdir():
-        if path.name.startswith(".tmp-"):
-            shutil.rmtree(path, ignore_errors=True)  # a crash mid-write; never complete
+        if path.name.startswith(".tmp-"):  # a crash mid-write (a snapshot or a fold's rows file)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             continue
         if path.name.startswith(_PREFIX) and path.is_dir():
             try:
@@ -220,11 +236,29 @@ def load_index(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0
     payloads and versions from the graph in memory (the same as the snapshot's files) rather
     than a second set of them."""
     manifest = verify(info, spec)
-    return _load_graph_file(info, spec, int(manifest["elements"]), extra_capacity)  # type: ignore[call-overload]
+    quantizer = _quantizer(info, spec, manifest)
+    return _load_graph_file(info, spec, int(manifest["elements"]), extra_capacity, quantizer)  # type: ignore[call-overload]
 
 
-def _load_graph_file(info: SnapshotInfo, spec: CollectionSpec, elements: int, extra_capacity: int) -> HnswIndex:
-    index = new_index(spec, 1)
+def _quantizer(info: SnapshotInfo, spec: CollectionSpec, manifest: dict[str, object]) -> Int8Quantizer | None:
+    """The manifest's int8 quantizer (None for an unquantized spec); CorruptionError if an int8
+    snapshot has none or no rows file."""
+    if "quantizer" not in manifest:
+        if spec.quantization.name != "NONE":
+            raise CorruptionError(f"snapshot {info.path}: int8 collection without a quantizer")
+        return None
+    if ROWS_FILE not in manifest["files"]:  # type: ignore[operator]
+        raise CorruptionError(f"snapshot {info.path}: int8 snapshot without {ROWS_FILE}")
+    try:
+        return Int8Quantizer.from_json(manifest["quantizer"], spec.dimension)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptionError(f"snapshot {info.path}: {exc}") from exc
+
+
+def _load_graph_file(
+    info: SnapshotInfo, spec: CollectionSpec, elements: int, extra_capacity: int, quantizer: Int8Quantizer | None
+) -> HnswIndex:
+    index = uninitialised_index(spec, quantizer)
     index.load_index(str(info.path / GRAPH_FILE), max_elements=max(1, elements + extra_capacity))
     index.set_ef(1)
     if index.element_count != elements:
@@ -238,7 +272,11 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
     label_ids = decode_ids((info.path / IDS_FILE).read_bytes())
     if len(label_ids) != manifest["elements"]:
         raise CorruptionError(f"snapshot {info.path}: ids file holds {len(label_ids)} labels")
-    index = _load_graph_file(info, spec, len(label_ids), extra_capacity)
+    quantizer = _quantizer(info, spec, manifest)
+    index = _load_graph_file(info, spec, len(label_ids), extra_capacity, quantizer)
+    full_rows = None
+    if quantizer is not None:
+        full_rows = map_rows(info.path / ROWS_FILE, spec.dimension, len(label_ids))
     label_of = {item: label for label, item in enumerate(label_ids) if item}
     payloads: list[bytes] = []
     if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]
@@ -250,7 +288,17 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
         versions = decode_versions((info.path / VERSIONS_FILE).read_bytes())
         if len(versions) != len(label_ids):
             raise CorruptionError(f"snapshot {info.path}: versions file holds {len(versions)} labels")
-    graph = Graph(index, label_ids, label_of, info.applied_seq, payloads, versions)
+    graph = Graph(
+        index,
+        label_ids,
+        label_of,
+        info.applied_seq,
+        payloads,
+        versions,
+        quantizer=quantizer,
+        full_rows=full_rows,
+        full_rows_path=info.path / ROWS_FILE if quantizer is not None else None,
+    )
     graph.attach_file(info.path / GRAPH_FILE)
     return graph
 

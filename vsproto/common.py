@@ -20,6 +20,7 @@ def spec_to_proto(spec: CollectionSpec) -> types_pb2.CollectionSpec:
         dimension=spec.dimension,
         metric=types_pb2.Metric.Name(spec.metric.value),
         hnsw=types_pb2.HnswParams(m=spec.m, ef_construction=spec.ef_construction, ef_search=spec.ef_search),
+        quantization=types_pb2.Quantization.Name(spec.quantization.value),
     )
 
 
@@ -32,6 +33,7 @@ def spec_from_proto(message: types_pb2.CollectionSpec) -> CollectionSpec:
         message.hnsw.m,
         message.hnsw.ef_construction,
         message.hnsw.ef_search,
+        message.quantization,
     )
 
 

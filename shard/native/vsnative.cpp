@@ -692,6 +692,63 @@ void move_level0_to_huge_pages(Hnsw& alg, size_t used) {
 #endif
 }
 
+// int8 scalar quantization (issue #19, Index.set_int8): a vector x (after normalisation) is
+// stored as dim codes u_i = round((x_i - lo_i) / scale) clamped to 0..255 (one global scale, a
+// per-dimension offset lo_i) followed by the float t = sum_i lo_i * u_i: dim + 4 bytes instead of
+// 4 * dim. x_i decodes to lo_i + scale * u_i, so the distances over codes are integer sums, which
+// the compiler vectorises:
+//   l2: scale^2 * sum (u_i - v_i)^2
+//   ip: 1 - (sum lo_i^2 + scale * (t_u + t_v) + scale^2 * sum u_i v_i)
+// Queries are encoded the same way (hnswlib calls one distance for queries and stored vectors);
+// the shard re-scores the best candidates with the float32 rows it keeps on disk.
+struct Int8Params {
+    size_t dim;  // first, as hnswlib's own spaces (getDataByLabel reads it; not used here)
+    float scale;
+    float scale2;
+    float lo2;
+};
+
+float int8_l2(const void* a, const void* b, const void* param) {
+    const auto* p = static_cast<const Int8Params*>(param);
+    const auto* x = static_cast<const uint8_t*>(a);
+    const auto* y = static_cast<const uint8_t*>(b);
+    const size_t dim = p->dim;
+    int32_t sum = 0;  // dim <= 16384: at most 16384 * 255^2 < 2^31
+    for (size_t i = 0; i < dim; i++) {
+        const int32_t d = static_cast<int32_t>(x[i]) - static_cast<int32_t>(y[i]);
+        sum += d * d;
+    }
+    return p->scale2 * static_cast<float>(sum);
+}
+
+float int8_ip(const void* a, const void* b, const void* param) {
+    const auto* p = static_cast<const Int8Params*>(param);
+    const auto* x = static_cast<const uint8_t*>(a);
+    const auto* y = static_cast<const uint8_t*>(b);
+    const size_t dim = p->dim;
+    int32_t sum = 0;
+    for (size_t i = 0; i < dim; i++) {
+        sum += static_cast<int32_t>(x[i]) * static_cast<int32_t>(y[i]);
+    }
+    float tx, ty;
+    std::memcpy(&tx, x + dim, sizeof(float));
+    std::memcpy(&ty, y + dim, sizeof(float));
+    return 1.0f - (p->lo2 + p->scale * (tx + ty) + p->scale2 * static_cast<float>(sum));
+}
+
+class Int8Space : public hnswlib::SpaceInterface<float> {
+ public:
+    Int8Space(size_t dim, float scale, float lo2, bool inner_product)
+        : params_{dim, scale, scale * scale, lo2}, fn_(inner_product ? int8_ip : int8_l2) {}
+    size_t get_data_size() override { return params_.dim + sizeof(float); }
+    hnswlib::DISTFUNC<float> get_dist_func() override { return fn_; }
+    void* get_dist_func_param() override { return &params_; }
+
+ private:
+    Int8Params params_;
+    hnswlib::DISTFUNC<float> fn_;
+};
+
 class Index {
  public:
     Index(const std::string& space, int dim) : space_name_(space), dim_(dim) {
@@ -710,6 +767,37 @@ class Index {
         }
         num_threads_default_ = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     }
+
+    // Switches the index to int8 codes (see Int8Space) with per-dimension offsets `lo` (float32
+    // [dim]) and `scale` (> 0, finite): before init_index or load_index only (a loaded file must
+    // have been written with the same parameters: its records are not checked). Spaces l2, ip
+    // and cosine (cosine normalises first, as always).
+    void set_int8(const py::object& lo_in, float scale) {
+        if (alg_) {
+            throw std::runtime_error("set_int8 must be called before init_index or load_index");
+        }
+        py::array_t<float, py::array::c_style | py::array::forcecast> lo(lo_in);
+        if (lo.ndim() != 1 || lo.shape(0) != dim_) {
+            throw std::invalid_argument("set_int8: lo must be a 1-D array of dim values");
+        }
+        if (!(scale > 0.0f) || !std::isfinite(scale)) {
+            throw std::invalid_argument("set_int8: scale must be positive and finite");
+        }
+        lo_.assign(lo.data(), lo.data() + dim_);
+        double lo2 = 0.0;
+        for (float v : lo_) {
+            if (!std::isfinite(v)) {
+                throw std::invalid_argument("set_int8: lo must be finite");
+            }
+            lo2 += static_cast<double>(v) * v;
+        }
+        scale_ = scale;
+        space_ = std::make_unique<Int8Space>(static_cast<size_t>(dim_), scale, static_cast<float>(lo2),
+                                             space_name_ != "l2");
+        int8_ = true;
+    }
+
+    bool int8() const { return int8_; }
 
     // ---- construction, persistence ---------------------------------------------------------
 
@@ -769,18 +857,20 @@ class Index {
         if (!ep_added_ && rows > 0) {
             // The first point alone, so that concurrent inserts find an entry point.
             std::vector<float> norm(dim_);
+            std::vector<uint8_t> code(code_size());
             const float* vector = items.data(0);
             if (normalize_) {
                 normalize_vector(vector, norm.data());
                 vector = norm.data();
             }
-            alg.addPoint(vector, ids.empty() ? cur_l_ : ids[0], replace_deleted);
+            alg.addPoint(encode(vector, code.data()), ids.empty() ? cur_l_ : ids[0], replace_deleted);
             start = 1;
             ep_added_ = true;
         }
         {
             py::gil_scoped_release release;
             std::vector<float> norm(normalize_ ? static_cast<size_t>(num_threads) * dim_ : 0);
+            std::vector<uint8_t> codes(static_cast<size_t>(num_threads) * code_size());
             parallel_for(start, rows, num_threads, [&](size_t row, size_t thread_id) {
                 const float* vector = items.data(row);
                 if (normalize_) {
@@ -788,7 +878,8 @@ class Index {
                     normalize_vector(vector, out);
                     vector = out;
                 }
-                alg.addPoint(vector, ids.empty() ? cur_l_ + row : ids[row], replace_deleted);
+                const void* stored = encode(vector, codes.data() + thread_id * code_size());
+                alg.addPoint(stored, ids.empty() ? cur_l_ + row : ids[row], replace_deleted);
             });
         }
         cur_l_ += rows;
@@ -817,6 +908,14 @@ class Index {
             throw std::invalid_argument("return_type should be \"numpy\" or \"list\"");
         }
         Hnsw& alg = inited();
+        if (int8_) {  // decoded codes (hnswlib's getDataByLabel reads float32 records)
+            py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels(ids_in);
+            py::array_t<float> rows = gather(labels);
+            if (return_type == "list") {
+                return rows.attr("tolist")();
+            }
+            return std::move(rows);
+        }
         std::vector<size_t> ids;
         if (!ids_in.is_none()) {
             py::array_t<size_t, py::array::c_style | py::array::forcecast> items(ids_in);
@@ -863,7 +962,12 @@ class Index {
                     missing = true;
                     break;
                 }
-                std::memcpy(dst + i * dim_, alg.getDataByInternalId(found->second), sizeof(float) * dim_);
+                const char* record = alg.getDataByInternalId(found->second);
+                if (int8_) {
+                    decode(reinterpret_cast<const uint8_t*>(record), dst + i * dim_);
+                } else {
+                    std::memcpy(dst + i * dim_, record, sizeof(float) * dim_);
+                }
             }
         }
         if (missing) {
@@ -947,14 +1051,16 @@ class Index {
         {
             py::gil_scoped_release release;
             std::vector<float> norm(normalize_ ? static_cast<size_t>(num_threads) * dim_ : 0);
+            std::vector<uint8_t> codes(static_cast<size_t>(num_threads) * code_size());
             hnswlib::BaseFilterFunctor* isIdAllowed = functor.get();
             parallel_for(0, rows, num_threads, [&](size_t row, size_t thread_id) {
-                const float* query = items.data(row);
+                const float* raw = items.data(row);
                 if (normalize_) {
                     float* out = norm.data() + thread_id * dim_;
-                    normalize_vector(query, out);
-                    query = out;
+                    normalize_vector(raw, out);
+                    raw = out;
                 }
+                const void* query = encode(raw, codes.data() + thread_id * code_size());
                 std::priority_queue<std::pair<float, labeltype>> result;
                 if (acorn_search) {
                     auto found_ids = acorn_search->search(query, std::max(alg.ef_, k));
@@ -1030,17 +1136,19 @@ class Index {
             resolve(alg, wanted, m, &targets);
             std::sort(targets.begin(), targets.end());
             std::vector<float> norm(normalize_ ? static_cast<size_t>(num_threads) * dim_ : 0);
+            std::vector<uint8_t> codes(static_cast<size_t>(num_threads) * code_size());
             const char* base = alg.data_level0_memory_ + alg.offsetData_;
             const size_t stride = alg.size_data_per_element_;
             auto distance = alg.fstdistfunc_;
             void* param = alg.dist_func_param_;
             parallel_for(0, rows, num_threads, [&](size_t row, size_t thread_id) {
-                const float* query = items.data(row);
+                const float* raw = items.data(row);
                 if (normalize_) {
                     float* out = norm.data() + thread_id * dim_;
-                    normalize_vector(query, out);
-                    query = out;
+                    normalize_vector(raw, out);
+                    raw = out;
                 }
+                const void* query = encode(raw, codes.data() + thread_id * code_size());
                 using Entry = std::pair<float, int64_t>;
                 std::priority_queue<Entry> heap;  // the kk best so far; top = worst (distance, label)
                 const size_t n = targets.size();
@@ -1099,6 +1207,34 @@ class Index {
             throw std::runtime_error("the index is not initialised: call init_index or load_index first");
         }
         return *alg_;
+    }
+
+    size_t code_size() const { return int8_ ? static_cast<size_t>(dim_) + sizeof(float) : 0; }
+
+    // What the index stores for `vector` (already normalised): itself, or its int8 record
+    // written into `codes` (code_size() bytes).
+    const void* encode(const float* vector, uint8_t* codes) const {
+        if (!int8_) {
+            return vector;
+        }
+        const float inv = 1.0f / scale_;
+        double t = 0.0;
+        for (int i = 0; i < dim_; i++) {
+            float q = std::nearbyint((vector[i] - lo_[i]) * inv);
+            q = std::isnan(q) ? 0.0f : std::min(255.0f, std::max(0.0f, q));
+            const auto u = static_cast<uint8_t>(q);
+            codes[i] = u;
+            t += static_cast<double>(lo_[i]) * u;
+        }
+        const auto tf = static_cast<float>(t);
+        std::memcpy(codes + dim_, &tf, sizeof(float));
+        return codes;
+    }
+
+    void decode(const uint8_t* codes, float* out) const {
+        for (int i = 0; i < dim_; i++) {
+            out[i] = lo_[i] + scale_ * static_cast<float>(codes[i]);
+        }
     }
 
     void normalize_vector(const float* data, float* out) const {
@@ -1202,6 +1338,9 @@ class Index {
     std::string space_name_;
     int dim_;
     bool normalize_ = false;
+    bool int8_ = false;
+    std::vector<float> lo_;
+    float scale_ = 0.0f;
     size_t default_ef_ = 10;
     bool ep_added_ = true;
     size_t cur_l_ = 0;
@@ -1263,6 +1402,8 @@ PYBIND11_MODULE(_vsnative, m) {
         .def("load_index", &Index::load_index, py::arg("path_to_index"), py::arg("max_elements") = 0,
              py::arg("allow_replace_deleted") = false)
         .def("save_index", &Index::save_index, py::arg("path_to_index"))
+        .def("set_int8", &Index::set_int8, py::arg("lo"), py::arg("scale"))
+        .def_property_readonly("int8", &Index::int8)
         .def("add_items", &Index::add_items, py::arg("data"), py::arg("ids") = py::none(),
              py::arg("num_threads") = -1, py::arg("replace_deleted") = false)
         .def("mark_deleted", &Index::mark_deleted, py::arg("label"))
