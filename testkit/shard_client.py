@@ -66,12 +66,16 @@ class ShardClient:
         m: int = 0,
         ef_construction: int = 0,
         ef_search: int = 0,
+        quantization: int = 0,
     ) -> pb.CreateCollectionResponse:
+        """``quantization``: the raw ``Quantization`` enum number (0 unset, 2 int8; others are
+        sent as given, for bad-input tests)."""
         spec = types_pb2.CollectionSpec(
             name=name,
             dimension=dimension,
             metric=types_pb2.Metric.Name(METRICS[metric]),
             hnsw=types_pb2.HnswParams(m=m, ef_construction=ef_construction, ef_search=ef_search),
+            quantization=quantization,  # type: ignore[arg-type]
         )
         return self.stub.CreateCollection(pb.CreateCollectionRequest(spec=spec), timeout=self.timeout)
 

@@ -80,6 +80,15 @@ METRICS = {
     "ip": types_pb2.METRIC_INNER_PRODUCT,
     "l2": types_pb2.METRIC_L2,
 }
+QUANTIZATIONS = {
+    "none": types_pb2.QUANTIZATION_NONE,
+    "int8": types_pb2.QUANTIZATION_INT8,
+}
+QUANTIZATION_NAMES = {
+    types_pb2.QUANTIZATION_UNSPECIFIED: "none",
+    types_pb2.QUANTIZATION_NONE: "none",
+    types_pb2.QUANTIZATION_INT8: "int8",
+}
 METRIC_NAMES = {
     types_pb2.METRIC_COSINE: "cosine",
     types_pb2.METRIC_INNER_PRODUCT: "inner_product",
@@ -171,6 +180,8 @@ class Collection:
     ef_search: int
     count: int | None = None
     embedding_model: str = ""
+    # "none" (float32 graph) or "int8" (scalar-quantized graph, float32 re-scoring)
+    quantization: str = "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,15 +261,25 @@ def image_bytes(image: ImageLike) -> bytes:
 
 
 def create_collection_request(
-    name: str, dimension: int, metric: str, m: int, ef_construction: int, ef_search: int, embedding_model: str
+    name: str,
+    dimension: int,
+    metric: str,
+    m: int,
+    ef_construction: int,
+    ef_search: int,
+    embedding_model: str,
+    quantization: str = "none",
 ) -> pb.CreateCollectionRequest:
     if metric.lower() not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
+    if quantization.lower() not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {sorted(QUANTIZATIONS)}, not {quantization!r}")
     spec = types_pb2.CollectionSpec(
         name=name,
         dimension=dimension,
         metric=METRICS[metric.lower()],
         hnsw=types_pb2.HnswParams(m=m, ef_construction=ef_construction, ef_search=ef_search),
+        quantization=QUANTIZATIONS[quantization.lower()],
     )
     return pb.CreateCollectionRequest(spec=spec, embedding_model=embedding_model)
 
@@ -282,6 +303,7 @@ def collection(spec: types_pb2.CollectionSpec, count: int | None = None, embeddi
         ef_search=spec.hnsw.ef_search,
         count=count,
         embedding_model=embedding_model,
+        quantization=QUANTIZATION_NAMES.get(spec.quantization, f"quantization_{spec.quantization}"),
     )
 
 

@@ -76,9 +76,18 @@ class Op(Generic[T]):
 
 
 def create_collection(
-    name: str, dimension: int, metric: str, m: int, ef_construction: int, ef_search: int, embedding_model: str
+    name: str,
+    dimension: int,
+    metric: str,
+    m: int,
+    ef_construction: int,
+    ef_search: int,
+    embedding_model: str,
+    quantization: str = "none",
 ) -> Op[bool]:
-    request = cv.create_collection_request(name, dimension, metric, m, ef_construction, ef_search, embedding_model)
+    request = cv.create_collection_request(
+        name, dimension, metric, m, ef_construction, ef_search, embedding_model, quantization
+    )
     return Op(cv.SEARCH, "CreateCollection", request, lambda r: bool(r.created))
 
 

@@ -161,11 +161,15 @@ class AsyncClient:
         ef_construction: int = 0,
         ef_search: int = 0,
         embedding_model: str = "",
+        quantization: str = "none",
         timeout: float | None = None,
     ) -> bool:
         """Creates a collection (metric: cosine, inner_product or l2; HNSW parameters 0 = server
-        default). True if created, False if an identical one exists (AlreadyExists if different)."""
-        op = _ops.create_collection(name, dimension, metric, m, ef_construction, ef_search, embedding_model)
+        default; quantization: "none" or "int8", docs/quantization.md). True if created, False if an
+        identical one exists (AlreadyExists if different)."""
+        op = _ops.create_collection(
+            name, dimension, metric, m, ef_construction, ef_search, embedding_model, quantization
+        )
         return await self._run(op, timeout)
 
     async def drop_collection(self, name: str, *, timeout: float | None = None) -> bool:

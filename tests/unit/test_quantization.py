@@ -1,0 +1,114 @@
+"""int8 scalar quantization (``Quantization.INT8``, docs/quantization.md) on one collection,
+in process: recall against brute force at the same ef as float32, exact vectors on Get through
+compaction and reopen, upserts and deletes of quantized items, filtered search, bad options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import FailedPrecondition, InvalidArgument
+from core.spec import CollectionSpec, Metric, Quantization, make_spec
+from shard import graph as graph_mod
+from shard import hnsw
+from shard.collection import Collection, CollectionOptions
+from testkit.datasets import clustered
+from testkit.truth import exact_top_k
+
+pytestmark = pytest.mark.skipif(not hnsw.NATIVE, reason="int8 needs shard._vsnative (python -m shard.native.build)")
+
+OPTS = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=2)
+INT8 = Quantization.INT8.value
+
+
+def make(tmp_path: Path, name: str, metric: Metric, dim: int, quantization: int = INT8) -> Collection:
+    spec = make_spec(name, dim, metric.value, quantization_number=quantization)
+    return Collection.create(tmp_path / name, spec, OPTS)
+
+
+def recall(col: Collection, data: np.ndarray, queries: np.ndarray, metric: str, ef: int) -> float:
+    truth = exact_top_k(data, queries, 10, metric)
+    hits = col.search(queries, 10, ef=ef)
+    return float(np.mean([len({f"x{j}" for j in truth[q]} & set(hits[q].ids)) / 10 for q in range(len(queries))]))
+
+
+@pytest.mark.parametrize("metric", [Metric.L2, Metric.COSINE, Metric.INNER_PRODUCT])
+def test_recall_at_10_matches_float32_at_the_same_ef(tmp_path: Path, metric: Metric) -> None:
+    n, dim, ef = 4000, 48, 64  # ef >= RESCORE_FACTOR * k: the same candidate list as float32
+    data, queries = clustered(n, dim, seed=11), clustered(100, dim, seed=12)
+    ids = [f"x{i}" for i in range(n)]
+    got = {}
+    for q in (Quantization.NONE, Quantization.INT8):
+        col = make(tmp_path, f"c{q.value}", metric, dim, q.value)
+        col.upsert(ids[:3000], data[:3000])
+        col.compact()  # trains the quantizer on these rows
+        col.upsert(ids[3000:], data[3000:])
+        col.compact()  # an incremental fold: the later rows take the trained codes
+        got[q] = recall(col, data, queries, metric.name.lower().replace("inner_product", "ip"), ef)
+        col.close()
+    assert got[Quantization.INT8] >= 0.95
+    assert got[Quantization.INT8] >= got[Quantization.NONE] - 0.02
+
+
+def test_quantized_items_upsert_delete_get_and_survive_reopen(tmp_path: Path) -> None:
+    col = make(tmp_path, "q", Metric.L2, 16)
+    data = clustered(600, 16, seed=3)
+    ids = [f"x{i}" for i in range(600)]
+    col.upsert(ids[:400], data[:400])
+    col.compact()
+    snap = sorted((tmp_path / "q" / "snapshots").iterdir())[-1]
+    manifest = json.loads((snap / "MANIFEST.json").read_text())
+    assert "vectors.f32" in manifest["files"] and len(manifest["quantizer"]["lo"]) == 16
+    assert manifest["spec"]["quantization"] == "INT8"
+    assert (snap / "vectors.f32").stat().st_size == 400 * 16 * 4
+    moved = data[0] + 50.0
+    col.upsert(["x0"], moved[None, :])  # a graph item replaced, outside the trained range
+    col.upsert(ids[400:], data[400:])
+    col.delete(["x1", "x450"])
+    for round_ in range(2):
+        if round_:
+            col.compact()
+        assert col.search(moved[None, :], 1)[0].ids == ["x0"]
+        assert "x1" not in col.search(data[1][None, :], 10)[0].ids
+        found, vectors, missing = col.get(["x0", "x2", "x500", "x1"])
+        assert found == ["x0", "x2", "x500"] and missing == ["x1"]
+        np.testing.assert_array_equal(vectors, np.stack([moved, data[2], data[500]]))  # exact, not decoded codes
+        hit = col.search(data[2][None, :], 1)[0]
+        assert hit.ids == ["x2"] and hit.distances[0] == pytest.approx(0.0, abs=1e-5)  # re-scored: exact
+    before = [h.ids for h in col.search(data[:30], 10)]
+    col.close()
+    col = Collection.open(tmp_path / "q", OPTS)
+    assert [h.ids for h in col.search(data[:30], 10)] == before
+    assert col.spec.quantization is Quantization.INT8 and col.stats().count == 598
+    allowed = ids[::3]
+    for h in col.search(data[:10], 5, allow_ids=allowed):
+        assert h.ids and all(int(i[1:]) % 3 == 0 for i in h.ids)
+        assert list(h.distances) == sorted(h.distances)
+    col.delete(ids[2:450])  # past the tombstone threshold: a rebuild retrains the quantizer
+    assert col.compact().rebuilt
+    found, vectors, _ = col.get(["x0", "x599"])
+    np.testing.assert_array_equal(vectors, np.stack([moved, data[599]]))
+    col.close()
+
+
+def test_bad_quantization_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in (3, 99, -1):
+        with pytest.raises(InvalidArgument, match="quantization"):
+            make_spec("c", 8, Metric.L2.value, quantization_number=number)
+    assert make_spec("c", 8, Metric.L2.value).quantization is Quantization.NONE
+    # the spec files of unquantized collections stay what older releases wrote
+    plain = make_spec("c", 8, Metric.L2.value)
+    assert "quantization" not in plain.to_json()
+    assert CollectionSpec.from_json(plain.to_json()) == plain
+    quantized = make_spec("c", 8, Metric.COSINE.value, quantization_number=INT8)
+    assert CollectionSpec.from_json(quantized.to_json()) == quantized
+    # without the native module an int8 collection is refused before anything is written
+    monkeypatch.setattr(hnsw, "NATIVE", False)
+    with pytest.raises(FailedPrecondition, match="native"):
+        Collection.create(tmp_path / "c", quantized, OPTS)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError):
+        graph_mod.Int8Quantizer.from_json({"lo": [0.0], "scale": 0.0}, 1)
