@@ -24,6 +24,7 @@ the vectors written.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import sys
@@ -86,13 +87,19 @@ class Int8Quantizer:
 
 def map_rows(path: Path, dim: int, count: int) -> Matrix:
     """A read-only map of ``count`` float32 rows of ``dim`` (a ``ROWS_FILE``); ValueError if the
-    file's size is not exactly that."""
-    size = path.stat().st_size
-    if size != count * dim * 4:
-        raise ValueError(f"{path}: {size} bytes for {count} rows of {dim}")
-    if count == 0:
-        return np.empty((0, dim), dtype=np.float32)
-    rows: Matrix = np.memmap(path, dtype="<f4", mode="r", shape=(count, dim))
+    file's size is not exactly that. Advised ``MADV_RANDOM``: re-scoring reads scattered rows,
+    and the kernel's read-ahead would otherwise bring whole neighbourhoods of the file into this
+    process's RSS (file-backed, reclaimable) for rows no query asked for."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size != count * dim * 4:
+            raise ValueError(f"{path}: {size} bytes for {count} rows of {dim}")
+        if count == 0:
+            return np.empty((0, dim), dtype=np.float32)
+        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    rows: Matrix = np.frombuffer(mapped, dtype="<f4").reshape(count, dim)
     return rows
 
 
