@@ -38,7 +38,7 @@ from shard import exact, heap, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
-from shard.graph import Graph, Int8Quantizer, check_quantization, map_rows, new_index
+from shard.graph import Graph, Int8Quantizer, RowsFile, check_quantization, new_index
 from shard.labelset import LabelSet
 from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
@@ -764,7 +764,7 @@ class Collection:
             if rows_out is not None:
                 assert graph.full_rows is not None
                 for lo in range(0, graph.elements, _BUILD_CHUNK):  # every label, deleted ones too
-                    rows_out.write(graph.full_rows[lo : lo + _BUILD_CHUNK])
+                    rows_out.write(graph.full_rows.read(lo, lo + _BUILD_CHUNK))
             memtrace.mark("fold_private_copy_loaded", elements=graph.elements, capacity=graph.elements + live_count)
             label_ids = list(graph.label_ids)
             label_payloads = list(graph.label_payloads)
@@ -868,10 +868,10 @@ class _RowsWriter:
     def write(self, rows: Matrix) -> None:
         self._handle.write(np.ascontiguousarray(rows, dtype="<f4").data)
 
-    def finish(self, dim: int, count: int) -> Matrix:
-        """Closes the file and maps it read-only (``count`` rows of ``dim``)."""
+    def finish(self, dim: int, count: int) -> RowsFile:
+        """Closes the file and opens it for reading (``count`` rows of ``dim``)."""
         self._handle.close()
-        return map_rows(self.path, dim, count)
+        return RowsFile(self.path, dim, count)
 
     def discard(self) -> None:
         self._handle.close()

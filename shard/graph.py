@@ -15,8 +15,9 @@ gives hnswlib's exact ``ef`` semantics without mutating shared state per request
 
 An int8 collection (``Quantization.INT8``, docs/quantization.md) has a graph whose index holds
 one byte per dimension (``Int8Quantizer``, ``_vsnative``'s ``set_int8``) and ``full_rows``: the
-float32 rows by label, a read-only memory map of ``vectors.f32`` (in the snapshot, or a private
-file of the fold before the snapshot is written). Its searches ask the index for
+float32 rows by label in ``vectors.f32`` (in the snapshot, or a private file of the fold before
+the snapshot is written), read by ``RowsFile`` (``pread``, or a read-only map with
+``VS_INT8_ROWS=mmap``). Its searches ask the index for
 ``max(ef, RESCORE_FACTOR * k)`` candidates and re-score the first ``RESCORE_FACTOR * k`` of them
 exactly on ``full_rows``; ``vectors()`` reads ``full_rows``, so Get, scans and folds see exactly
 the vectors written.
@@ -57,9 +58,10 @@ ROWS_FILE = "vectors.f32"
 @dataclass(frozen=True)
 class Int8Quantizer:
     """int8 codes ``round((x - lo) / scale)`` clamped to 0..255: a per-dimension offset ``lo``
-    (float32 [dim]) and one ``scale`` > 0. Trained once per collection, on the rows of its first
-    compaction (cosine rows are already normalised); later rows outside the trained range are
-    clamped (re-scoring with the float32 rows keeps returned distances exact)."""
+    (float32 [dim]) and one ``scale`` > 0. Trained on the rows of a collection's first
+    compaction and again at each rebuild (cosine rows are already normalised); later rows
+    outside the trained range are clamped (re-scoring with the float32 rows keeps returned
+    distances exact)."""
 
     lo: npt.NDArray[np.float32]
     scale: float
@@ -85,22 +87,59 @@ class Int8Quantizer:
         return cls(np.asarray(data["lo"], dtype=np.float32), scale)
 
 
-def map_rows(path: Path, dim: int, count: int) -> Matrix:
-    """A read-only map of ``count`` float32 rows of ``dim`` (a ``ROWS_FILE``); ValueError if the
-    file's size is not exactly that. Advised ``MADV_RANDOM``: re-scoring reads scattered rows,
-    and the kernel's read-ahead would otherwise bring whole neighbourhoods of the file into this
-    process's RSS (file-backed, reclaimable) for rows no query asked for."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
+ROWS_MODE = os.environ.get("VS_INT8_ROWS", "pread")
+"""How an int8 graph reads its float32 rows: ``pread`` (default: nothing of the file enters this
+process's RSS; the kernel's page cache holds the hot rows) or ``mmap`` (a read-only map advised
+``MADV_RANDOM``: no system call per row, but every page a search touched stays in the RSS,
+file-backed, up to the whole file: bench/results/quantization.md). Read at import."""
+
+
+class RowsFile:
+    """The float32 rows of a ``ROWS_FILE`` by label (``count`` rows of ``dim``), read-only.
+    Holds the file open until closed or collected, so a pruned snapshot's rows stay readable
+    while a graph uses them. Thread-safe (``pread`` has no file offset)."""
+
+    def __init__(self, path: Path, dim: int, count: int, mode: str = "") -> None:
+        """ValueError if the file's size is not ``count * dim * 4`` bytes."""
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._close = weakref.finalize(self, os.close, self._fd)
+        size = os.fstat(self._fd).st_size
         if size != count * dim * 4:
+            self._close()
             raise ValueError(f"{path}: {size} bytes for {count} rows of {dim}")
-        if count == 0:
-            return np.empty((0, dim), dtype=np.float32)
-        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)
-    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
-    rows: Matrix = np.frombuffer(mapped, dtype="<f4").reshape(count, dim)
-    return rows
+        self.dim, self.count = dim, count
+        self._map: Matrix | None = None
+        if (mode or ROWS_MODE) == "mmap" and count:
+            mapped = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+            if hasattr(mmap, "MADV_RANDOM"):
+                mapped.madvise(mmap.MADV_RANDOM)
+            self._map = np.frombuffer(mapped, dtype="<f4").reshape(count, dim)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, labels: npt.NDArray[np.int64]) -> Matrix:
+        """The rows of ``labels`` (1-D, each in ``[0, count)``), in order, as a new array."""
+        if self._map is not None:
+            return np.array(self._map[labels], dtype=np.float32)
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        fd, size = self._fd, 4 * self.dim
+        for row, label in zip(out, labels.tolist(), strict=True):
+            if os.preadv(fd, [row.data.cast("B")], label * size) != size:
+                raise OSError(f"short read of row {label}")
+        return out if sys.byteorder == "little" else out.byteswap()
+
+    def read(self, lo: int, hi: int) -> Matrix:
+        """Rows ``lo..hi-1`` (clipped to ``count``) in one read."""
+        hi = min(hi, self.count)
+        out = np.empty((max(0, hi - lo), self.dim), dtype=np.float32)
+        if len(out) and os.preadv(self._fd, [out.data.cast("B")], lo * 4 * self.dim) != out.nbytes:
+            raise OSError(f"short read of rows {lo}..{hi}")
+        return out if sys.byteorder == "little" else out.byteswap()
+
+    def close(self) -> None:
+        self._map = None
+        self._close()
 
 
 # hnswlib 0.8 index file header (hnswalg.h saveIndex): offsetLevel0, max_elements,
@@ -263,9 +302,9 @@ class Graph:
     # from a snapshot written before versions were kept); left empty when constructed: all 0
     label_seq: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # int8 graphs only: the index's quantizer and the float32 rows by label (every element,
-    # deleted ones too), a read-only map of ``full_rows_path``
+    # deleted ones too), read from ``full_rows_path``
     quantizer: Int8Quantizer | None = None
-    full_rows: Matrix | None = None
+    full_rows: RowsFile | None = None
     full_rows_path: Path | None = None
     shadow_seq: npt.NDArray[np.int64] = field(init=False)
     shadowed: int = 0
@@ -362,8 +401,7 @@ class Graph:
             return np.empty((0, self.index.dim), dtype=np.float32)
         wanted = np.asarray(labels, dtype=np.int64)
         if self.full_rows is not None:
-            out: Matrix = np.array(self.full_rows[wanted], dtype=np.float32)
-            return out
+            return self.full_rows.take(wanted)
         rows = hnsw.gather(self.index, wanted)
         if rows is not None:
             return rows
@@ -410,7 +448,7 @@ class Graph:
         step = max(1, 4096 // max(1, width))
         for lo in range(0, nq, step):
             block = labels[lo : lo + step]
-            rows = np.asarray(self.full_rows[np.where(block >= 0, block, 0)], dtype=np.float32)
+            rows = self.full_rows.take(np.where(block >= 0, block, 0).ravel()).reshape(*block.shape, -1)
             if space == "l2":
                 diff = rows - queries[lo : lo + step, None, :]
                 dist = np.einsum("qcd,qcd->qc", diff, diff)

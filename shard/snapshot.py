@@ -33,7 +33,7 @@ from crc32c import crc32c
 from core.errors import CorruptionError
 from core.spec import CollectionSpec
 from shard.fsutil import fsync_dir, fsync_file
-from shard.graph import ROWS_FILE, Graph, Int8Quantizer, map_rows, uninitialised_index
+from shard.graph import ROWS_FILE, Graph, Int8Quantizer, RowsFile, uninitialised_index
 from shard.hnsw import HnswIndex
 
 FORMAT = 1
@@ -176,7 +176,7 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
     os.rename(tmp, final)
     fsync_dir(root)
     if rows_path is not None:
-        graph.full_rows_path = final / ROWS_FILE  # the same file (its map stays valid)
+        graph.full_rows_path = final / ROWS_FILE  # the same file (its open reader stays valid)
     return SnapshotInfo(final, graph.applied_seq)
 
 
@@ -276,7 +276,7 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
     index = _load_graph_file(info, spec, len(label_ids), extra_capacity, quantizer)
     full_rows = None
     if quantizer is not None:
-        full_rows = map_rows(info.path / ROWS_FILE, spec.dimension, len(label_ids))
+        full_rows = RowsFile(info.path / ROWS_FILE, spec.dimension, len(label_ids))
     label_of = {item: label for label, item in enumerate(label_ids) if item}
     payloads: list[bytes] = []
     if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]
