@@ -4,25 +4,29 @@
     .venv/bin/python bench/quantization.py            # 100k x 384 -> bench/results/quantization.{md,json}
     .venv/bin/python bench/quantization.py --quick    # the first 20k rows, 200 queries (tests of the script)
 
-Two single-node servers (``python -m server --local-shard``, as ``testkit.serverproc`` starts
+Three single-node servers (``python -m server --local-shard``, as ``testkit.serverproc`` starts
 it, default flags) on the same seeded synthetic unit rows (``bench/data/synthetic-NxDIM``, built
 by ``bench/datasets.py``), created with the same HNSW parameters (M=16, ef_construction=200,
-inner product) and differing only in ``quantization`` ("none" vs "int8"). Each is loaded in turn
-(requests of 1,000 rows from 4 client threads, then ``Compact(wait=true)``, then ``--idle-s`` of
-nothing) while a sampler reads its ``/proc/<pid>/status`` every 50 ms: peak ``VmRSS`` over load
-and compaction, and steady ``VmRSS`` / ``RssAnon`` / ``RssFile`` after the idle wait. Both then
-stay up and are searched by one client thread (``Client.search``, k=10, the same ``--ef``), in
-``--rounds`` alternating rounds over the queries (float32, int8, float32, ...), so machine noise
-hits both alike: QPS is the median round, recall@10 is against the set's exact top-10. The steady
-RSS is read again after the searches (the int8 server's re-scoring maps pages of ``vectors.f32``,
-which count as ``RssFile``). Ratios are int8 / float32 within this run. Outputs: ``--out DIR``
-(default ``bench/results``) ``quantization.json`` and ``quantization.md``.
+inner product) and differing only in ``quantization``: "none", "int8" (re-scoring rows read with
+``pread``, the default) and "int8" run with ``VS_INT8_ROWS=mmap`` (rows from a read-only map).
+Each is loaded in turn (requests of 1,000 rows from 4 client threads, then
+``Compact(wait=true)``, then ``--idle-s`` of nothing) while a sampler reads its
+``/proc/<pid>/status`` every 50 ms: peak ``VmRSS`` over load and compaction, and steady
+``VmRSS`` / ``RssAnon`` / ``RssFile`` after the idle wait. All then stay up and are searched by
+one client thread (``Client.search``, k=10, the same ``--ef``), in ``--rounds`` rounds over the
+queries, the order of the servers reversed every round, so machine noise hits all alike: QPS is
+the median round, recall@10 is against the set's exact top-10. The RSS is read again after the
+searches (with the map, the pages of ``vectors.f32`` that re-scoring touched count as
+``RssFile``). Ratios are to float32 within this run. Outputs: ``--out DIR`` (default
+``bench/results``) ``quantization.json`` and ``quantization.md`` (``--quick``:
+``quantization-quick.*``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -44,18 +48,28 @@ from bench.memory import Sampler, du, git_commit, mib, status
 COLLECTION = "quant"
 INGEST_BATCH = 1000
 INGEST_THREADS = 4
-SYSTEMS = ("none", "int8")
+SYSTEMS = ("none", "int8", "int8-mmap")  # name: quantization[-rows mode]
 
 
-def load_server(data: np.ndarray, workdir: Path, quantization: str, idle_s: float) -> dict[str, Any]:
-    """Starts a server, loads ``data`` into a collection with ``quantization``, compacts, idles.
-    Returns the live process, its client and the memory of each phase (MiB)."""
+def load_server(data: np.ndarray, workdir: Path, system: str, idle_s: float) -> dict[str, Any]:
+    """Starts a server (``system``: a quantization, with ``-mmap`` run with ``VS_INT8_ROWS=mmap``),
+    loads ``data`` into a collection, compacts, idles. Returns the live process, its client and
+    the memory of each phase (MiB)."""
     from vectorsearch_client import Client
 
     from testkit.serverproc import SingleNodeProcess
 
-    proc = SingleNodeProcess(workdir / quantization)
-    address = proc.start()
+    quantization, _, rows_mode = system.partition("-")
+    proc = SingleNodeProcess(workdir / system)
+    saved = os.environ.get("VS_INT8_ROWS")
+    os.environ["VS_INT8_ROWS"] = rows_mode or "pread"
+    try:
+        address = proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop("VS_INT8_ROWS", None)
+        else:
+            os.environ["VS_INT8_ROWS"] = saved
     assert proc.proc is not None
     pid = proc.proc.pid
     client = Client(address, timeout=600.0)
@@ -87,7 +101,7 @@ def load_server(data: np.ndarray, workdir: Path, quantization: str, idle_s: floa
         compacted = client.compact(COLLECTION, wait=True)
         compact_s = time.perf_counter() - t0
         if acked != n or sum(s.graph_elements for s in compacted) != n:
-            raise RuntimeError(f"{quantization}: acked {acked} of {n}, graphs hold fewer")
+            raise RuntimeError(f"{system}: acked {acked} of {n}, graphs hold fewer")
         sampler.phase = "idle"
         time.sleep(idle_s)
         st = sampler.sample()
@@ -103,7 +117,7 @@ def load_server(data: np.ndarray, workdir: Path, quantization: str, idle_s: floa
         "steady_file_mib": mib(st.get("RssFile", 0)),
         "load_s": round(load_s, 1),
         "compact_s": round(compact_s, 1),
-        "disk_mib": mib(du(workdir / quantization) / 1024),
+        "disk_mib": mib(du(workdir / system) / 1024),
     }
 
 
@@ -128,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python bench/quantization.py " + shlex.join(sys.argv[1:]),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "data": {"path": str(args.data), "n": n, "dim": dim, "queries": len(queries), "truth": truth_note},
         "params": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef": args.ef, "k": 10},
     }
@@ -164,20 +178,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 s.pop("client").close()
                 s.pop("proc").stop()
     result["systems"] = systems
-    f, q = systems["none"], systems["int8"]
-    base = {key: f[key] - f["started_mib"] for key in ("peak_mib", "steady_mib", "after_search_mib")}
-    result["ratios_int8_over_float32"] = {
-        "steady_rss": round(q["steady_mib"] / f["steady_mib"], 3),
-        "steady_rss_above_start": round((q["steady_mib"] - q["started_mib"]) / base["steady_mib"], 3),
-        "steady_anon": round(q["steady_anon_mib"] / f["steady_anon_mib"], 3),
-        "peak_rss": round(q["peak_mib"] / f["peak_mib"], 3),
-        "rss_after_search": round(q["after_search_mib"] / f["after_search_mib"], 3),
-        "qps": round(q["qps"] / f["qps"], 3),
-        "disk": round(q["disk_mib"] / f["disk_mib"], 3),
+    f = systems["none"]
+    result["ratios_over_float32"] = {
+        name: {
+            "steady_rss": round(q["steady_mib"] / f["steady_mib"], 3),
+            "steady_rss_above_start": round(
+                (q["steady_mib"] - q["started_mib"]) / (f["steady_mib"] - f["started_mib"]), 3
+            ),
+            "steady_anon": round(q["steady_anon_mib"] / f["steady_anon_mib"], 3),
+            "peak_rss": round(q["peak_mib"] / f["peak_mib"], 3),
+            "rss_after_search": round(q["after_search_mib"] / f["after_search_mib"], 3),
+            "qps": round(q["qps"] / f["qps"], 3),
+            "recall_at_10": round(q["recall_at_10"] / f["recall_at_10"], 4),
+            "disk": round(q["disk_mib"] / f["disk_mib"], 3),
+        }
+        for name, q in systems.items()
+        if name != "none"
     }
     return result
 
 
+TITLES = {"none": "float32", "int8": "int8 (pread rows)", "int8-mmap": "int8 (mmap rows)"}
 ROWS = [
     ("RSS when started (MiB)", "started_mib"),
     ("peak RSS, load + compaction (MiB)", "peak_mib"),
@@ -196,7 +217,7 @@ ROWS = [
 
 
 def markdown(result: dict[str, Any]) -> str:
-    f, q = result["systems"]["none"], result["systems"]["int8"]
+    systems = result["systems"]
     d, p = result["data"], result["params"]
     lines = [
         "# int8 scalar quantization vs float32 (issue #19 item 1)",
@@ -204,20 +225,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['date']}, {result['machine']}; commit {result['commit']}).",
         "",
         f"{d['n']:,} x {d['dim']} seeded synthetic unit rows ({d['path']}), {d['queries']} held-out queries, "
-        f"recall against {d['truth']}. Both collections: inner product, M={p['m']}, "
+        f"recall against {d['truth']}. All collections: inner product, M={p['m']}, "
         f"ef_construction={p['ef_construction']}; searched at ef={p['ef']}, k={p['k']}, one query per call, "
-        "one client thread, rounds alternating between the two servers (bench/quantization.py's docstring).",
+        "one client thread, the servers' order reversed every round (bench/quantization.py's docstring).",
         "",
-        "| | float32 | int8 |",
-        "|---|---|---|",
+        "| | " + " | ".join(TITLES[name] for name in systems) + " |",
+        "|---|" + "---|" * len(systems),
     ]
     for label, key in ROWS:
         if key is None:
-            lines.append(f"| {label} | {f['load_s']} / {f['compact_s']} | {q['load_s']} / {q['compact_s']} |")
+            cells = [f"{s['load_s']} / {s['compact_s']}" for s in systems.values()]
         else:
-            lines.append(f"| {label} | {f[key]} | {q[key]} |")
-    lines += ["", "Ratios int8 / float32 in this run:", ""]
-    lines += [f"- {key}: {value}" for key, value in result["ratios_int8_over_float32"].items()]
+            cells = [str(s[key]) for s in systems.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    ratios = result["ratios_over_float32"]
+    names = list(ratios)
+    lines += ["", "Ratios to float32 in this run:", "", "| | " + " | ".join(TITLES[n] for n in names) + " |"]
+    lines.append("|---|" + "---|" * len(names))
+    for key in ratios[names[0]]:
+        lines.append(f"| {key} | " + " | ".join(str(ratios[n][key]) for n in names) + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -228,7 +254,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="the first n rows (default: all)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ef", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="the first 20,000 rows, 200 queries, 2 rounds")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
