@@ -105,3 +105,19 @@ def test_sdk_creates_and_describes_an_int8_collection(tmp_path: Path) -> None:
             assert hits[0].id == "i7"
     finally:
         server.stop()
+
+
+def test_embedded_client_keeps_the_option_across_reopen(tmp_path: Path) -> None:
+    import vectorsearch_client
+
+    data = clustered(100, DIM, seed=9)
+    with vectorsearch_client.open(tmp_path / "db") as client:
+        assert client.create_collection("e8", DIM, metric="l2", quantization="int8") is True
+        client.upsert("e8", [f"i{j}" for j in range(100)], data)
+        client.compact("e8", wait=True)
+    with vectorsearch_client.open(tmp_path / "db") as client:
+        assert client.describe_collection("e8").quantization == "int8"
+        assert client.search("e8", data[3], k=1)[0].id == "i3"
+        got = client.get("e8", ["i4"], include_vectors=True).items[0].vector
+        assert got is not None
+        np.testing.assert_array_equal(got, data[4])
