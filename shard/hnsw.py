@@ -13,6 +13,10 @@ property of ``hnswlib.Index`` the shard uses, with the same semantics, plus two 
   :func:`knn_allowed`).
 - ``exact_query(queries, labels, k)``: exact top-k over the given labels with the index's own
   SIMD distance on its storage (no gather of the vectors into numpy).
+- ``set_int8(lo, scale)`` before ``init_index``/``load_index``: the index stores int8 codes
+  (``dim + 4`` bytes a vector) and searches by code distance; ``get_items``/``gather`` return the
+  decoded codes. int8 collections only (``shard/graph.py``, docs/quantization.md), which re-score
+  with the float32 rows they keep on disk.
 
 Use :func:`knn_allowed` and :func:`exact_labels` for those; they raise
 :class:`NativeUnavailableError` on an ``hnswlib.Index``, so a caller checks :data:`NATIVE` (or

@@ -117,3 +117,29 @@ def test_bad_quantization_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError):
         graph_mod.Int8Quantizer.from_json({"lo": [0.0], "scale": 0.0}, 1)
+
+
+def test_native_int8_index_contract() -> None:
+    from shard import _vsnative
+
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((300, 12)).astype(np.float32)
+    lo, scale = data.min(axis=0), float((data.max(axis=0) - data.min(axis=0)).max() / 255)
+    index = _vsnative.Index("l2", 12)
+    with pytest.raises(ValueError):
+        index.set_int8(lo[:5], scale)
+    with pytest.raises(ValueError):
+        index.set_int8(lo, 0.0)
+    index.set_int8(lo, scale)
+    assert index.int8
+    index.init_index(300, 16, 100)
+    with pytest.raises(RuntimeError, match="before init_index"):
+        index.set_int8(lo, scale)
+    index.add_items(data, np.arange(300))
+    assert index.index_file_size() < 300 * (12 * 4 + 8 + 33 * 4) + 200  # codes: dim + 4 bytes, not 4 * dim
+    decoded = index.get_items([3, 7])
+    np.testing.assert_allclose(decoded, data[[3, 7]], atol=scale / 2 + 1e-6)  # decoded codes, half a step off
+    np.testing.assert_array_equal(index.gather(np.array([3, 7])), decoded)
+    index.set_ef(50)
+    labels, distances = index.knn_query(data[:20], k=1)
+    assert (labels[:, 0] == np.arange(20)).mean() >= 0.9 and (distances >= 0).all()
