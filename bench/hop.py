@@ -184,12 +184,13 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every root's system of ``shape``, loaded, then passes alternating the roots per round."""
     base = np.load(args.data / "base.npy", mmap_mode="r")[: args.n]
     queries = np.ascontiguousarray(np.load(args.data / "queries.npy")[: args.queries], dtype=np.float32)
-    result: dict[str, Any] = {"shape": shape, "n": len(base), "ef": args.ef, "roots": [str(r) for r in args.roots]}
+    result: dict[str, Any] = {"shape": shape, "n": len(base), "ef": args.ef, "roots": args.roots}
     with tempfile.TemporaryDirectory(prefix=f"bench-hop-{shape}-") as tmp:
         systems: list[Running] = []
         try:
-            for i, root in enumerate(args.roots):
-                systems.append(Running(shape, root, Path(tmp) / str(i), base, args.server_arg))
+            for i, variant in enumerate(args.roots):
+                root, *flags = variant.split("@")
+                systems.append(Running(shape, Path(root).resolve(), Path(tmp) / str(i), base, args.server_arg + flags))
             for system in systems:
                 run_pass(system.client, queries[: min(200, len(queries))], args.ef, 1)  # warm-up
             qps: list[dict[str, list[float]]] = [{"1": [], str(args.clients): []} for _ in systems]
@@ -241,9 +242,10 @@ def main() -> None:
     p.add_argument("--shapes", default="single,1-shard,3-shards")
     p.add_argument(
         "--roots",
-        type=lambda text: [Path(t).resolve() for t in text.split(",")],
-        default=[REPO],
-        help="comma-separated source trees to run the servers from (same-run A/B: passes alternate)",
+        type=lambda text: text.split(","),
+        default=[str(REPO)],
+        help="comma-separated source trees to run the servers from (same-run A/B: passes alternate); "
+        "TREE@FLAG@FLAG... adds server flags to that one (e.g. /wt@--shard-search-coalesce=0)",
     )
     p.add_argument("--server-arg", action="append", default=[], help="an extra server flag (repeatable)")
     p.add_argument("--py-spy", type=Path, default=None, help="profile one extra pass per concurrency into DIR")

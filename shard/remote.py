@@ -55,7 +55,7 @@ T = TypeVar("T")
 class RemoteShard:
     """Implements ``shard.api.ShardApi`` over a channel to ``address`` (host:port)."""
 
-    def __init__(self, address: str, max_message_mb: int = 64, epoch: int = 0, coalesce_in_flight: int = 2) -> None:
+    def __init__(self, address: str, max_message_mb: int = 64, epoch: int = 0, coalesce_in_flight: int = 1) -> None:
         """``coalesce_in_flight``: searches in flight to this shard before later ones are batched
         (0: never batch)."""
         limit = max_message_mb << 20
