@@ -159,11 +159,12 @@ class Router:
         topology: Topology,
         local: Mapping[str, LocalShard] | None = None,
         reroute: Callable[[], Router] | None = None,
+        coalesce_in_flight: int = 1,
     ) -> Router:
         """A router over every shard of ``topology``: a ``RemoteShard`` per remote shard, and
         the in-process shard for those whose address is ``local:...`` (they must be in
         ``local``: only the process that owns such a shard can route to it). Every handle
-        carries ``topology.ring_version``."""
+        carries ``topology.ring_version``; ``coalesce_in_flight``: see ``RemoteShard``."""
         local = local or {}
         epoch = topology.ring_version
         shards: dict[str, ShardApi] = {}
@@ -173,7 +174,7 @@ class Router:
                     raise ValueError(f"shard {shard.shard_id} lives in another process ({shard.address})")
                 shards[shard.shard_id] = LocalShard(local[shard.shard_id].registry, epoch=epoch)
             else:
-                shards[shard.shard_id] = RemoteShard(shard.address, epoch=epoch)
+                shards[shard.shard_id] = RemoteShard(shard.address, epoch=epoch, coalesce_in_flight=coalesce_in_flight)
         return cls(topology.ring(), shards, moving=topology.moving, reroute=reroute)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,21 @@ def test_filtered_search_with_explain(shard: ShardApi) -> None:
     assert shard.stats("c").legacy_items == 1
     with pytest.raises(FailedPrecondition):
         shard.search("c", q(data[:1]), 3, filter=odd_small)
+
+
+def test_concurrent_searches_each_get_their_own_hits(shard: ShardApi) -> None:
+    """Many threads searching at once (RemoteShard coalesces them into batched calls) get exactly
+    the hits each query gets alone, nearest first."""
+    shard.create_collection(spec())
+    data = clustered(400, DIM, seed=5)
+    shard.upsert("c", batch([f"i{n}" for n in range(400)], data))
+    shard.compact("c", wait=True)
+    alone = [shard.search("c", q(data[n : n + 1]), 5, 32, timeout=10).hits[0].ids for n in range(400)]
+
+    def one(n: int) -> list[str]:
+        return shard.search("c", q(data[n : n + 1]), 5, 32, timeout=10).hits[0].ids
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(one, list(range(400)) * 3)) == alone * 3
+    if isinstance(shard, RemoteShard):
+        assert shard._coalescer is not None and shard._coalescer.batches > 0
