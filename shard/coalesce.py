@@ -1,10 +1,12 @@
 """Coalescing of concurrent searches bound for one shard into one batched call.
 
-A ``Coalescer`` sits in front of one shard handle's Search RPC. A search goes out at once, alone,
-while fewer than ``max_in_flight`` calls to that shard are running (a single caller never waits:
-its path is the plain call). When that many are in flight, later searches queue; the thread of
-a call that returns hands its slot to the oldest queued search, which sends it together with every
-queued search of the same key (collection, k, ef) as one multi-row request, up to ``max_rows``
+A ``Coalescer`` sits in front of one shard handle's Search RPC. Searches are grouped by key
+(collection, k, ef: searches that could share one request). A search goes out at once, alone,
+while fewer than ``max_in_flight`` calls of its key are running (a single caller never waits:
+its path is the plain call; searches of other keys, e.g. another collection, never wait for
+this key's calls). When that many are in flight, later searches of the key queue; the thread of
+a call that returns hands its slot to the oldest queued search of its key, which sends it
+together with every queued search of that key as one multi-row request, up to ``max_rows``
 query rows, and gives each caller its own rows of the reply. So under load one round trip (and one
 request's fixed cost on both sides of the hop) serves several callers, and without load nothing
 changes.
@@ -19,8 +21,9 @@ Contract:
 * Errors: a transport or shard-state error (``Unavailable``, ``NotFound``, ``WrongRoute``...) of
   the batched call is every member's error. ``InvalidArgument`` / ``FailedPrecondition`` may
   belong to one member's rows, so on those each member of a batch of several retries alone.
-* Thread-safety: every method may be called from any thread; one lock guards the queue, each
-  caller waits on its own event. Order: searches are sent in arrival order (oldest queued first).
+* Thread-safety: every method may be called from any thread; one lock guards the queue and the
+  per-key counts, each caller waits on its own event. Order: within a key, searches are sent in
+  arrival order (oldest queued first).
 * Tracing: the batched call carries the trace context of the thread that sends it; the other
   members' traces show the router's span but not the shard's.
 """
@@ -63,7 +66,7 @@ class Coalescer:
         self.max_in_flight = max_in_flight
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight: dict[Hashable, int] = {}  # calls running per key (keys at 0 removed)
         self._queue: list[_Pending] = []
         self.batches = 0  # calls that carried more than one search (for tests and benchmarks)
 
@@ -72,8 +75,9 @@ class Coalescer:
         the same ``key`` (callers with equal keys must mean the same search but for the rows)."""
         me = _Pending(key, queries, send, None if timeout is None else time.monotonic() + timeout)
         with self._lock:
-            if self._in_flight < self.max_in_flight:
-                self._in_flight += 1
+            running = self._in_flight.get(key, 0)
+            if running < self.max_in_flight:
+                self._in_flight[key] = running + 1
                 me.batch = [me]
             else:
                 self._queue.append(me)
@@ -96,7 +100,7 @@ class Coalescer:
         try:
             self._send(me.batch)
         finally:
-            self._hand_over()
+            self._hand_over(key)
         if me.error is not None:
             raise me.error
         assert me.reply is not None
@@ -138,17 +142,22 @@ class Coalescer:
             for pending in batch[1:]:
                 pending.done.set()
 
-    def _hand_over(self) -> None:
-        """Gives this call's slot to the oldest queued search, with every queued search of its
-        key that fits in ``max_rows``; frees the slot when none is queued."""
+    def _hand_over(self, key: Hashable) -> None:
+        """Gives this call's slot (of ``key``) to the oldest queued search of ``key``, with every
+        queued search of the key that fits in ``max_rows``; frees the slot when none is queued."""
         with self._lock:
-            if not self._queue:
-                self._in_flight -= 1
+            leader = next((pending for pending in self._queue if pending.key == key), None)
+            if leader is None:
+                running = self._in_flight[key] - 1
+                if running:
+                    self._in_flight[key] = running
+                else:
+                    del self._in_flight[key]
                 return
-            leader = self._queue.pop(0)
+            self._queue.remove(leader)
             batch, rows, rest = [leader], len(leader.queries), []
             for pending in self._queue:
-                if pending.key == leader.key and rows + len(pending.queries) <= self.max_rows:
+                if pending.key == key and rows + len(pending.queries) <= self.max_rows:
                     batch.append(pending)
                     rows += len(pending.queries)
                 else:

@@ -10,9 +10,11 @@ unary calls are blocking calls that run to completion within their timeout: grpc
 only a ``.future()`` call, which starts a thread per call on an idle channel and measured
 60–170 µs more per Search (0.75 ms) against one shard process here.
 
-Coalescing: concurrent plain searches (no filter, no allow-list, no explain) of one collection
-with the same k and ef share a call when ``coalesce_in_flight`` calls to the shard are already
-running (``shard/coalesce.py``): a lone caller's search goes out at once, as before.
+Coalescing: concurrent plain one-query searches (no filter, no allow-list, no explain) of one
+collection with the same k and ef share a call when ``coalesce_in_flight`` calls of that kind
+to the shard are already running (``shard/coalesce.py``): a lone caller's search goes out at
+once, as before; a batch request (several queries), and searches of another collection or k or
+ef, are never held behind them.
 
 Ring version: every call carries the handle's ``epoch`` as the metadata ``vs-ring-version``
 (decimal); the shard refuses the data calls of a stale one with ABORTED (``WrongRoute``).
@@ -167,7 +169,7 @@ class RemoteShard:
         filter: Filter | None = None,
         explain: bool = False,
     ) -> SearchReply:
-        if self._coalescer is not None and filter is None and allow_ids is None and not explain:
+        if self._coalescer is not None and len(queries) == 1 and filter is None and allow_ids is None and not explain:
             return self._coalescer.search(
                 (collection, k, ef), queries, timeout, lambda rows, left: self._search(collection, rows, k, ef, left)
             )

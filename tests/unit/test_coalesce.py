@@ -79,16 +79,28 @@ def queue_behind_one(coalescer: Coalescer, shard: GatedShard, queued: list[tuple
 def test_searches_queued_behind_a_call_share_the_next_one_and_get_their_own_rows() -> None:
     coalescer = Coalescer(max_in_flight=1)
     shard = GatedShard()
-    futures = queue_behind_one(
-        coalescer, shard, [("k", rows(1)), ("k", rows(2, 3)), ("other", rows(4)), ("k", rows(5))]
-    )
+    futures = queue_behind_one(coalescer, shard, [("k", rows(1)), ("k", rows(2, 3)), ("k", rows(5))])
     shard.release.set()
     replies = [f.result(timeout=5) for f in futures]
-    assert [[h.ids[0] for h in r.hits] for r in replies] == [["100"], ["1"], ["2", "3"], ["4"], ["5"]]
-    # the first in flight alone; then key "k" batched in arrival order; "other" alone after
-    assert [c[0] for c in shard.calls] == [[100], [1, 2, 3, 5], [4]]
+    assert [[h.ids[0] for h in r.hits] for r in replies] == [["100"], ["1"], ["2", "3"], ["5"]]
+    # the first in flight alone; then the queued ones batched in arrival order
+    assert [c[0] for c in shard.calls] == [[100], [1, 2, 3, 5]]
     assert coalescer.batches == 1
-    assert coalescer._in_flight == 0
+    assert coalescer._in_flight == {}
+
+
+def test_another_key_never_waits_for_a_keys_calls() -> None:
+    coalescer = Coalescer(max_in_flight=1)
+    shard = GatedShard()
+    futures = queue_behind_one(coalescer, shard, [("k", rows(1))])
+    pool = ThreadPoolExecutor(1)
+    other = pool.submit(coalescer.search, "other", rows(4), 5.0, shard.send)
+    assert shard.started.acquire(timeout=5)  # sent while "k" is still in flight and queued
+    assert [c[0] for c in shard.calls] == [[100], [4]]
+    shard.release.set()
+    assert other.result(timeout=5).hits[0].ids == ["4"]
+    assert [f.result(timeout=5).hits[0].ids for f in futures] == [["100"], ["1"]]
+    assert coalescer._in_flight == {}
 
 
 def test_max_rows_caps_a_batch() -> None:
@@ -133,7 +145,7 @@ def test_a_queued_search_past_its_deadline_is_withdrawn() -> None:
     shard.release.set()
     first.result(timeout=5)
     assert [c[0] for c in shard.calls] == [[100]]
-    assert coalescer._in_flight == 0
+    assert coalescer._in_flight == {}
 
 
 def test_a_shard_failure_is_every_members_error() -> None:
@@ -146,7 +158,7 @@ def test_a_shard_failure_is_every_members_error() -> None:
         with pytest.raises(Unavailable):
             future.result(timeout=5)
     assert len(shard.calls) == 2  # no retries one by one
-    assert coalescer._in_flight == 0
+    assert coalescer._in_flight == {}
 
 
 def test_an_invalid_argument_of_a_batch_is_retried_alone_per_member() -> None:
@@ -175,5 +187,5 @@ def test_many_threads_each_get_their_own_answer() -> None:
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(one, range(2000))) == [[str(v)] for v in range(2000)]
-    assert coalescer._in_flight == 0
+    assert coalescer._in_flight == {}
     assert coalescer.batches > 0
