@@ -19,6 +19,10 @@ def _acorn_stats() -> dict[str, int]:
     """Work of the ACORN queries since the last call, summed (reset by the call): queries,
     expansions, distances, lists (two-hop link lists read), seeds (extra entry points)."""
 
+def read_rows(fd: int, labels: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
+    """Rows ``labels`` (int64, 1-D) of a file of float32 rows of ``dim`` on ``fd``: one ``pread``
+    each, the GIL released; RuntimeError on a negative label, a read error or a short read."""
+
 class Index:
     """hnswlib 0.8.0's HierarchicalNSW; the same file format as ``hnswlib.Index``.
 

@@ -122,6 +122,9 @@ class RowsFile:
         """The rows of ``labels`` (1-D, each in ``[0, count)``), in order, as a new array."""
         if self._map is not None:
             return np.array(self._map[labels], dtype=np.float32)
+        native = hnsw.read_rows(self._fd, labels, self.dim)
+        if native is not None:
+            return native if sys.byteorder == "little" else native.byteswap()
         out = np.empty((len(labels), self.dim), dtype=np.float32)
         fd, size = self._fd, 4 * self.dim
         for row, label in zip(out, labels.tolist(), strict=True):

@@ -52,6 +52,8 @@ except ImportError:  # not built (python -m shard.native.build), or disabled
 
 NATIVE: bool = _native is not None
 """Whether ``shard._vsnative`` imported (and ``VS_NATIVE`` is not ``0``)."""
+NATIVE_READ_ROWS: bool = _native is not None and hasattr(_native, "read_rows")
+"""Whether :func:`read_rows` reads natively (a module built before it has no ``read_rows``)."""
 
 Labels = npt.NDArray[np.int64]
 Distances = npt.NDArray[np.float32]
@@ -190,6 +192,20 @@ def gather(index: HnswIndex, labels: npt.NDArray[np.int64]) -> Matrix | None:
     if not is_native(index) or not hasattr(index, "gather"):
         return None
     rows: Matrix = index.gather(labels)
+    return rows
+
+
+def read_rows(fd: int, labels: npt.NDArray[np.int64], dim: int) -> Matrix | None:
+    """Rows ``labels`` of a file of float32 rows of ``dim`` (label-major) open on ``fd``, read
+    natively (one ``pread`` a row, the GIL released), or None when the native module (or one built
+    before ``read_rows``) is not there: the caller reads them itself. OSError on a negative label,
+    a read error or a short read."""
+    if _native is None or not NATIVE_READ_ROWS:
+        return None
+    try:
+        rows: Matrix = _native.read_rows(fd, labels, dim)
+    except RuntimeError as exc:
+        raise OSError(str(exc)) from None
     return rows
 
 

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <exception>
 #include <fstream>
@@ -1354,6 +1355,47 @@ class Index {
     CompactLinks links_;
 };
 
+// Rows ``labels`` of a file of float32 rows of ``dim`` (label-major, no header): one pread per
+// row into a new [n, dim] array, the GIL released. RuntimeError on a negative label, a read error
+// or a short read (a label past the end of the file).
+py::array_t<float> read_rows(int fd, py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels,
+                             size_t dim) {
+    if (labels.ndim() != 1) throw std::runtime_error("read_rows: labels must be 1-D");
+    const ssize_t n = labels.shape(0);
+    py::array_t<float> out({n, static_cast<ssize_t>(dim)});
+    float* dst = out.mutable_data();
+    const int64_t* wanted = labels.data();
+    const size_t row_bytes = dim * sizeof(float);
+    std::string error;
+    {
+        py::gil_scoped_release release;
+        for (ssize_t i = 0; i < n && error.empty(); ++i) {
+            if (wanted[i] < 0) {
+                error = "read_rows: negative label " + std::to_string(wanted[i]);
+                break;
+            }
+            char* into = reinterpret_cast<char*>(dst + static_cast<size_t>(i) * dim);
+            const off_t at = static_cast<off_t>(wanted[i]) * static_cast<off_t>(row_bytes);
+            size_t done = 0;
+            while (done < row_bytes) {
+                const ssize_t got = ::pread(fd, into + done, row_bytes - done, at + static_cast<off_t>(done));
+                if (got < 0 && errno == EINTR) continue;
+                if (got < 0) {
+                    error = std::string("read_rows: pread: ") + std::strerror(errno);
+                    break;
+                }
+                if (got == 0) {
+                    error = "read_rows: short read of row " + std::to_string(wanted[i]);
+                    break;
+                }
+                done += static_cast<size_t>(got);
+            }
+        }
+    }
+    if (!error.empty()) throw std::runtime_error(error);
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_vsnative, m) {
@@ -1372,6 +1414,9 @@ PYBIND11_MODULE(_vsnative, m) {
     m.attr("SIMD") = "none";
 #endif
 
+    m.def("read_rows", &read_rows, py::arg("fd"), py::arg("labels"), py::arg("dim"),
+          "Rows ``labels`` (int64, 1-D) of a file of float32 rows of ``dim`` on ``fd``: one pread each, "
+          "the GIL released; RuntimeError on a negative label, a read error or a short read.");
     m.def(
         "_acorn_tuning",
         [](size_t cap, size_t min_seen, size_t budget, double sweep_density, size_t seed_batch) {

@@ -143,3 +143,36 @@ def test_native_int8_index_contract() -> None:
     index.set_ef(50)
     labels, distances = index.knn_query(data[:20], k=1)
     assert (labels[:, 0] == np.arange(20)).mean() >= 0.9 and (distances >= 0).all()
+
+
+@pytest.mark.parametrize("mode", ["pread", "mmap"])
+def test_rows_file_reads_the_rows_asked_for(tmp_path: Path, mode: str) -> None:
+    rows = np.random.default_rng(3).standard_normal((50, 12)).astype("<f4")
+    path = tmp_path / graph_mod.ROWS_FILE
+    path.write_bytes(rows.tobytes())
+    reader = graph_mod.RowsFile(path, 12, 50, mode)
+    labels = np.array([49, 0, 7, 7, 31], dtype=np.int64)
+    np.testing.assert_array_equal(reader.take(labels), rows[labels])
+    assert reader.take(np.zeros(0, dtype=np.int64)).shape == (0, 12)
+    np.testing.assert_array_equal(reader.read(45, 60), rows[45:])
+    if mode == "pread":
+        with pytest.raises(OSError):
+            reader.take(np.array([3, 50], dtype=np.int64))  # past the end: a short read
+    reader.close()
+    with pytest.raises(ValueError):
+        graph_mod.RowsFile(path, 12, 51)
+
+
+@pytest.mark.skipif(not hnsw.NATIVE_READ_ROWS, reason="a native module built before read_rows")
+def test_native_read_rows_matches_the_file_and_refuses_bad_labels(tmp_path: Path) -> None:
+    rows = np.arange(40 * 3, dtype="<f4").reshape(40, 3)
+    path = tmp_path / "rows.f32"
+    path.write_bytes(rows.tobytes())
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        got = hnsw.read_rows(fd, np.array([39, 2, 2, 0], dtype=np.int64), 3)
+        assert got is not None
+        np.testing.assert_array_equal(got, rows[[39, 2, 2, 0]])
+        for bad in ([40], [-1]):
+            with pytest.raises(OSError):
+                hnsw.read_rows(fd, np.array(bad, dtype=np.int64), 3)
