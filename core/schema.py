@@ -9,7 +9,11 @@ Versioning: ``vs_schema_version`` has one row per component (``COMPONENTS``: nam
 this code writes), and Alembic's ``alembic_version`` the revision (``core/migrations``). ``migrate``
 runs the migrations and refuses a database that holds a newer version of a component, or a
 revision, than the code knows; ``migrate_component`` is the path from before migrations (create
-every missing table, record a version), kept for databases it made.
+every missing table, record a version), kept for databases it made. The two common cases need no
+Alembic (whose import costs a server ~9 MiB and ~0.2 s): a database at ``HEAD_REVISION`` with
+every component current is left as it is, and an empty one gets ``create_all`` stamped at
+``HEAD_REVISION`` (Alembic's own recipe for new databases; tests/integration/test_migrations.py
+checks that the revisions make exactly what ``create_all`` makes).
 
 The table, column and index names below are the on-disk format: existing databases must keep
 working, so never rename one; a change of a component's tables bumps its version and adds an
@@ -19,8 +23,10 @@ the revisions create exactly these tables).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -42,7 +48,18 @@ AUTH_VERSION = 1  # 1: vs_api_keys (revision 0002)
 COMPONENTS: dict[str, int] = {TOPOLOGY: TOPOLOGY_VERSION, METADATA: METADATA_VERSION, AUTH: AUTH_VERSION}
 """Every component and the schema version of it this code writes."""
 
+HEAD_REVISION = "0002"
+"""The newest revision in ``core/migrations/versions`` (a test checks it is Alembic's head)."""
+
 metadata = sa.MetaData()
+
+alembic_version = sa.Table(
+    "alembic_version",
+    sa.MetaData(),  # Alembic's table, not ours: never in ``metadata``
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+"""Alembic's version table, as Alembic creates it."""
 
 # ------------------------------------------------------------------------ versioning
 schema_version = sa.Table(
@@ -210,10 +227,60 @@ def migrate_component(conn: sa.Connection, component: str, version: int) -> None
         conn.execute(schema_version.update().where(schema_version.c.component == component).values(version=version))
 
 
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction that holds the migration lock (Postgres: an advisory lock
+    per schema; SQLite: the write lock of ``BEGIN IMMEDIATE``); commits on success."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the database's write lock, until commit
+        elif conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('vs_migrate:' || current_schema()))"))
+        yield conn
+        conn.commit()
+
+
+def record_versions(conn: sa.Connection) -> None:
+    """``vs_schema_version`` at every component's version of this code (rows added or raised),
+    and ``vs_cluster``'s one row (ring version 0) if it has none."""
+    for component, version in COMPONENTS.items():
+        row = schema_version.c.component == component
+        current = conn.execute(sa.select(schema_version.c.version).where(row)).scalar()
+        if current is None:
+            conn.execute(schema_version.insert().values(component=component, version=version))
+        elif current < version:
+            conn.execute(schema_version.update().where(row).values(version=version))
+    if conn.execute(sa.select(cluster.c.ring_version)).scalar() is None:
+        conn.execute(cluster.insert().values(singleton=1, ring_version=0))
+
+
+def _current_without_alembic(engine: Engine) -> bool:
+    """Under the migration lock: True when the database is (now) at this code's schema without
+    Alembic: it was empty and got ``create_all`` stamped at ``HEAD_REVISION``, or it already is at
+    ``HEAD_REVISION`` with every component current and its cluster row. False for anything else
+    (older, newer, made before migrations): Alembic's path decides."""
+    with migration_lock(engine) as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+        if not tables:
+            metadata.create_all(conn)
+            alembic_version.create(conn)
+            conn.execute(alembic_version.insert().values(version_num=HEAD_REVISION))
+            record_versions(conn)
+            return True
+        if alembic_version.name not in tables or schema_version.name not in tables:
+            return False
+        revisions = conn.execute(sa.select(alembic_version.c.version_num)).scalars().all()
+        versions = dict(conn.execute(sa.select(schema_version.c.component, schema_version.c.version)).all())
+        ring = conn.execute(sa.select(cluster.c.ring_version)).scalar() if cluster.name in tables else None
+        return list(revisions) == [HEAD_REVISION] and versions == COMPONENTS and ring is not None
+
+
 def migrate(engine: Engine) -> None:
-    """Brings the database to the schema of this code with Alembic (``core/migrations``), under
-    a lock, so servers starting at once never both migrate; raises SchemaTooNew for a database
-    newer than the code."""
+    """Brings the database to the schema of this code, under a lock, so servers starting at once
+    never both migrate; raises SchemaTooNew for a database newer than the code. Alembic
+    (``core/migrations``) runs only when the database is neither empty nor current (module doc)."""
+    if _current_without_alembic(engine):
+        return
     from core import migrations  # its env.py imports this module
 
     migrations.migrate(engine)

@@ -19,8 +19,6 @@ The revisions live inside the package, so an installed package migrates without 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +57,8 @@ def head() -> str:
     return result
 
 
-@contextlib.contextmanager
-def locked(engine: Engine) -> Iterator[sa.Connection]:
-    """A connection in a transaction that holds the migration lock; commits on success."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the database's write lock, until commit
-        elif conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('vs_migrate:' || current_schema()))"))
-        yield conn
-        conn.commit()
+locked = schema.migration_lock
+"""A connection in a transaction that holds the migration lock; commits on success."""
 
 
 def current_revisions(conn: sa.Connection) -> tuple[str, ...]:
@@ -96,16 +86,6 @@ def check_not_newer(conn: sa.Connection) -> None:
                 raise SchemaTooNew(f"the database is at schema revision {revision}, unknown to this code; upgrade")
 
 
-def _record_versions(conn: sa.Connection) -> None:
-    for component, version in schema.COMPONENTS.items():
-        row = schema.schema_version.c.component == component
-        current = conn.execute(sa.select(schema.schema_version.c.version).where(row)).scalar()
-        if current is None:
-            conn.execute(schema.schema_version.insert().values(component=component, version=version))
-        elif current < version:
-            conn.execute(schema.schema_version.update().where(row).values(version=version))
-
-
 def _baseline_metadata() -> sa.MetaData:
     module: Any = script().get_revision(BASELINE_REVISION).module
     result: sa.MetaData = module.BASELINE
@@ -121,9 +101,7 @@ def migrate_connection(conn: sa.Connection) -> None:
         _baseline_metadata().create_all(conn, checkfirst=True)
         command.stamp(cfg, BASELINE_REVISION)
     command.upgrade(cfg, "head")
-    _record_versions(conn)
-    if conn.execute(sa.select(schema.cluster.c.ring_version)).scalar() is None:
-        conn.execute(schema.cluster.insert().values(singleton=1, ring_version=0))
+    schema.record_versions(conn)
 
 
 def migrate(engine: Engine) -> None:
