@@ -13,6 +13,7 @@ the shard's server span (same trace, across the socket), plus merge and metadata
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -115,8 +116,10 @@ def test_the_text_format_is_the_default(tmp_path: Path) -> None:
     server = SingleNodeProcess(tmp_path / "node")
     server.start()
     server.stop()
-    first = server.log_path.read_text().splitlines()[0]
-    assert not first.startswith("{") and " INFO " in first
+    lines = server.log_path.read_text().splitlines()
+    assert lines and not any(line.startswith("{") for line in lines)
+    # "2026-12-03 07:50:23,682 WARNING server.auth: ..." (asctime, level, logger: message)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) [\w.]+: ", lines[0]), lines[0]
 
 
 # ---------------------------------------------------------------------------- tracing
