@@ -797,19 +797,17 @@ class Collection:
                 label_of.pop(item, None)
             label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
         memtrace.mark("fold_items_added", elements=len(label_ids))
-        new_graph = Graph(index, label_ids, label_of, seal_seq, label_payloads, label_seq)
-        if rows_out is not None:
-            new_graph = Graph(
-                index,
-                label_ids,
-                label_of,
-                seal_seq,
-                label_payloads,
-                label_seq,
-                quantizer=quantizer,
-                full_rows=rows_out.finish(self.spec.dimension, len(label_ids)),
-                full_rows_path=rows_out.path,
-            )
+        new_graph = Graph(
+            index,
+            label_ids,
+            label_of,
+            seal_seq,
+            label_payloads,
+            label_seq,
+            quantizer=quantizer,
+            full_rows=None if rows_out is None else rows_out.finish(self.spec.dimension, len(label_ids)),
+            full_rows_path=None if rows_out is None else rows_out.path,
+        )
         new_graph.index_fields(columns)
         return new_graph, rebuild and graph is not None
 
