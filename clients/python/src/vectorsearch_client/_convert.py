@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -332,10 +332,14 @@ def search_explain(message: pb.SearchExplain) -> SearchExplain:
     return SearchExplain(int(message.matched), plan_name(message.plan), shards)
 
 
+def _hit_list(found: Iterable[pb.Hit], include_metadata: bool) -> list[Hit]:
+    return [Hit(h.id, h.distance, metadata(h.metadata) if include_metadata else None) for h in found]
+
+
 def hits(response: pb.SearchResponse, include_metadata: bool, explain: bool = False) -> Hits:
     found = response.results[0].hits if response.results else []
     return Hits(
-        [Hit(h.id, h.distance, metadata(h.metadata) if include_metadata else None) for h in found],
+        _hit_list(found, include_metadata),
         partial=response.partial,
         failed_shards=response.failed_shards,
         explain=search_explain(response.explain) if explain else None,
@@ -347,7 +351,7 @@ def hits_per_query(response: pb.SearchResponse, include_metadata: bool) -> list[
     response's ``partial`` and ``failed_shards``."""
     return [
         Hits(
-            [Hit(h.id, h.distance, metadata(h.metadata) if include_metadata else None) for h in result.hits],
+            _hit_list(result.hits, include_metadata),
             partial=response.partial,
             failed_shards=response.failed_shards,
         )

@@ -129,6 +129,12 @@ def delete(collection: str, ids: Sequence[str]) -> Op[int]:
     return Op(cv.SEARCH, "Delete", request, lambda r: int(r.deleted))
 
 
+def _search_options(k: int, ef: int, filter: Filter | None, include_metadata: bool, **extra: Any) -> dict[str, Any]:
+    """The fields every search request shares (the filter as protobuf), plus ``extra``."""
+    proto_filter = filter.to_proto() if filter is not None else None
+    return dict(k=k, ef=ef, filter=proto_filter, include_metadata=include_metadata, **extra)
+
+
 def search(
     collection: str,
     vector: cv.VectorsLike | None,
@@ -143,15 +149,7 @@ def search(
 ) -> Op[cv.Hits]:
     if sum(x is not None for x in (vector, text, image)) != 1:
         raise ValueError("search needs exactly one of vector, text and image")
-    proto_filter = filter.to_proto() if filter is not None else None
-    options: dict[str, Any] = dict(
-        k=k,
-        ef=ef,
-        filter=proto_filter,
-        include_metadata=include_metadata,
-        require_all_shards=require_all_shards,
-        explain=explain,
-    )
+    options = _search_options(k, ef, filter, include_metadata, require_all_shards=require_all_shards, explain=explain)
     if vector is not None:
         queries = cv.vectors(vector)
         if queries.rows != 1:
@@ -180,30 +178,16 @@ def search_batch(
     queries = cv.vectors(vectors)
     if queries.rows < 1:
         raise ValueError("search_batch needs at least one query vector")
-    request = pb.SearchRequest(
-        collection=collection,
-        queries=queries,
-        k=k,
-        ef=ef,
-        filter=filter.to_proto() if filter is not None else None,
-        include_metadata=include_metadata,
-        require_all_shards=require_all_shards,
-    )
+    options = _search_options(k, ef, filter, include_metadata, require_all_shards=require_all_shards)
+    request = pb.SearchRequest(collection=collection, queries=queries, **options)
     return Op(cv.SEARCH, "Search", request, lambda r: cv.hits_per_query(r, include_metadata))
 
 
 def search_by_id(
     collection: str, id: str, k: int, ef: int, filter: Filter | None, include_metadata: bool, explain: bool = False
 ) -> Op[cv.Hits]:
-    request = pb.SearchByIdRequest(
-        collection=collection,
-        id=id,
-        k=k,
-        ef=ef,
-        filter=filter.to_proto() if filter is not None else None,
-        include_metadata=include_metadata,
-        explain=explain,
-    )
+    options = _search_options(k, ef, filter, include_metadata, explain=explain)
+    request = pb.SearchByIdRequest(collection=collection, id=id, **options)
     return Op(cv.SEARCH, "SearchById", request, lambda r: cv.hits(r, include_metadata, explain))
 
 
