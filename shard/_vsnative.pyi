@@ -43,6 +43,9 @@ class Index:
     ) -> None: ...
     def load_index(self, path_to_index: str, max_elements: int = 0, allow_replace_deleted: bool = False) -> None: ...
     def save_index(self, path_to_index: str) -> None: ...
+    def copy_from(self, other: Index, max_elements: int = 0) -> None:
+        """Makes this uninitialised index an independent copy of ``other`` (same space, dim and
+        int8 parameters) with room for ``max_elements``, as if saved and loaded back."""
     def set_int8(self, lo: npt.ArrayLike, scale: float) -> None:
         """int8 codes (``dim + 4`` bytes a vector) with per-dimension offsets ``lo`` (float32
         [dim]) and ``scale`` > 0 (ValueError otherwise); before init_index/load_index only

@@ -829,6 +829,33 @@ class Index {
         invalidate_table();
     }
 
+    // Makes this uninitialised index an independent copy of `other` with room for
+    // `max_elements` (at least other's element count), as if `other` had been saved and loaded
+    // back (hnswlib's loadIndex, field by field, without the file): same records, links, labels
+    // and deleted marks; level generators freshly constructed, as loadIndex leaves them. The two
+    // indexes must have the same space, dim and int8 parameters (std::invalid_argument).
+    // `other` may be searched concurrently; it must not be mutated meanwhile.
+    void copy_from(const Index& other, size_t max_elements) {
+        if (alg_) {
+            throw std::runtime_error("copy_from needs an index before init_index or load_index");
+        }
+        const Hnsw& src = other.inited_const();
+        if (other.dim_ != dim_ || other.space_name_ != space_name_ || other.int8_ != int8_ ||
+            (int8_ && (other.scale_ != scale_ || other.lo_ != lo_))) {
+            throw std::invalid_argument("copy_from: the indexes differ in space, dim or int8 parameters");
+        }
+        std::unique_ptr<Hnsw> copy;
+        {
+            py::gil_scoped_release release;
+            copy = copy_alg(src, max_elements);
+        }
+        alg_ = std::move(copy);
+        alg_->ef_ = other.alg_->ef_;
+        cur_l_ = alg_->cur_element_count;
+        ep_added_ = alg_->cur_element_count > 0;
+        invalidate_table();
+    }
+
     void save_index(const std::string& path) {
         Hnsw& alg = inited();
         py::gil_scoped_release release;
@@ -1212,6 +1239,75 @@ class Index {
 
     size_t code_size() const { return int8_ ? static_cast<size_t>(dim_) + sizeof(float) : 0; }
 
+    // hnswlib 0.8's loadIndex with `src` in place of the file (see copy_from).
+    std::unique_ptr<Hnsw> copy_alg(const Hnsw& src, size_t max_elements_wanted) {
+        auto dst = std::make_unique<Hnsw>(space_.get());
+        const size_t count = src.cur_element_count;
+        const size_t max_elements = std::max(max_elements_wanted, count);
+        dst->offsetLevel0_ = src.offsetLevel0_;
+        dst->max_elements_ = max_elements;
+        // clear() (run by the destructor, also on a failed allocation below) frees linkLists_[i]
+        // for i < cur_element_count with a level > 0: only lists already copied count.
+        dst->cur_element_count = 0;
+        dst->size_data_per_element_ = src.size_data_per_element_;
+        dst->label_offset_ = src.label_offset_;
+        dst->offsetData_ = src.offsetData_;
+        dst->maxlevel_ = src.maxlevel_;
+        dst->enterpoint_node_ = src.enterpoint_node_;
+        dst->maxM_ = src.maxM_;
+        dst->maxM0_ = src.maxM0_;
+        dst->M_ = src.M_;
+        dst->mult_ = src.mult_;
+        dst->ef_construction_ = src.ef_construction_;
+        dst->data_size_ = space_->get_data_size();
+        dst->fstdistfunc_ = space_->get_dist_func();
+        dst->dist_func_param_ = space_->get_dist_func_param();
+        dst->data_level0_memory_ = static_cast<char*>(malloc(max_elements * dst->size_data_per_element_));
+        if (dst->data_level0_memory_ == nullptr) {
+            throw std::bad_alloc();
+        }
+        move_level0_to_huge_pages(*dst, 0);
+        std::memcpy(dst->data_level0_memory_, src.data_level0_memory_, count * src.size_data_per_element_);
+        dst->size_links_per_element_ = src.size_links_per_element_;
+        dst->size_links_level0_ = src.size_links_level0_;
+        std::vector<std::mutex>(max_elements).swap(dst->link_list_locks_);
+        std::vector<std::mutex>(Hnsw::MAX_LABEL_OPERATION_LOCKS).swap(dst->label_op_locks_);
+        dst->visited_list_pool_.reset(new hnswlib::VisitedListPool(1, max_elements));
+        dst->linkLists_ = static_cast<char**>(malloc(sizeof(void*) * max_elements));
+        if (dst->linkLists_ == nullptr) {
+            throw std::bad_alloc();
+        }
+        dst->element_levels_ = std::vector<int>(max_elements);
+        dst->revSize_ = 1.0 / dst->mult_;
+        dst->label_lookup_.reserve(count);
+        for (size_t i = 0; i < count; i++) {
+            dst->label_lookup_[src.getExternalLabel(static_cast<tableint>(i))] = static_cast<tableint>(i);
+            const int level = src.element_levels_[i];
+            dst->element_levels_[i] = level;
+            dst->linkLists_[i] = nullptr;
+            if (level > 0) {
+                const size_t bytes = dst->size_links_per_element_ * static_cast<size_t>(level);
+                dst->linkLists_[i] = static_cast<char*>(malloc(bytes));
+                if (dst->linkLists_[i] == nullptr) {
+                    throw std::bad_alloc();
+                }
+                std::memcpy(dst->linkLists_[i], src.linkLists_[i], bytes);
+            }
+            dst->cur_element_count = i + 1;
+        }
+        size_t deleted = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (dst->isMarkedDeleted(static_cast<tableint>(i))) {
+                deleted += 1;
+                if (dst->allow_replace_deleted_) {
+                    dst->deleted_elements.insert(static_cast<tableint>(i));
+                }
+            }
+        }
+        dst->num_deleted_ = deleted;
+        return dst;
+    }
+
     // What the index stores for `vector` (already normalised): itself, or its int8 record
     // written into `codes` (code_size() bytes).
     const void* encode(const float* vector, uint8_t* codes) const {
@@ -1447,6 +1543,7 @@ PYBIND11_MODULE(_vsnative, m) {
         .def("load_index", &Index::load_index, py::arg("path_to_index"), py::arg("max_elements") = 0,
              py::arg("allow_replace_deleted") = false)
         .def("save_index", &Index::save_index, py::arg("path_to_index"))
+        .def("copy_from", &Index::copy_from, py::arg("other"), py::arg("max_elements") = 0)
         .def("set_int8", &Index::set_int8, py::arg("lo"), py::arg("scale"))
         .def_property_readonly("int8", &Index::int8)
         .def("add_items", &Index::add_items, py::arg("data"), py::arg("ids") = py::none(),

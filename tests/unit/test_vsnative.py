@@ -721,3 +721,43 @@ def test_gather_copies_the_stored_vectors_of_live_labels(tmp_path: Path) -> None
     plain = hnswlib.Index(space="l2", dim=DIM)
     plain.init_index(max_elements=1)
     assert hnsw.gather(plain, np.zeros(1, dtype=np.int64)) is None
+
+
+@native_only
+@pytest.mark.parametrize(("space", "int8"), [("l2", False), ("ip", False), ("cosine", True)])
+def test_copy_from_equals_saving_and_loading_back(space: str, int8: bool, tmp_path: Path) -> None:
+    """A fold's in-memory copy: the same file as a save + load, the same graph after the same
+    inserts, and the source untouched by them."""
+    data, _ = data_and_queries(1500, 1, 16, seed=12)
+
+    def fresh() -> Any:
+        index = _native_index(space, 16)
+        if int8:
+            index.set_int8(np.full(16, -4.0, dtype=np.float32), 8.0 / 255)
+        return index
+
+    source = fresh()
+    source.init_index(max_elements=1000, M=8, ef_construction=50, random_seed=5)
+    source.add_items(data[:1000], np.arange(1000), num_threads=2)
+    source.mark_deleted(17)
+    source.save_index(str(tmp_path / "source"))
+    copied, loaded = fresh(), fresh()
+    copied.copy_from(source, 1600)
+    loaded.load_index(str(tmp_path / "source"), max_elements=1600)
+    assert (copied.max_elements, copied.element_count, copied.deleted_count) == (1600, 1000, 1)
+    for index in (copied, loaded):
+        index.add_items(data[1000:], np.arange(1000, 1500), num_threads=1)
+    copied.save_index(str(tmp_path / "copied"))
+    loaded.save_index(str(tmp_path / "loaded"))
+    assert (tmp_path / "copied").read_bytes() == (tmp_path / "loaded").read_bytes()
+    source.save_index(str(tmp_path / "source-after"))
+    assert (tmp_path / "source-after").read_bytes() == (tmp_path / "source").read_bytes()
+    with pytest.raises(RuntimeError, match="before init_index"):
+        copied.copy_from(source)
+    with pytest.raises(ValueError, match="differ"):
+        _native_index(space, 8).copy_from(source)
+    other = _native_index(space, 16)  # no int8 where the source has it, or the reverse
+    if not int8:
+        other.set_int8(np.zeros(16, dtype=np.float32), 1.0)
+    with pytest.raises(ValueError, match="differ"):
+        other.copy_from(source)
