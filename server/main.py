@@ -48,7 +48,6 @@ from server.metadata import MetadataStore
 from server.service import DEFAULT_MAX_STREAMS, AdminServicer, SearchServicer
 from shard import blas, heap
 from shard.api import ShardApi
-from shard.collection import CollectionOptions
 from shard.local import LocalShard
 from shard.main import add_metrics_arguments, start_metrics
 from shard.metrics import RecallProbe
@@ -228,7 +227,9 @@ class ServerProcess:
             Path(args.local_shard).mkdir(parents=True, exist_ok=True)
             # no other server or embedded client (vectorsearch_client.open) may have it open
             self.shard_lock = DirectoryLock(Path(args.local_shard))
-            registry = Registry(Path(args.local_shard), CollectionOptions())
+            from shard.main import options_from_env  # the VS_SHARD_* settings (compaction, threads, ...)
+
+            registry = Registry(Path(args.local_shard), options_from_env())
             registry.open()
             self.registries.append(registry)
             self.local[args.local_shard_id] = LocalShard(registry)

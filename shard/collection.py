@@ -7,9 +7,14 @@ Contracts
 * Ordering: writes are serialised by ``_write_lock``; the WAL seq order is the apply order.
 * Reads (``search``, ``get``) take no lock. A read first takes the applied seq ``v`` and then
   the current layers, and sees exactly the writes with seq <= v (see delta.py and graph.py).
-* Compaction (``compact``) seals the active delta, builds the next graph privately, writes a
-  snapshot and swaps it in; searches and writes go on meanwhile (writes wait only for the
-  brief seal and publish steps). One compaction runs at a time.
+* Compaction (``compact``) seals the active delta, builds the next graph privately (an
+  in-memory copy of the current one, or a rebuild) and swaps it in; searches and writes go on
+  meanwhile (writes wait only for the brief seal and publish steps). One compaction runs at a
+  time. A checkpoint writes the published graph's snapshot and truncates the log behind it: on
+  every explicit ``compact()``, and for background folds (``compact(background=True)``) once
+  ``checkpoint_rows``/``checkpoint_age_s`` say so (every fold where the graph cannot be copied
+  in memory, or for int8 collections). Between checkpoints the log holds every write since the
+  newest snapshot, so recovery is unchanged.
 * Recovery (``open``): newest snapshot that verifies, then the WAL after it. If the WAL does
   not reach back to that snapshot, the collection refuses to open (CorruptionError).
 """
@@ -34,11 +39,11 @@ from core.filters import Filter
 from core.keyranges import RangeSet
 from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec, Quantization
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
-from shard import exact, heap, memtrace, planner, records, snapshot
+from shard import exact, heap, hnsw, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
-from shard.graph import Graph, Int8Quantizer, RowsFile, check_quantization, new_index
+from shard.graph import Graph, Int8Quantizer, RowsFile, check_quantization, copy_index, new_index
 from shard.labelset import LabelSet
 from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
@@ -79,6 +84,11 @@ class CollectionOptions:
     # added to the nice value of the background compactor thread and its build threads
     # (``shard.sched``): searches and writes get the cores first while a fold runs; 0: unchanged
     compact_nice: int = 10
+    # a background fold also checkpoints (snapshot + log truncation) once the rows folded since
+    # the newest snapshot reach max(checkpoint_rows, a quarter of the graph), or the graph has
+    # gone unsnapshotted for checkpoint_age_s; 0 rows: every fold checkpoints
+    checkpoint_rows: int = 20_000
+    checkpoint_age_s: float = 60.0
 
 
 class _View(NamedTuple):
@@ -100,6 +110,10 @@ class Collection:
         self._live = 0
         self._legacy = 0  # live items without a payload (written before payloads): no fields
         self._snapshots: list[snapshot.SnapshotInfo] = []
+        # rows folded into graphs since the newest snapshot, and when the first of them was
+        # published (None: the published graph is the newest snapshot's, or there is none)
+        self._unsnapshotted_rows = 0
+        self._unsnapshotted_since: float | None = None
         self._active_since: float | None = None
         self._compactions = 0
         self._compacting = False
@@ -611,10 +625,27 @@ class Collection:
             return True
         since = self._active_since
         now = time.monotonic() if now is None else now
-        return pending > 0 and since is not None and now - since >= self.options.compact_age_s
+        if pending > 0 and since is not None and now - since >= self.options.compact_age_s:
+            return True
+        unsnapshotted = self._unsnapshotted_since
+        return unsnapshotted is not None and now - unsnapshotted >= self.options.checkpoint_age_s
 
-    def compact(self) -> CompactResult:
-        """Folds the delta into a new graph, snapshots it, publishes it and truncates the log.
+    def _checkpoint_due(self, graph: Graph, rows: int, now: float) -> bool:
+        """Whether a background compaction that publishes ``graph``, ``rows`` rows folded since
+        the newest snapshot, also snapshots it."""
+        if self.spec.quantization is Quantization.INT8 or not hnsw.is_native(graph.index):
+            return True  # the next fold needs the snapshot (int8 rows file; no in-memory copy)
+        since = self._unsnapshotted_since
+        if since is not None and now - since >= self.options.checkpoint_age_s:
+            return True
+        return rows >= max(self.options.checkpoint_rows, graph.elements // 4)
+
+    def compact(self, background: bool = False) -> CompactResult:
+        """Folds the delta into a new graph and publishes it, then checkpoints: snapshots the
+        published graph and truncates the log (also when there was nothing to fold but the
+        graph is newer than the newest snapshot). ``background`` (the registry's compaction
+        thread): checkpoints only when ``_checkpoint_due``. The result's ``snapshot_seq`` is the
+        newest snapshot's.
 
         Safe to call from any thread; concurrent calls run one after another.
         """
@@ -622,16 +653,27 @@ class Collection:
             with self._write_lock:
                 wal = self._check_open()
                 view = self._view
-                if view.sealed is None:
-                    if len(view.active) == 0 and (view.graph is None or self._snapshots):
-                        seq = self._snapshots[0].applied_seq if self._snapshots else 0
-                        return CompactResult(seq, False)
+                if view.sealed is None and len(view.active) == 0:
+                    graph = view.graph
+                    if graph is None or self._unsnapshotted_since is None:
+                        return CompactResult(self._newest_snapshot_seq(), False)
+                    if background and not self._checkpoint_due(graph, self._unsnapshotted_rows, time.monotonic()):
+                        return CompactResult(self._newest_snapshot_seq(), False)
+                    checkpoint_only: Graph | None = graph
+                else:
+                    checkpoint_only = None
+                if view.sealed is None and checkpoint_only is None:
                     self._sealed_seq = self._applied_seq
                     wal.rotate()  # the records of the sealed delta end in closed segments
                     view = _View(view.graph, view.active, Delta(self.spec.dimension))
                     self._view = view
                     self._active_since = None
                 self._compacting = True
+            if checkpoint_only is not None:
+                try:
+                    return self._checkpoint(checkpoint_only, wal)
+                finally:
+                    self._compacting = False
             started = time.perf_counter()
             try:
                 sealed = view.sealed
@@ -645,10 +687,14 @@ class Collection:
                 memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
-                info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
-                memtrace.mark("snapshot_written")
-                new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
-                memtrace.mark("file_attached")
+                folded = self._unsnapshotted_rows + sealed.rows
+                checkpoint = not background or self._checkpoint_due(new_graph, folded, time.monotonic())
+                info = None
+                if checkpoint:
+                    info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
+                    memtrace.mark("snapshot_written")
+                    new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
+                    memtrace.mark("file_attached")
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:
@@ -658,7 +704,13 @@ class Collection:
                         if label is not None:
                             new_graph.shadow(label, first)
                     self._view = _View(new_graph, None, active)
-                    self._snapshots.insert(0, info)
+                    if info is not None:
+                        self._snapshots.insert(0, info)
+                        self._unsnapshotted_rows, self._unsnapshotted_since = 0, None
+                    else:
+                        self._unsnapshotted_rows = folded
+                        if self._unsnapshotted_since is None:
+                            self._unsnapshotted_since = time.monotonic()
                     self._compactions += 1
             except Exception:
                 COMPACTION_FAILURES.inc()
@@ -668,11 +720,26 @@ class Collection:
             COMPACTION_SECONDS.observe(time.perf_counter() - started)
             memtrace.mark("published")
             del view, sealed  # the old graph and the sealed delta go with the last reader's view
-            self._prune(wal)
-            memtrace.mark("pruned")
+            if info is not None:
+                self._prune(wal)
+                memtrace.mark("pruned")
             heap.release_free_memory()
             memtrace.mark("trimmed")
-            return CompactResult(info.applied_seq, rebuilt)
+            return CompactResult(self._newest_snapshot_seq(), rebuilt)
+
+    def _newest_snapshot_seq(self) -> int:
+        return self._snapshots[0].applied_seq if self._snapshots else 0
+
+    def _checkpoint(self, graph: Graph, wal: Wal) -> CompactResult:
+        """Snapshots the published ``graph`` (not yet snapshotted) and truncates the log behind
+        it. Under the compaction lock; searches and writes go on (``graph`` is never mutated)."""
+        info = snapshot.write_snapshot(self._snapshot_dir, self.spec, graph)
+        graph.attach_file(info.path / snapshot.GRAPH_FILE)
+        with self._write_lock:
+            self._snapshots.insert(0, info)
+            self._unsnapshotted_rows, self._unsnapshotted_since = 0, None
+        self._prune(wal)
+        return CompactResult(info.applied_seq, False)
 
     def _prune(self, wal: Wal) -> None:
         """Drops snapshots beyond the retention count and log segments older than all kept."""
@@ -756,10 +823,17 @@ class Collection:
         else:
             assert graph is not None
             # The graph's own index is never mutated once published (searches run on it), so the
-            # fold adds to a private copy, loaded from the graph's snapshot. The labels' ids,
+            # fold adds to a private copy: made in memory (native index), else loaded from the
+            # graph's snapshot (every fold checkpoints then: _checkpoint_due). The labels' ids,
             # payloads and versions come from the graph itself (copies of its lists share the
             # objects) rather than from a second decoding of the snapshot's files.
-            index = snapshot.load_index(self._snapshots[0], self.spec, extra_capacity=live_count)
+            copied = copy_index(self.spec, graph, graph.elements + live_count)
+            if copied is not None:
+                index = copied
+            else:
+                if self._unsnapshotted_since is not None:
+                    raise AssertionError("a graph without a snapshot and without a native index")
+                index = snapshot.load_index(self._snapshots[0], self.spec, extra_capacity=live_count)
             quantizer = graph.quantizer
             if rows_out is not None:
                 assert graph.full_rows is not None

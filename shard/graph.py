@@ -281,6 +281,19 @@ def new_index(spec: CollectionSpec, capacity: int, quantizer: Int8Quantizer | No
     return index
 
 
+def copy_index(spec: CollectionSpec, graph: Graph, capacity: int) -> HnswIndex | None:
+    """A private, mutable copy of ``graph``'s index with room for ``capacity`` elements, made in
+    memory (``_vsnative``'s ``copy_from``: the same index as saving and loading it back, without
+    the file); None where the index is not native (the caller loads the graph's snapshot). Safe
+    while ``graph`` is searched (a published graph is never mutated)."""
+    if not hnsw.is_native(graph.index):
+        return None
+    index = uninitialised_index(spec, graph.quantizer)
+    index.copy_from(graph.index, max(1, capacity))  # type: ignore[attr-defined]
+    index.set_ef(1)
+    return index
+
+
 @dataclass(frozen=True)
 class GraphFields:
     """A graph's filterable fields: ``columns`` (one row per label, what the next fold gathers

@@ -66,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
     p.add_argument("--compact-delta-items", type=int, default=int(_env("compact_delta_items", "10000")))
     p.add_argument("--compact-age-s", type=float, default=float(_env("compact_age_s", "30")))
+    p.add_argument(
+        "--checkpoint-rows",
+        type=int,
+        default=int(_env("checkpoint_rows", "20000")),
+        help="a background fold also snapshots the graph and truncates the log once this many rows (or a quarter "
+        "of the graph) were folded since the newest snapshot (0: every fold)",
+    )
+    p.add_argument(
+        "--checkpoint-age-s",
+        type=float,
+        default=float(_env("checkpoint_age_s", "60")),
+        help="... or once the published graph has gone this long without a snapshot",
+    )
     p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_env("rebuild_deleted_ratio", "0.2")))
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument(
@@ -127,6 +140,12 @@ def start_metrics(args: argparse.Namespace, registries: Callable[[], list[Regist
     return probe
 
 
+def options_from_env() -> CollectionOptions:
+    """The collection options of this command's defaults and ``VS_SHARD_*`` environment, for a
+    process that owns shards without shard flags of its own (the single-node server)."""
+    return options_from_args(parse_args([]))
+
+
 def options_from_args(args: argparse.Namespace) -> CollectionOptions:
     return CollectionOptions(
         wal=WalOptions(
@@ -136,6 +155,8 @@ def options_from_args(args: argparse.Namespace) -> CollectionOptions:
         ),
         compact_delta_items=args.compact_delta_items,
         compact_age_s=args.compact_age_s,
+        checkpoint_rows=args.checkpoint_rows,
+        checkpoint_age_s=args.checkpoint_age_s,
         rebuild_deleted_ratio=args.rebuild_deleted_ratio,
         build_threads=args.build_threads,
         search_threads=args.search_threads,

@@ -180,8 +180,8 @@ class Registry:
                 if self._stop.is_set():
                     return
                 if name in requested or collection.needs_compaction(now):
-                    try:
-                        collection.compact()
+                    try:  # a requested compaction (Compact without wait) checkpoints as a waited one
+                        collection.compact(background=name not in requested)
                     except Unavailable:
                         continue  # dropped or closing meanwhile
                     except Exception:  # keep compacting the others; the delta stays searchable

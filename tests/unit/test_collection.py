@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from core.errors import CorruptionError, InvalidArgument
 from core.items import ItemMeta
 from core.spec import Metric, make_spec
 from core.vectors import prepare_batch
-from shard import snapshot
+from shard import hnsw, snapshot
 from shard.collection import Collection, CollectionOptions
 from testkit.datasets import Matrix, clustered
 from testkit.truth import exact_top_k
@@ -460,3 +461,106 @@ def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(tmp_path: Path) 
         del col, graph
         gc.collect()
         assert open_graph_files() == 0  # a dropped graph closes its snapshot file
+
+
+def snapshot_seqs(col: Collection) -> list[int]:
+    return [info.applied_seq for info in snapshot.list_snapshots(col.directory / "snapshots")]
+
+
+@pytest.mark.skipif(not hnsw.NATIVE, reason="needs shard._vsnative (folds copy the graph in memory)")
+def test_background_folds_checkpoint_only_when_due_and_recovery_keeps_every_write(tmp_path: Path) -> None:
+    options = CollectionOptions(
+        compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, checkpoint_rows=1000, checkpoint_age_s=10**9
+    )
+    col = make(tmp_path, options=options)
+    data = clustered(1500, 8, seed=21)
+    col.upsert([f"a{i}" for i in range(400)], data[:400])
+    first = col.compact().snapshot_seq  # an explicit compaction always checkpoints
+    assert snapshot_seqs(col) == [first]
+    # background folds of 300 rows: published and searchable, no snapshot until 1000 rows
+    for lo in range(400, 1000, 300):
+        col.upsert([f"a{i}" for i in range(lo, lo + 300)], data[lo : lo + 300])
+        assert col.compact(background=True).snapshot_seq == first
+        assert col.stats().delta_size == 0 and col.stats().graph_elements == lo + 300
+        assert snapshot_seqs(col) == [first]
+        assert col.search(data[lo + 7][None, :], 1)[0].ids == [f"a{lo + 7}"]
+    assert col.compact(background=True).snapshot_seq == first  # nothing to fold, nothing due
+    col.delete(["a3", "a500"])
+    col.upsert(["a900"], data[1400][None, :])
+    # a crash now (close without compacting): the newest snapshot plus the whole log since it
+    col = reopen(col, options)
+    assert col.stats().count == 998 and col.stats().graph_elements == 400
+    found, vectors, missing = col.get(["a3", "a500", "a900", "a999"])
+    assert found == ["a900", "a999"] and missing == ["a3", "a500"]
+    np.testing.assert_array_equal(vectors[0], data[1400])
+    col.compact(background=True)  # the 601 replayed rows: folded, still not due
+    assert snapshot_seqs(col) == [first] and col.stats().delta_size == 0
+    col.upsert([f"a{i}" for i in range(1000, 1500)], data[1000:1500])
+    result = col.compact(background=True)  # 1101 rows folded since the snapshot: due
+    assert result.snapshot_seq == col.stats().last_applied_seq == snapshot_seqs(col)[0]
+    col = reopen(col, options)
+    assert col.stats().count == 1498 and col.stats().delta_size == 0
+    found, vectors, missing = col.get(["a3", "a900", "a1499"])
+    assert found == ["a900", "a1499"] and missing == ["a3"]
+    np.testing.assert_array_equal(vectors[0], data[1400])
+    for i in (7, 450, 999, 1200, 1499):
+        assert col.search(data[i][None, :], 1)[0].ids == [f"a{i}"]
+
+
+@pytest.mark.skipif(not hnsw.NATIVE, reason="needs shard._vsnative (folds copy the graph in memory)")
+def test_an_explicit_compaction_checkpoints_a_graph_folded_without_a_snapshot(tmp_path: Path) -> None:
+    options = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, checkpoint_rows=10**9)
+    col = make(tmp_path, options=options)
+    data = clustered(300, 8, seed=22)
+    col.upsert([f"a{i}" for i in range(100)], data[:100])
+    col.compact()
+    col.upsert([f"a{i}" for i in range(100, 300)], data[100:])
+    col.compact(background=True)
+    assert len(snapshot_seqs(col)) == 1 and col.stats().delta_size == 0
+    applied = col.stats().last_applied_seq
+    assert col.compact().snapshot_seq == applied  # empty delta, unsnapshotted graph: checkpointed
+    assert snapshot_seqs(col)[0] == applied
+    assert col.compact().snapshot_seq == applied  # nothing left to do
+    assert len(snapshot_seqs(col)) == 2
+
+
+@pytest.mark.skipif(not hnsw.NATIVE, reason="needs shard._vsnative (folds copy the graph in memory)")
+def test_an_unsnapshotted_graph_asks_for_a_checkpoint_after_checkpoint_age_s(tmp_path: Path) -> None:
+    options = CollectionOptions(
+        compact_delta_items=10**9, compact_age_s=10**9, checkpoint_rows=10**9, checkpoint_age_s=5
+    )
+    col = make(tmp_path, options=options)
+    data = clustered(200, 8, seed=23)
+    col.upsert([f"a{i}" for i in range(100)], data[:100])
+    col.compact()
+    col.upsert([f"a{i}" for i in range(100, 200)], data[100:])
+    col.compact(background=True)
+    now = time.monotonic()
+    assert not col.needs_compaction(now)
+    assert col.needs_compaction(now + 6)
+    assert len(snapshot_seqs(col)) == 1
+
+
+def test_every_fold_checkpoints_without_an_in_memory_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the graph cannot be copied in memory (hnswlib's own class), a background fold snapshots."""
+    monkeypatch.setattr(hnsw, "is_native", lambda index: False)
+    options = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, checkpoint_rows=10**9)
+    col = make(tmp_path, options=options)
+    data = clustered(200, 8, seed=24)
+    col.upsert([f"a{i}" for i in range(100)], data[:100])
+    col.compact(background=True)
+    col.upsert([f"a{i}" for i in range(100, 200)], data[100:])
+    assert col.compact(background=True).snapshot_seq == col.stats().last_applied_seq
+    assert len(snapshot_seqs(col)) == 2
+
+
+def test_options_from_env_read_the_shard_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the single-node server's own shard runs with: python -m shard's defaults and VS_SHARD_*."""
+    from shard.main import options_from_env
+
+    assert options_from_env().checkpoint_rows == CollectionOptions().checkpoint_rows
+    monkeypatch.setenv("VS_SHARD_CHECKPOINT_ROWS", "1234")
+    monkeypatch.setenv("VS_SHARD_COMPACT_DELTA_ITEMS", "777")
+    monkeypatch.setenv("VS_SHARD_CHECKPOINT_AGE_S", "9.5")
+    options = options_from_env()
+    assert (options.checkpoint_rows, options.compact_delta_items, options.checkpoint_age_s) == (1234, 777, 9.5)
