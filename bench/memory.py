@@ -17,7 +17,7 @@ One run, the same seeded synthetic rows (``testkit.datasets.embedding_like``, un
     bench/ours.py does), then ``Compact(wait=true)``, then ``--idle-s`` seconds of nothing.
 
 A sampler reads the server's ``/proc/<pid>/status`` every 50 ms: peak ``VmRSS`` while loading
-(background compactions included: the shard folds every 10,000 rows), while the final compaction
+(background compactions included: the shard folds every --compact-delta-items rows), while the final compaction
 runs, and the steady ``VmRSS`` at the end of the idle wait; ``VmHWM`` at the end of each phase
 catches a peak between two samples. ``/proc/<pid>/smaps_rollup`` at the end of each phase splits
 anonymous from file-backed memory. With the trace on (default; ``--no-trace`` turns it off) the

@@ -73,7 +73,7 @@ MAX_SCAN_BATCH = 65_536
 @dataclass(frozen=True)
 class CollectionOptions:
     wal: WalOptions = field(default_factory=WalOptions)
-    compact_delta_items: int = 10_000
+    compact_delta_items: int = 2_500
     compact_age_s: float = 30.0
     rebuild_deleted_ratio: float = 0.2
     build_threads: int = os.cpu_count() or 1

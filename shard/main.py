@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wal-segment-mb", type=int, default=int(_env("wal_segment_mb", "64")))
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
-    p.add_argument("--compact-delta-items", type=int, default=int(_env("compact_delta_items", "10000")))
+    p.add_argument("--compact-delta-items", type=int, default=int(_env("compact_delta_items", "2500")))
     p.add_argument("--compact-age-s", type=float, default=float(_env("compact_age_s", "30")))
     p.add_argument(
         "--checkpoint-rows",
