@@ -672,6 +672,9 @@ class Collection:
             if checkpoint_only is not None:
                 try:
                     return self._checkpoint(checkpoint_only, wal)
+                except Exception:
+                    COMPACTION_FAILURES.inc()
+                    raise
                 finally:
                     self._compacting = False
             started = time.perf_counter()

@@ -1259,6 +1259,7 @@ class Index {
         dst->M_ = src.M_;
         dst->mult_ = src.mult_;
         dst->ef_construction_ = src.ef_construction_;
+        dst->allow_replace_deleted_ = src.allow_replace_deleted_;
         dst->data_size_ = space_->get_data_size();
         dst->fstdistfunc_ = space_->get_dist_func();
         dst->dist_func_param_ = space_->get_dist_func_param();
