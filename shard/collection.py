@@ -641,9 +641,9 @@ class Collection:
         return rows >= max(self.options.checkpoint_rows, graph.elements // 4)
 
     def compact(self, background: bool = False) -> CompactResult:
-        """Folds the delta into a new graph and publishes it, then checkpoints: snapshots the
-        published graph and truncates the log (also when there was nothing to fold but the
-        graph is newer than the newest snapshot). ``background`` (the registry's compaction
+        """Folds the delta into a new graph and publishes it, then checkpoints (``_checkpoint``:
+        snapshots the published graph and truncates the log; also when there was nothing to fold
+        but the graph is newer than the newest snapshot). ``background`` (the registry's compaction
         thread): checkpoints only when ``_checkpoint_due``. The result's ``snapshot_seq`` is the
         newest snapshot's.
 
@@ -681,6 +681,9 @@ class Collection:
             try:
                 sealed = view.sealed
                 assert sealed is not None
+                graph = view.graph
+                if graph is not None and self._unsnapshotted_since is not None and not hnsw.is_native(graph.index):
+                    self._checkpoint(graph, wal)  # its fold loads its snapshot (a checkpoint failed after it)
                 memtrace.mark(
                     "sealed",
                     delta_rows=sealed.rows,
@@ -690,16 +693,6 @@ class Collection:
                 memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
-                folded = self._unsnapshotted_rows + sealed.rows
-                checkpoint = not background or self._checkpoint_due(new_graph, folded, time.monotonic())
-                info = None
-                if checkpoint:
-                    info = snapshot.write_snapshot(self._snapshot_dir, self.spec, new_graph)
-                    memtrace.mark("snapshot_written")
-                    new_graph.attach_file(info.path / snapshot.GRAPH_FILE)
-                    memtrace.mark("file_attached")
-                if _FAULT_COMPACT_PAUSE_S:
-                    time.sleep(_FAULT_COMPACT_PAUSE_S)
                 with self._write_lock:
                     active = self._view.active
                     for item, first in active.first_seq.items():
@@ -707,25 +700,22 @@ class Collection:
                         if label is not None:
                             new_graph.shadow(label, first)
                     self._view = _View(new_graph, None, active)
-                    if info is not None:
-                        self._snapshots.insert(0, info)
-                        self._unsnapshotted_rows, self._unsnapshotted_since = 0, None
-                    else:
-                        self._unsnapshotted_rows = folded
-                        if self._unsnapshotted_since is None:
-                            self._unsnapshotted_since = time.monotonic()
+                    self._unsnapshotted_rows += sealed.rows
+                    if self._unsnapshotted_since is None:
+                        self._unsnapshotted_since = time.monotonic()
                     self._compactions += 1
+                memtrace.mark("published")
+                del view, sealed  # the old graph and the sealed delta go with the last reader's view
+                if _FAULT_COMPACT_PAUSE_S:
+                    time.sleep(_FAULT_COMPACT_PAUSE_S)
+                if not background or self._checkpoint_due(new_graph, self._unsnapshotted_rows, time.monotonic()):
+                    self._checkpoint(new_graph, wal)
             except Exception:
                 COMPACTION_FAILURES.inc()
                 raise
             finally:
                 self._compacting = False
             COMPACTION_SECONDS.observe(time.perf_counter() - started)
-            memtrace.mark("published")
-            del view, sealed  # the old graph and the sealed delta go with the last reader's view
-            if info is not None:
-                self._prune(wal)
-                memtrace.mark("pruned")
             heap.release_free_memory()
             memtrace.mark("trimmed")
             return CompactResult(self._newest_snapshot_seq(), rebuilt)
@@ -737,11 +727,14 @@ class Collection:
         """Snapshots the published ``graph`` (not yet snapshotted) and truncates the log behind
         it. Under the compaction lock; searches and writes go on (``graph`` is never mutated)."""
         info = snapshot.write_snapshot(self._snapshot_dir, self.spec, graph)
+        memtrace.mark("snapshot_written")
         graph.attach_file(info.path / snapshot.GRAPH_FILE)
+        memtrace.mark("file_attached")
         with self._write_lock:
             self._snapshots.insert(0, info)
             self._unsnapshotted_rows, self._unsnapshotted_since = 0, None
         self._prune(wal)
+        memtrace.mark("pruned")
         return CompactResult(info.applied_seq, False)
 
     def _prune(self, wal: Wal) -> None:

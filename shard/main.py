@@ -36,11 +36,18 @@ from vsproto.handlers import add_servicer
 from vsproto.v1 import shard_service_pb2
 
 log = logging.getLogger("shard")
+DEFAULTS = CollectionOptions()
+"""The collection options' defaults, which the flags below default to."""
 SERVICE_NAME = shard_service_pb2.DESCRIPTOR.services_by_name["ShardService"].full_name
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"VS_SHARD_{name.upper()}", default)
+
+
+def _default(option: str) -> str:
+    """``VS_SHARD_<OPTION>``, else the ``CollectionOptions`` field's own default."""
+    return _env(option, str(getattr(DEFAULTS, option)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,27 +71,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wal-segment-mb", type=int, default=int(_env("wal_segment_mb", "64")))
     p.add_argument("--max-message-mb", type=int, default=int(_env("max_message_mb", "64")))
     p.add_argument("--workers", type=int, default=int(_env("workers", str(max(8, 4 * cpus)))))
-    p.add_argument("--compact-delta-items", type=int, default=int(_env("compact_delta_items", "2500")))
-    p.add_argument("--compact-age-s", type=float, default=float(_env("compact_age_s", "30")))
+    p.add_argument("--compact-delta-items", type=int, default=int(_default("compact_delta_items")))
+    p.add_argument("--compact-age-s", type=float, default=float(_default("compact_age_s")))
     p.add_argument(
         "--checkpoint-rows",
         type=int,
-        default=int(_env("checkpoint_rows", "20000")),
+        default=int(_default("checkpoint_rows")),
         help="a background fold also snapshots the graph and truncates the log once this many rows (or a quarter "
         "of the graph) were folded since the newest snapshot (0: every fold)",
     )
     p.add_argument(
         "--checkpoint-age-s",
         type=float,
-        default=float(_env("checkpoint_age_s", "60")),
+        default=float(_default("checkpoint_age_s")),
         help="... or once the published graph has gone this long without a snapshot",
     )
-    p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_env("rebuild_deleted_ratio", "0.2")))
+    p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_default("rebuild_deleted_ratio")))
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument(
         "--compact-nice",
         type=int,
-        default=int(_env("compact_nice", "10")),
+        default=int(_default("compact_nice")),
         help="added to the nice value of the background compaction and its build threads, so searches "
         "and writes run first while a fold takes the cores (0: same priority)",
     )
