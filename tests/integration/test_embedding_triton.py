@@ -202,6 +202,8 @@ def test_identical_inputs_in_one_call_are_sent_once(triton: Triton) -> None:
     with TritonEmbedder(triton.url, cache=NullCache()) as embedder:
         t0, _, _, _ = counts(embedder)
         got = embedder.embed_texts([f"same {uuid.uuid4()}"] * 5, timeout=10)
+        counts_after(embedder, t0 + 1, 0)
+        time.sleep(0.5)  # statistics lag the replies: give any further inference time to show
         t1, _, _, _ = counts(embedder)
     assert t1 - t0 == 1 and np.all(got == got[0])
 
@@ -212,17 +214,20 @@ def test_cache_hits_skip_triton(triton: Triton, store: str, redis_url: str, redi
     texts = [f"cached text {uuid.uuid4()}" for _ in range(4)]
     images = pictures(3, seed=int(time.time()) % 10_000, size=(256, 256))
     with TritonEmbedder(triton.url, cache=make_cache(url)) as embedder:
+        t0, _, i0, _ = counts(embedder)
         first_texts = embedder.embed_texts(texts, timeout=10)
         first_images = vectors(embedder.embed_images(images, timeout=10))
-        before = counts(embedder)
+        before = counts_after(embedder, t0 + len(texts), i0 + len(images))
         np.testing.assert_array_equal(embedder.embed_texts(texts, timeout=10), first_texts)
         np.testing.assert_array_equal(vectors(embedder.embed_images(images, timeout=10)), first_images)
+        time.sleep(0.5)  # statistics lag the replies: give a wrongly sent request time to show
         assert counts(embedder) == before, "a cache hit reached Triton"
         assert embedder.cache.stats().hits == 7
     if store == "redis":
         # another server (another process's embedder) shares the Redis cache
         with TritonEmbedder(triton.url, cache=make_cache(url)) as other:
             np.testing.assert_array_equal(other.embed_texts(texts, timeout=10), first_texts)
+            time.sleep(0.5)
             assert counts(other) == before
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=redis_prefix + "*"))

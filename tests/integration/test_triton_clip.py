@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,16 @@ def torch_image(served: Served, images: list[bytes]) -> np.ndarray:
         return served.image_tower(torch.from_numpy(pixels)).numpy()
 
 
-def stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of ``model`` since the server started."""
-    s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+def stats(client: grpcclient.InferenceServerClient, model: str, at_least: int = 0) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model`` since the server started, once it counts
+    ``at_least`` inferences (up to 10 s): Triton records statistics after it replies, so they lag."""
+    deadline = time.monotonic() + 10
+    while True:
+        s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        got = int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+        if got[0] >= at_least or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def test_text_embeddings_match_in_process_model(served: Served) -> None:
@@ -114,11 +121,11 @@ def test_an_image_is_closest_to_itself(served: Served) -> None:
 
 def test_concurrent_requests_are_batched(served: Served) -> None:
     client = served.client()
-    before = stats(client, "clip_text"), stats(client, "clip_image")
+    start = stats(client, "clip_text"), stats(client, "clip_image")
     texts = [f"a photo of thing number {i}".encode() for i in range(64)]
     images = pictures(16, seed=5, size=(256, 256))
     expected = embed(client, "clip_text", texts), embed(client, "clip_image", images)
-    before = stats(client, "clip_text"), stats(client, "clip_image")
+    before = stats(client, "clip_text", start[0][0] + 64), stats(client, "clip_image", start[1][0] + 16)
     errors: list[BaseException] = []
 
     def worker(k: int) -> None:
@@ -136,7 +143,7 @@ def test_concurrent_requests_are_batched(served: Served) -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    after = stats(client, "clip_text"), stats(client, "clip_image")
+    after = stats(client, "clip_text", before[0][0] + 64), stats(client, "clip_image", before[1][0] + 16)
     for (inf0, exe0), (inf1, exe1), n in zip(before, after, (64, 16), strict=True):
         assert inf1 - inf0 == n
         assert exe1 - exe0 < n, f"{n} requests ran in {exe1 - exe0} executions: no batch > 1"
@@ -148,8 +155,9 @@ def test_bad_image_in_a_batch_fails_alone(served: Served) -> None:
     jpeg = good[0]
     bad = {1: b"not an image", 3: jpeg[: len(jpeg) // 2], 5: b""}
     batch = [bad.get(i, good[i // 2]) for i in range(7)]
+    inf0, _ = stats(client, "clip_image")
     expected = embed(client, "clip_image", good)
-    _, exe0 = stats(client, "clip_image")
+    _, exe0 = stats(client, "clip_image", inf0 + len(good))
     results: dict[int, Any] = {}
     done = threading.Semaphore(0)
 
@@ -170,6 +178,7 @@ def test_bad_image_in_a_batch_fails_alone(served: Served) -> None:
             assert "image refused" in results[i].message()
         else:
             np.testing.assert_allclose(results[i][0], expected[i // 2], atol=TOLERANCE)
+    time.sleep(0.5)  # statistics lag the replies
     _, exe1 = stats(client, "clip_image")
     assert exe1 - exe0 < 7, "the requests were not batched together"
     assert "truncated" in str(results[3].message()) and "empty" in str(results[5].message())
