@@ -498,7 +498,7 @@ class Collection:
         if allowed is not None:
             hidden |= ~np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
         matrices = [b.vectors for b in blocks]
-        order, best = exact.search(queries, matrices, self.spec.metric.hnsw_space, k, hidden)
+        order, best = exact.search(queries, matrices, self.spec.metric.hnsw_space, k, hidden, [b.norms for b in blocks])
         ids = layer.ids
         names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
         return names, best

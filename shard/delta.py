@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.vectors import Matrix
+from shard.exact import squared_norms
 from shard.fields import FieldColumns, Fields, decode_batch
 
 NEVER = np.iinfo(np.int64).max
@@ -27,12 +28,14 @@ BLOCK_ROWS = 4096
 
 
 class Block(NamedTuple):
-    """A view of ``len(vectors)`` consecutive rows starting at row ``start``."""
+    """A view of ``len(vectors)`` consecutive rows starting at row ``start``, with each row's
+    squared norm (``exact.squared_norms``: an l2 scan then reads the rows once)."""
 
     start: int
     vectors: Matrix
     row_seq: npt.NDArray[np.int64]
     dead_seq: npt.NDArray[np.int64]
+    norms: npt.NDArray[np.float32]
 
     def visible(self, view_seq: int) -> npt.NDArray[np.bool_]:
         return (self.row_seq <= view_seq) & (self.dead_seq > view_seq)
@@ -42,7 +45,8 @@ class Delta:
     def __init__(self, dimension: int, block_rows: int = BLOCK_ROWS) -> None:
         self.dimension = dimension
         self.block_rows = block_rows
-        self._blocks: list[tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
+        # per block: rows, row_seq, dead_seq, squared norms
+        self._blocks: list[tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
         self.rows = 0
         self.ids: list[str] = []
         # payloads[row]: the row's payload (b"" when it has none); extended before ``rows`` grows.
@@ -82,11 +86,13 @@ class Delta:
                         np.empty((self.block_rows, self.dimension), dtype=np.float32),
                         np.empty(self.block_rows, dtype=np.int64),
                         np.full(self.block_rows, NEVER, dtype=np.int64),
+                        np.empty(self.block_rows, dtype=np.float32),
                     )
                 )
             take = min(self.block_rows - offset, count - done)
-            block_vectors, row_seq, _ = self._blocks[block]
+            block_vectors, row_seq, _, norms = self._blocks[block]
             block_vectors[offset : offset + take] = vectors[done : done + take]
+            norms[offset : offset + take] = squared_norms(block_vectors[offset : offset + take])
             row_seq[offset : offset + take] = seq
             done += take
         self.ids.extend(ids)
@@ -116,8 +122,8 @@ class Delta:
         for number in range((rows + self.block_rows - 1) // self.block_rows):
             start = number * self.block_rows
             used = min(self.block_rows, rows - start)
-            vectors, row_seq, dead_seq = blocks[number]
-            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used])
+            vectors, row_seq, dead_seq, norms = blocks[number]
+            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used], norms[:used])
 
     def vector(self, row: int) -> Matrix:
         block, offset = divmod(row, self.block_rows)

@@ -22,12 +22,19 @@ Positions = npt.NDArray[np.intp]
 _RERANK_MARGIN = 16
 
 
-def distances(queries: Matrix, vectors: Matrix, space: str) -> Distances:
-    """(nq, n) distance matrix; for l2 the fast (approximate) form, see the module docstring."""
+def squared_norms(vectors: Matrix) -> npt.NDArray[np.float32]:
+    """``|x|^2`` of every row: what :func:`distances` computes for l2 when not given them."""
+    return np.einsum("ij,ij->i", vectors, vectors)
+
+
+def distances(queries: Matrix, vectors: Matrix, space: str, norms: npt.NDArray[np.float32] | None = None) -> Distances:
+    """(nq, n) distance matrix; for l2 the fast (approximate) form, see the module docstring.
+    ``norms``: the rows' :func:`squared_norms`, when the caller keeps them (l2 then reads the
+    rows once instead of twice)."""
     dots = queries @ vectors.T
     if space == "l2":
         q2 = np.einsum("ij,ij->i", queries, queries)[:, None]
-        x2 = np.einsum("ij,ij->i", vectors, vectors)[None, :]
+        x2 = (squared_norms(vectors) if norms is None else norms)[None, :]
         return np.maximum(q2 + x2 - 2.0 * dots, 0.0).astype(np.float32, copy=False)
     return (1.0 - dots).astype(np.float32, copy=False)
 
@@ -52,17 +59,24 @@ def search(
     space: str,
     k: int,
     hidden: npt.NDArray[np.bool_] | None = None,
+    norms: Sequence[npt.NDArray[np.float32]] | None = None,
 ) -> tuple[Positions, Distances]:
     """Exact top-``k`` rows per query over ``vectors`` (one matrix, or blocks read as their
     concatenation); rows where ``hidden`` is True get distance inf (callers drop those).
+    ``norms``: each block's :func:`squared_norms`, when the caller keeps them (same results).
     Returns (nq, min(k, n)) row positions and distances."""
     blocks = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
+    block_norms: Sequence[npt.NDArray[np.float32] | None] = [None] * len(blocks) if norms is None else norms
+    if len(block_norms) != len(blocks):
+        raise ValueError(f"{len(block_norms)} norm arrays for {len(blocks)} blocks")
     n = sum(len(b) for b in blocks)
     k = min(k, n)
     if len(blocks) == 1:
-        dist = distances(queries, blocks[0], space)
+        dist = distances(queries, blocks[0], space, block_norms[0])
     else:
-        dist = np.concatenate([distances(queries, b, space) for b in blocks], axis=1)
+        dist = np.concatenate(
+            [distances(queries, b, space, x2) for b, x2 in zip(blocks, block_norms, strict=True)], axis=1
+        )
     if hidden is not None:
         dist[:, hidden] = np.inf
     if space != "l2":

@@ -304,7 +304,7 @@ def search_delta(
     matched = int(np.count_nonzero(allowed))
     if matched == 0:
         return _empty(len(queries)), 0
-    order, best = exact.search(queries, [b.vectors for b in blocks], space, k, ~allowed)
+    order, best = exact.search(queries, [b.vectors for b in blocks], space, k, ~allowed, [b.norms for b in blocks])
     ids = layer.ids
     names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
     return (names, best), matched

@@ -1,0 +1,55 @@
+"""``shard.exact``: the squared norms a delta keeps give the same l2 results as recomputing them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shard import exact
+from shard.delta import Delta
+
+
+def blocks_of(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    cuts = np.cumsum(sizes)[:-1]
+    return [np.ascontiguousarray(b) for b in np.split(rows, cuts)]
+
+
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_kept_norms_give_the_same_results_as_recomputed_ones(space: str) -> None:
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((700, 24)) * 30 + 100).astype(np.float32)  # large norms: l2 reranks
+    queries = rows[[5, 300, 650]] + rng.standard_normal((3, 24)).astype(np.float32)
+    blocks = blocks_of(rows, [256, 256, 188])
+    hidden = np.zeros(len(rows), dtype=bool)
+    hidden[[5, 17, 640]] = True
+    norms = [exact.squared_norms(b) for b in blocks]
+    got = exact.search(queries, blocks, space, 10, hidden, norms)
+    want = exact.search(queries, blocks, space, 10, hidden)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    # and the answer is the brute-force one (direct distances for l2)
+    diff = rows[None, :, :] - queries[:, None, :]
+    direct = (diff**2).sum(axis=2) if space == "l2" else 1.0 - queries @ rows.T
+    direct[:, hidden] = np.inf
+    expected = np.argsort(direct, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(got[0], expected)
+
+
+def test_norms_must_match_the_blocks() -> None:
+    rows = np.ones((10, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="1 norm arrays for 2 blocks"):
+        exact.search(rows[:1], [rows[:5], rows[5:]], "l2", 3, None, [exact.squared_norms(rows)])
+
+
+def test_a_delta_keeps_each_rows_squared_norm_across_blocks() -> None:
+    rng = np.random.default_rng(4)
+    delta = Delta(16, block_rows=64)
+    written = []
+    for batch in range(5):  # 5 x 30 rows over 64-row blocks: appends straddle block edges
+        rows = rng.standard_normal((30, 16)).astype(np.float32)
+        delta.append([f"b{batch}-{i}" for i in range(30)], rows, batch + 1)
+        written.append(rows)
+    every = np.concatenate(written)
+    kept = np.concatenate([b.norms for b in delta.blocks()])
+    assert kept.dtype == np.float32 and len(kept) == 150
+    np.testing.assert_array_equal(kept, exact.squared_norms(every))
