@@ -52,10 +52,10 @@ def test_recall_at_10_matches_float32_at_the_same_ef(tmp_path: Path, metric: Met
     # Measured (4 runs each; the 2-thread build is not deterministic): L2 0.990-0.991 vs float32
     # 0.992-0.993, cosine 0.970-0.972 vs 0.969-0.971, inner product on these unnormalised rows
     # 0.951-0.954 vs 0.944-0.945. The bar (0.95) is asserted where float32 itself clears
-    # it with room; everywhere int8 must stay within 0.01 of float32 at the same ef.
+    # it with room; everywhere int8 must stay within 0.01 of float32 at the same ef, and inner
+    # product (where float32 itself is at 0.944) keeps an absolute floor below the measured range.
     assert got[Quantization.INT8] >= got[Quantization.NONE] - 0.01
-    if metric is not Metric.INNER_PRODUCT:
-        assert got[Quantization.INT8] >= 0.95
+    assert got[Quantization.INT8] >= (0.95 if metric is not Metric.INNER_PRODUCT else 0.93), got
 
 
 def test_quantized_items_upsert_delete_get_and_survive_reopen(tmp_path: Path) -> None:
