@@ -2,7 +2,8 @@
 it): one query against N unfolded rows, per metric, with the rows' squared norms kept by the
 delta (what the shard does) against recomputing them per query (what it did before: ``norms``
 not passed). Both run in the same process, alternating, so the ratio is what to read; also the
-whole ``search_delta`` (visibility, ids) with kept norms.
+whole ``search_delta`` (visibility, ids) with kept norms, and the scan split over ``--threads``
+threads at every size (the shard splits only past ``exact.PARALLEL_MIN_VALUES``).
 
     .venv/bin/python bench/delta_scan.py [--rows 2500 5000 10000 20000] [--reps 2000]
 
@@ -43,12 +44,16 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="the split scan's threads (search_threads)")
     args = p.parse_args()
     blas.limit_threads()  # as every shard process does (shard/blas.py)
     rng = np.random.default_rng(7)
     print(f"{cpu_model()}, code {git_commit(ROOT)}, load average {loadavg()}, dim {args.dim}, k 10, 1 query\n")
-    print("| rows | metric | kept norms us | recomputed us | recomputed / kept | search_delta us |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"| rows | metric | kept norms us | recomputed us | recomputed / kept | search_delta us "
+        f"| split over {args.threads} us | 1 thread / split |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.rows:
         delta = Delta(args.dim)
         for lo in range(0, n, 500):
@@ -56,23 +61,33 @@ def main() -> None:
             delta.append([f"r{i}" for i in range(lo, lo + 500)], rows, lo + 1)
         query = rng.standard_normal((1, args.dim)).astype(np.float32)
         for space in ("l2", "ip"):
-            a, b, c = measure(delta, query, space, args.rounds, args.reps)
-            print(f"| {n:,} | {space} | {a:.0f} | {b:.0f} | {b / a:.2f}x | {c:.0f} |")
+            a, b, c, d = measure(delta, query, space, args.rounds, args.reps, args.threads)
+            print(f"| {n:,} | {space} | {a:.0f} | {b:.0f} | {b / a:.2f}x | {c:.0f} | {d:.0f} | {a / d:.2f}x |")
 
 
-def measure(delta: Delta, query: np.ndarray, space: str, rounds: int, reps: int) -> tuple[float, float, float]:
-    """Medians over alternating rounds (us): kept norms, recomputed norms, the whole search_delta."""
+def measure(
+    delta: Delta, query: np.ndarray, space: str, rounds: int, reps: int, threads: int
+) -> tuple[float, float, float, float]:
+    """Medians over alternating rounds (us): kept norms, recomputed norms, the whole search_delta
+    (one thread), kept norms split over ``threads``."""
     blocks = list(delta.blocks())
     vectors = [b.vectors for b in blocks]
     norms = [b.norms for b in blocks]
     kept: list[float] = []
     recomputed: list[float] = []
     whole: list[float] = []
+    split: list[float] = []
+    threshold = exact.PARALLEL_MIN_VALUES
     for _ in range(rounds):
         kept.append(micros(lambda: exact.search(query, vectors, space, 10, None, norms), reps))
         recomputed.append(micros(lambda: exact.search(query, vectors, space, 10, None), reps))
         whole.append(micros(lambda: planner.search_delta(delta, None, query, 10, delta.rows + 1, space), reps))
-    return statistics.median(kept), statistics.median(recomputed), statistics.median(whole)
+        exact.PARALLEL_MIN_VALUES = 1  # split whatever the size, to show where it pays
+        try:
+            split.append(micros(lambda: exact.search(query, vectors, space, 10, None, norms, threads), reps))
+        finally:
+            exact.PARALLEL_MIN_VALUES = threshold
+    return tuple(statistics.median(xs) for xs in (kept, recomputed, whole, split))  # type: ignore[return-value]
 
 
 if __name__ == "__main__":

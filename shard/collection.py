@@ -448,7 +448,8 @@ class Collection:
         space = self.spec.metric.hnsw_space
         for layer in (view.sealed, view.active):
             if layer is not None and layer.rows:
-                part, count = planner.search_delta(layer, filter, prepared, k, view_seq, space)
+                threads = self.options.search_threads
+                part, count = planner.search_delta(layer, filter, prepared, k, view_seq, space, threads)
                 parts.append(part)
                 in_delta += count
         if plan == planner.PLAN_EMPTY and in_delta:
@@ -497,8 +498,9 @@ class Collection:
         hidden = ~np.concatenate([b.visible(view_seq) for b in blocks])
         if allowed is not None:
             hidden |= ~np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
-        matrices = [b.vectors for b in blocks]
-        order, best = exact.search(queries, matrices, self.spec.metric.hnsw_space, k, hidden, [b.norms for b in blocks])
+        matrices, norms = [b.vectors for b in blocks], [b.norms for b in blocks]
+        space, threads = self.spec.metric.hnsw_space, self.options.search_threads
+        order, best = exact.search(queries, matrices, space, k, hidden, norms, threads)
         ids = layer.ids
         names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
         return names, best

@@ -10,7 +10,10 @@ re-ranked with the direct ``sum((q - x)^2)``; returned l2 distances are always t
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +23,23 @@ from core.vectors import Matrix
 Distances = npt.NDArray[np.float32]
 Positions = npt.NDArray[np.intp]
 _RERANK_MARGIN = 16
+
+PARALLEL_MIN_VALUES = 3_000_000
+"""A scan of several blocks holding at least this many floats (12 MB: ~7,800 rows at 384-d)
+is split over ``threads`` (``search``): beyond the cache a scan runs at memory speed, and two
+cores draw more of it than one (bench/results/delta-scan.md)."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's scan helpers (one per core, started on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="exact-scan")
+        return _pool
 
 
 def squared_norms(vectors: Matrix) -> npt.NDArray[np.float32]:
@@ -60,10 +80,14 @@ def search(
     k: int,
     hidden: npt.NDArray[np.bool_] | None = None,
     norms: Sequence[npt.NDArray[np.float32]] | None = None,
+    threads: int = 1,
 ) -> tuple[Positions, Distances]:
     """Exact top-``k`` rows per query over ``vectors`` (one matrix, or blocks read as their
     concatenation); rows where ``hidden`` is True get distance inf (callers drop those).
     ``norms``: each block's :func:`squared_norms`, when the caller keeps them (same results).
+    ``threads`` > 1: blocks of a scan past ``PARALLEL_MIN_VALUES`` are scored on up to that many
+    threads, the caller's included (same results; a helper that has not started by the time the
+    caller is done with its own share is not waited for: the caller scores that share too).
     Returns (nq, min(k, n)) row positions and distances."""
     blocks = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
     block_norms: Sequence[npt.NDArray[np.float32] | None] = [None] * len(blocks) if norms is None else norms
@@ -74,9 +98,7 @@ def search(
     if len(blocks) == 1:
         dist = distances(queries, blocks[0], space, block_norms[0])
     else:
-        dist = np.concatenate(
-            [distances(queries, b, space, x2) for b, x2 in zip(blocks, block_norms, strict=True)], axis=1
-        )
+        dist = np.concatenate(_block_distances(queries, blocks, block_norms, space, threads), axis=1)
     if hidden is not None:
         dist[:, hidden] = np.inf
     if space != "l2":
@@ -88,6 +110,36 @@ def search(
         direct[hidden[positions]] = np.inf
     order, best = top_k(direct, k)
     return np.take_along_axis(positions, order, axis=1), best
+
+
+def _block_distances(
+    queries: Matrix,
+    blocks: list[Matrix],
+    norms: Sequence[npt.NDArray[np.float32] | None],
+    space: str,
+    threads: int,
+) -> list[Distances]:
+    """:func:`distances` of every block, in block order; split over ``threads`` (see
+    :func:`search`) when the blocks hold at least ``PARALLEL_MIN_VALUES`` floats."""
+
+    def score(share: list[int]) -> list[Distances]:
+        return [distances(queries, blocks[i], space, norms[i]) for i in share]
+
+    every = list(range(len(blocks)))
+    size = sum(b.size for b in blocks)
+    if threads <= 1 or size < PARALLEL_MIN_VALUES:
+        return score(every)
+    shares = [every[i :: min(threads, len(blocks))] for i in range(min(threads, len(blocks)))]
+    pool = _executor()
+    futures = [pool.submit(score, share) for share in shares[1:]]
+    out: list[Distances | None] = [None] * len(blocks)
+    for i, d in zip(shares[0], score(shares[0]), strict=True):
+        out[i] = d
+    for share, future in zip(shares[1:], futures, strict=True):
+        got = score(share) if future.cancel() else future.result()
+        for i, d in zip(share, got, strict=True):
+            out[i] = d
+    return [d for d in out if d is not None]
 
 
 def _gather(blocks: list[Matrix], positions: Positions) -> Matrix:

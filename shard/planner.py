@@ -288,10 +288,11 @@ def _empty(nq: int) -> Part:
 
 
 def search_delta(
-    layer: Delta, node: Filter | None, queries: Matrix, k: int, view_seq: int, space: str
+    layer: Delta, node: Filter | None, queries: Matrix, k: int, view_seq: int, space: str, threads: int = 1
 ) -> tuple[Part, int]:
     """Exact top-``k`` per query over the delta's rows visible at ``view_seq`` that match
-    ``node`` (None: every visible row), and how many rows that is."""
+    ``node`` (None: every visible row), and how many rows that is; a large layer's scan is
+    split over up to ``threads`` threads (``exact.search``)."""
     rows = layer.rows  # before the blocks and the columns (see delta.py)
     blocks = list(layer.blocks(rows))
     if not blocks:
@@ -304,7 +305,8 @@ def search_delta(
     matched = int(np.count_nonzero(allowed))
     if matched == 0:
         return _empty(len(queries)), 0
-    order, best = exact.search(queries, [b.vectors for b in blocks], space, k, ~allowed, [b.norms for b in blocks])
+    vectors, norms = [b.vectors for b in blocks], [b.norms for b in blocks]
+    order, best = exact.search(queries, vectors, space, k, ~allowed, norms, threads)
     ids = layer.ids
     names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
     return (names, best), matched

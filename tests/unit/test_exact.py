@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -53,3 +56,39 @@ def test_a_delta_keeps_each_rows_squared_norm_across_blocks() -> None:
     kept = np.concatenate([b.norms for b in delta.blocks()])
     assert kept.dtype == np.float32 and len(kept) == 150
     np.testing.assert_array_equal(kept, exact.squared_norms(every))
+
+
+@pytest.mark.parametrize("space", ["l2", "ip"])
+def test_a_scan_split_over_threads_gives_the_same_results(space: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exact, "PARALLEL_MIN_VALUES", 1)
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((900, 32)).astype(np.float32)
+    queries = rng.standard_normal((4, 32)).astype(np.float32)
+    blocks = blocks_of(rows, [100, 300, 200, 250, 50])
+    norms = [exact.squared_norms(b) for b in blocks]
+    hidden = np.zeros(len(rows), dtype=bool)
+    hidden[::7] = True
+    want = exact.search(queries, blocks, space, 10, hidden, norms, threads=1)
+    for threads in (2, 3, 8):
+        got = exact.search(queries, blocks, space, 10, hidden, norms, threads=threads)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_split_scan_does_not_wait_for_busy_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every helper is held by other work: the caller scores the whole scan itself."""
+    monkeypatch.setattr(exact, "PARALLEL_MIN_VALUES", 1)
+    pool = exact._executor()
+    release = threading.Event()
+    busy = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
+    try:
+        rows = np.random.default_rng(6).standard_normal((400, 16)).astype(np.float32)
+        blocks = blocks_of(rows, [100, 100, 100, 100])
+        started = time.monotonic()
+        got = exact.search(rows[:2], blocks, "ip", 5, threads=4)
+        assert time.monotonic() - started < 5
+        np.testing.assert_array_equal(got[0], exact.search(rows[:2], blocks, "ip", 5)[0])
+    finally:
+        release.set()
+        for f in busy:
+            f.result(timeout=10)
