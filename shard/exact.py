@@ -131,7 +131,10 @@ def _block_distances(
         return score(every)
     shares = [every[i :: min(threads, len(blocks))] for i in range(min(threads, len(blocks)))]
     pool = _executor()
-    futures = [pool.submit(score, share) for share in shares[1:]]
+    try:
+        futures = [pool.submit(score, share) for share in shares[1:]]
+    except RuntimeError:  # the interpreter is shutting down: no new helpers
+        return score(every)
     out: list[Distances | None] = [None] * len(blocks)
     for i, d in zip(shares[0], score(shares[0]), strict=True):
         out[i] = d
