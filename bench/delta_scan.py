@@ -55,7 +55,7 @@ def main() -> None:
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.rows:
-        delta = Delta(args.dim)
+        delta = Delta(args.dim, keep_norms=True)
         for lo in range(0, n, 500):
             rows = rng.standard_normal((500, args.dim)).astype(np.float32)
             delta.append([f"r{i}" for i in range(lo, lo + 500)], rows, lo + 1)

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from core.errors import CorruptionError, FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
 from core.filters import Filter
 from core.keyranges import RangeSet
-from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec, Quantization
+from core.spec import MAX_EF, MAX_GET_IDS, MAX_K, CollectionSpec, Metric, Quantization
 from core.vectors import Batch, Matrix, Queries, prepare_batch, prepare_queries, validate_ids
 from shard import exact, heap, hnsw, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
@@ -104,7 +104,7 @@ class Collection:
         self.options = options
         self._write_lock = threading.Lock()
         self._compact_lock = threading.Lock()
-        self._view = _View(None, None, Delta(spec.dimension))
+        self._view = _View(None, None, self._new_delta())
         self._applied_seq = 0
         self._sealed_seq = 0
         self._live = 0
@@ -201,6 +201,10 @@ class Collection:
         with self._compact_lock:
             if self._wal is not None:
                 self._wal.close()
+
+    def _new_delta(self) -> Delta:
+        """An empty delta layer; an l2 collection's keeps its rows' squared norms (exact.py)."""
+        return Delta(self.spec.dimension, keep_norms=self.spec.metric is Metric.L2)
 
     def _check_open(self) -> Wal:
         if self._closed or self._wal is None:
@@ -445,10 +449,9 @@ class Collection:
                 candidates = max(ef, k)
             parts.append(part)
         in_delta = 0
-        space = self.spec.metric.hnsw_space
+        space, threads = self.spec.metric.hnsw_space, self.options.search_threads
         for layer in (view.sealed, view.active):
             if layer is not None and layer.rows:
-                threads = self.options.search_threads
                 part, count = planner.search_delta(layer, filter, prepared, k, view_seq, space, threads)
                 parts.append(part)
                 in_delta += count
@@ -495,15 +498,11 @@ class Collection:
         blocks = list(layer.blocks(rows))
         if not blocks:
             return np.empty((len(queries), 0), dtype=object), np.empty((len(queries), 0), dtype=np.float32)
-        hidden = ~np.concatenate([b.visible(view_seq) for b in blocks])
+        shown = np.concatenate([b.visible(view_seq) for b in blocks])
         if allowed is not None:
-            hidden |= ~np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
-        matrices, norms = [b.vectors for b in blocks], [b.norms for b in blocks]
+            shown &= np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
         space, threads = self.spec.metric.hnsw_space, self.options.search_threads
-        order, best = exact.search(queries, matrices, space, k, hidden, norms, threads)
-        ids = layer.ids
-        names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
-        return names, best
+        return planner.scan_delta(layer, blocks, shown, queries, k, space, threads)
 
     def _search_allowed(
         self, queries: Matrix, k: int, ef: int, allowed: list[str], view_seq: int, view: _View
@@ -667,7 +666,7 @@ class Collection:
                 if view.sealed is None and checkpoint_only is None:
                     self._sealed_seq = self._applied_seq
                     wal.rotate()  # the records of the sealed delta end in closed segments
-                    view = _View(view.graph, view.active, Delta(self.spec.dimension))
+                    view = _View(view.graph, view.active, self._new_delta())
                     self._view = view
                     self._active_since = None
                 self._compacting = True

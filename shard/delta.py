@@ -29,24 +29,30 @@ BLOCK_ROWS = 4096
 
 class Block(NamedTuple):
     """A view of ``len(vectors)`` consecutive rows starting at row ``start``, with each row's
-    squared norm (``exact.squared_norms``: an l2 scan then reads the rows once)."""
+    squared norm when the delta keeps them (``exact.squared_norms``: an l2 scan then reads the
+    rows once), else None."""
 
     start: int
     vectors: Matrix
     row_seq: npt.NDArray[np.int64]
     dead_seq: npt.NDArray[np.int64]
-    norms: npt.NDArray[np.float32]
+    norms: npt.NDArray[np.float32] | None
 
     def visible(self, view_seq: int) -> npt.NDArray[np.bool_]:
         return (self.row_seq <= view_seq) & (self.dead_seq > view_seq)
 
 
 class Delta:
-    def __init__(self, dimension: int, block_rows: int = BLOCK_ROWS) -> None:
+    def __init__(self, dimension: int, block_rows: int = BLOCK_ROWS, keep_norms: bool = False) -> None:
+        """``keep_norms``: keep each row's squared norm (an l2 collection's delta; 4 bytes a row,
+        computed once per append instead of once per search)."""
         self.dimension = dimension
         self.block_rows = block_rows
-        # per block: rows, row_seq, dead_seq, squared norms
-        self._blocks: list[tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+        self.keep_norms = keep_norms
+        # per block: rows, row_seq, dead_seq, squared norms (None unless keep_norms)
+        self._blocks: list[
+            tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32] | None]
+        ] = []
         self.rows = 0
         self.ids: list[str] = []
         # payloads[row]: the row's payload (b"" when it has none); extended before ``rows`` grows.
@@ -86,13 +92,14 @@ class Delta:
                         np.empty((self.block_rows, self.dimension), dtype=np.float32),
                         np.empty(self.block_rows, dtype=np.int64),
                         np.full(self.block_rows, NEVER, dtype=np.int64),
-                        np.empty(self.block_rows, dtype=np.float32),
+                        np.empty(self.block_rows, dtype=np.float32) if self.keep_norms else None,
                     )
                 )
             take = min(self.block_rows - offset, count - done)
             block_vectors, row_seq, _, norms = self._blocks[block]
             block_vectors[offset : offset + take] = vectors[done : done + take]
-            norms[offset : offset + take] = squared_norms(block_vectors[offset : offset + take])
+            if norms is not None:
+                norms[offset : offset + take] = squared_norms(block_vectors[offset : offset + take])
             row_seq[offset : offset + take] = seq
             done += take
         self.ids.extend(ids)
@@ -123,7 +130,7 @@ class Delta:
             start = number * self.block_rows
             used = min(self.block_rows, rows - start)
             vectors, row_seq, dead_seq, norms = blocks[number]
-            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used], norms[:used])
+            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used], None if norms is None else norms[:used])
 
     def vector(self, row: int) -> Matrix:
         block, offset = divmod(row, self.block_rows)

@@ -79,12 +79,13 @@ def search(
     space: str,
     k: int,
     hidden: npt.NDArray[np.bool_] | None = None,
-    norms: Sequence[npt.NDArray[np.float32]] | None = None,
+    norms: Sequence[npt.NDArray[np.float32] | None] | None = None,
     threads: int = 1,
 ) -> tuple[Positions, Distances]:
     """Exact top-``k`` rows per query over ``vectors`` (one matrix, or blocks read as their
     concatenation); rows where ``hidden`` is True get distance inf (callers drop those).
-    ``norms``: each block's :func:`squared_norms`, when the caller keeps them (same results).
+    ``norms``: each block's :func:`squared_norms` where the caller keeps them (None for a block
+    without; same results).
     ``threads`` > 1: blocks of a scan past ``PARALLEL_MIN_VALUES`` are scored on up to that many
     threads, the caller's included (same results; a helper that has not started by the time the
     caller is done with its own share is not waited for: the caller scores that share too).

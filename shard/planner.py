@@ -37,7 +37,7 @@ import numpy.typing as npt
 from core.filters import Filter
 from core.vectors import Matrix
 from shard import exact, hnsw
-from shard.delta import Delta
+from shard.delta import Block, Delta
 from shard.fields import ColumnIndex
 from shard.filtering import evaluate
 from shard.graph import RESCORE_FACTOR, Graph
@@ -303,10 +303,25 @@ def search_delta(
     else:
         allowed = evaluate(node, ColumnIndex(layer.columns, rows), LabelSet(rows, dense=visible)).mask()
     matched = int(np.count_nonzero(allowed))
-    if matched == 0:
-        return _empty(len(queries)), 0
+    return scan_delta(layer, blocks, allowed, queries, k, space, threads), matched
+
+
+def scan_delta(
+    layer: Delta,
+    blocks: list[Block],
+    allowed: npt.NDArray[np.bool_],
+    queries: Matrix,
+    k: int,
+    space: str,
+    threads: int = 1,
+) -> Part:
+    """Exact top-``k`` per query (ids, distances) over the rows of ``blocks`` (``layer``'s, from
+    its first row) where ``allowed`` is set; split over up to ``threads`` threads when large
+    (``exact.search``)."""
+    if not blocks or not allowed.any():
+        return _empty(len(queries))
     vectors, norms = [b.vectors for b in blocks], [b.norms for b in blocks]
     order, best = exact.search(queries, vectors, space, k, ~allowed, norms, threads)
     ids = layer.ids
     names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
-    return (names, best), matched
+    return names, best

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core.spec import Metric, make_spec
 from shard import exact
+from shard.collection import Collection, CollectionOptions
 from shard.delta import Delta
+from testkit.truth import exact_top_k
 
 
 def blocks_of(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
@@ -44,16 +48,19 @@ def test_norms_must_match_the_blocks() -> None:
         exact.search(rows[:1], [rows[:5], rows[5:]], "l2", 3, None, [exact.squared_norms(rows)])
 
 
-def test_a_delta_keeps_each_rows_squared_norm_across_blocks() -> None:
+def test_a_delta_keeps_each_rows_squared_norm_across_blocks_when_asked() -> None:
     rng = np.random.default_rng(4)
-    delta = Delta(16, block_rows=64)
+    delta = Delta(16, block_rows=64, keep_norms=True)
+    plain = Delta(16, block_rows=64)
     written = []
     for batch in range(5):  # 5 x 30 rows over 64-row blocks: appends straddle block edges
         rows = rng.standard_normal((30, 16)).astype(np.float32)
         delta.append([f"b{batch}-{i}" for i in range(30)], rows, batch + 1)
+        plain.append([f"b{batch}-{i}" for i in range(30)], rows, batch + 1)
         written.append(rows)
     every = np.concatenate(written)
-    kept = np.concatenate([b.norms for b in delta.blocks()])
+    assert all(b.norms is None for b in plain.blocks())  # only l2 collections keep them
+    kept = np.concatenate([b.norms for b in delta.blocks() if b.norms is not None])
     assert kept.dtype == np.float32 and len(kept) == 150
     np.testing.assert_array_equal(kept, exact.squared_norms(every))
 
@@ -92,3 +99,20 @@ def test_a_split_scan_does_not_wait_for_busy_helpers(monkeypatch: pytest.MonkeyP
         release.set()
         for f in busy:
             f.result(timeout=10)
+
+
+@pytest.mark.parametrize(("metric", "kept"), [(Metric.L2, True), (Metric.INNER_PRODUCT, False), (Metric.COSINE, False)])
+def test_only_an_l2_collections_delta_keeps_norms_and_its_search_is_exact(
+    tmp_path: Path, metric: Metric, kept: bool
+) -> None:
+    options = CollectionOptions(compact_delta_items=10**9, compact_age_s=10**9, build_threads=1, search_threads=2)
+    col = Collection.create(tmp_path / "c", make_spec("c", 8, metric.value), options)
+    rows = np.random.default_rng(8).standard_normal((300, 8)).astype(np.float32)
+    col.upsert([f"x{i}" for i in range(300)], rows)
+    assert all((b.norms is not None) == kept for b in col._view.active.blocks())
+    queries = rows[:20] + 0.1
+    name = {Metric.L2: "l2", Metric.INNER_PRODUCT: "ip", Metric.COSINE: "cosine"}[metric]
+    truth = exact_top_k(rows, queries, 5, name)
+    got = col.search(queries, 5)  # every row is in the delta: an exact search
+    assert [hits.ids for hits in got] == [[f"x{j}" for j in row] for row in truth]
+    col.close()
