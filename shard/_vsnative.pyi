@@ -19,6 +19,13 @@ def _acorn_stats() -> dict[str, int]:
     """Work of the ACORN queries since the last call, summed (reset by the call): queries,
     expansions, distances, lists (two-hop link lists read), seeds (extra entry points)."""
 
+def _force_live_search(on: bool) -> None:
+    """Benchmarks only: every later ``knn_query`` takes the search used beside ``add_items``."""
+
+def _live_searches() -> int:
+    """Queries answered by the locking search (an ``add_items`` was running) since the last
+    call; reset by the call."""
+
 def read_rows(fd: int, labels: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
     """Rows ``labels`` (int64, 1-D) of a file of float32 rows of ``dim`` on ``fd``: one ``pread``
     each, the GIL released; RuntimeError on a negative label, a read error or a short read."""
@@ -26,8 +33,11 @@ def read_rows(fd: int, labels: npt.ArrayLike, dim: int) -> npt.NDArray[np.float3
 class Index:
     """hnswlib 0.8.0's HierarchicalNSW; the same file format as ``hnswlib.Index``.
 
-    Searches (``knn_query``, ``exact_query``, ``get_items``) may run concurrently with each other,
-    not with ``add_items``, ``mark_deleted``, ``unmark_deleted``, ``resize_index``, ``load_index``.
+    Every method may be called from any thread at any time. Searches run concurrently with each
+    other and with ``add_items`` (one at a time; while it runs, searches lock each link list they
+    read and see the nodes inserted before it started), ``mark_deleted`` and ``unmark_deleted``;
+    ``resize_index`` and ``load_index`` wait for the calls in flight and hold new ones back;
+    ``save_index`` and ``copy_from`` (of the other index) wait for an ``add_items`` in progress.
     """
 
     num_threads: int
@@ -76,8 +86,10 @@ class Index:
         filter: Callable[[int], bool] | None = None,
         allowed: npt.NDArray[np.bool_] | npt.NDArray[np.uint8] | None = None,
         strategy: str = "sweep",
+        limit: int = ...,
     ) -> tuple[npt.NDArray[np.uint64] | npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """strategy "sweep" (hnswlib's filtered traversal) or "acorn" (ACORN-1; needs allowed)."""
+        """strategy "sweep" (hnswlib's filtered traversal) or "acorn" (ACORN-1; needs allowed;
+        sweeps while an add_items runs). Only labels below ``limit`` are returned (default: all)."""
     def exact_query(
         self, data: npt.ArrayLike, labels: npt.ArrayLike, k: int = 1, num_threads: int = -1
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...

@@ -26,6 +26,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,18 @@ from shard import exact, heap, hnsw, memtrace, planner, records, snapshot
 from shard.delta import TOMBSTONE, Delta
 from shard.fields import FieldColumns, Fields, decode_batch
 from shard.fsutil import atomic_write, fsync_dir
-from shard.graph import Graph, Int8Quantizer, RowsFile, check_quantization, copy_index, new_index
+from shard.graph import (
+    Graph,
+    Int8Quantizer,
+    RowsFile,
+    check_quantization,
+    copy_index,
+    index_is_dirty,
+    mark_deleted,
+    new_index,
+    reserve,
+    shares_index,
+)
 from shard.labelset import LabelSet
 from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
@@ -91,6 +103,16 @@ class CollectionOptions:
     checkpoint_age_s: float = 60.0
 
 
+class _Folded(NamedTuple):
+    """A fold's new graph; whether it was a rebuild of an existing graph; whether it shares the
+    previous graph's index; the labels it superseded there, still unmarked (shared only)."""
+
+    graph: Graph
+    rebuilt: bool
+    shared: bool
+    superseded: list[int]
+
+
 class _View(NamedTuple):
     graph: Graph | None
     sealed: Delta | None
@@ -124,6 +146,11 @@ class Collection:
         # against ``hold_wal``.
         self.pin_floor: Callable[[], int | None] | None = None
         self._prune_lock = threading.Lock()
+        # Graphs published on the current graph's index (a fold that shares it appends; one that
+        # builds a new index starts over), and the labels folds superseded in it, each with the
+        # graphs that may still return them: marked deleted once those are gone. Compaction only.
+        self._index_graphs: list[weakref.ref[Graph]] = []
+        self._superseded: list[tuple[list[weakref.ref[Graph]], list[int]]] = []
 
     # ================================================================== lifecycle
     @classmethod
@@ -690,7 +717,9 @@ class Collection:
                     delta_rows=sealed.rows,
                     graph_elements=view.graph.elements if view.graph is not None else 0,
                 )
-                new_graph, rebuilt = self._fold(view.graph, sealed, self._sealed_seq)
+                self._mark_superseded()
+                folded = self._fold(view.graph, sealed, self._sealed_seq)
+                new_graph, rebuilt = folded.graph, folded.rebuilt
                 memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
@@ -706,7 +735,8 @@ class Collection:
                         self._unsnapshotted_since = time.monotonic()
                     self._compactions += 1
                 memtrace.mark("published")
-                del view, sealed  # the old graph and the sealed delta go with the last reader's view
+                self._track_index_graphs(folded, graph)
+                del view, sealed, graph  # the old graph and the sealed delta go with the last reader's view
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 if not background or self._checkpoint_due(new_graph, self._unsnapshotted_rows, time.monotonic()):
@@ -724,9 +754,40 @@ class Collection:
     def _newest_snapshot_seq(self) -> int:
         return self._snapshots[0].applied_seq if self._snapshots else 0
 
+    def _track_index_graphs(self, folded: _Folded, previous: Graph | None) -> None:
+        """After publishing ``folded.graph``: records it among the graphs on its index, and the
+        labels it superseded there with the graphs published before it (``previous`` among them)
+        that may still return them. Under the compaction lock."""
+        if not folded.shared:
+            self._index_graphs, self._superseded = [weakref.ref(folded.graph)], []
+            return
+        older = [ref for ref in self._index_graphs if ref() is not None]
+        if previous is not None and not any(ref() is previous for ref in older):
+            older.append(weakref.ref(previous))
+        if folded.superseded:
+            self._superseded.append((older, folded.superseded))
+        self._index_graphs = [*older, weakref.ref(folded.graph)]
+
+    def _mark_superseded(self) -> None:
+        """Marks deleted, in the shared index, the superseded labels no live graph may return
+        any more (every graph published before the fold that superseded them is gone: readers
+        hold a graph only through a view). Under the compaction lock, no fold running."""
+        graph = self._view.graph
+        if graph is None or not self._superseded:
+            return
+        waiting = []
+        for older, labels in self._superseded:
+            if any(ref() is not None for ref in older):
+                waiting.append((older, labels))
+                continue
+            mark_deleted(graph.index, labels)
+        self._superseded = waiting
+
     def _checkpoint(self, graph: Graph, wal: Wal) -> CompactResult:
         """Snapshots the published ``graph`` (not yet snapshotted) and truncates the log behind
-        it. Under the compaction lock; searches and writes go on (``graph`` is never mutated)."""
+        it. Under the compaction lock; searches and writes go on (no fold adds to ``graph``'s
+        index meanwhile)."""
+        self._mark_superseded()
         info = snapshot.write_snapshot(self._snapshot_dir, self.spec, graph)
         memtrace.mark("snapshot_written")
         graph.attach_file(info.path / snapshot.GRAPH_FILE)
@@ -767,8 +828,10 @@ class Collection:
                 )
             register()
 
-    def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> tuple[Graph, bool]:
-        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``; touches neither. An int8
+    def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> _Folded:
+        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``: adds to ``graph``'s index
+        where it is shared (``shares_index``; the labels ``graph`` holds are left as they were),
+        else leaves ``graph`` untouched; never touches ``sealed``. An int8
         collection's new graph gets its float32 rows in a private ``.tmp-rows-*`` file under the
         snapshot directory (moved into the snapshot by ``write_snapshot``; removed here on
         failure, else by the next ``list_snapshots``)."""
@@ -782,9 +845,7 @@ class Collection:
                 rows_out.discard()
             raise
 
-    def _fold_layers(
-        self, graph: Graph | None, sealed: Delta, seal_seq: int, rows_out: _RowsWriter | None
-    ) -> tuple[Graph, bool]:
+    def _fold_layers(self, graph: Graph | None, sealed: Delta, seal_seq: int, rows_out: _RowsWriter | None) -> _Folded:
         live_count = int(sum(int(b.visible(seal_seq).sum()) for b in sealed.blocks()))
         replaced: list[int] = []
         if graph is not None:
@@ -792,9 +853,14 @@ class Collection:
             replaced = [label_of[item] for item in sealed.index if item in label_of]
         elements = graph.elements if graph is not None else 0
         deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
-        rebuild = graph is None or deleted_after > self.options.rebuild_deleted_ratio * max(1, elements)
+        rebuild = (
+            graph is None
+            or deleted_after > self.options.rebuild_deleted_ratio * max(1, elements)
+            or index_is_dirty(graph)
+        )
         threads = self.options.build_threads
         quantizer: Int8Quantizer | None = None
+        shared = False
         if rebuild:
             label_ids: list[str] = []
             label_payloads: list[bytes] = []
@@ -819,13 +885,18 @@ class Collection:
                         rows_out.write(vectors)
         else:
             assert graph is not None
-            # The graph's own index is never mutated once published (searches run on it), so the
-            # fold adds to a private copy: made in memory (native index), else loaded from the
-            # graph's snapshot (every fold checkpoints then: _checkpoint_due). The labels' ids,
-            # payloads and versions come from the graph itself (copies of its lists share the
-            # objects) rather than from a second decoding of the snapshot's files.
-            copied = copy_index(self.spec, graph, graph.elements + live_count)
-            if copied is not None:
+            # A native float32 index is shared: the fold adds to the published graph's own index
+            # while it is searched (shard/graph.py). Otherwise the fold adds to a private copy:
+            # made in memory (native int8 index), else loaded from the graph's snapshot (every
+            # fold checkpoints then: _checkpoint_due). The labels' ids, payloads and versions
+            # come from the graph itself (copies of its lists share the objects) rather than from
+            # a second decoding of the snapshot's files.
+            shared = shares_index(self.spec, graph)
+            copied = None if shared else copy_index(self.spec, graph, graph.elements + live_count)
+            if shared:
+                index = graph.index
+                reserve(index, graph.elements + live_count)
+            elif copied is not None:
                 index = copied
             else:
                 if self._unsnapshotted_since is not None:
@@ -836,13 +907,18 @@ class Collection:
                 assert graph.full_rows is not None
                 for lo in range(0, graph.elements, _BUILD_CHUNK):  # every label, deleted ones too
                     rows_out.write(graph.full_rows.read(lo, lo + _BUILD_CHUNK))
-            memtrace.mark("fold_private_copy_loaded", elements=graph.elements, capacity=graph.elements + live_count)
+            memtrace.mark(
+                "fold_index_shared" if shared else "fold_index_copied",
+                elements=graph.elements,
+                capacity=graph.elements + live_count,
+            )
             label_ids = list(graph.label_ids)
             label_payloads = list(graph.label_payloads)
             old_seq = graph.label_seq.copy()
             columns = graph.fields.columns.gather(np.arange(graph.elements))  # same labels
             for label in replaced:
-                index.mark_deleted(label)
+                if not shared:  # a shared index: marked once older graphs are gone (compact)
+                    index.mark_deleted(label)
                 label_ids[label] = ""
                 label_payloads[label] = b""
                 old_seq[label] = 0
@@ -880,7 +956,11 @@ class Collection:
             full_rows_path=None if rows_out is None else rows_out.path,
         )
         new_graph.index_fields(columns)
-        return new_graph, rebuild and graph is not None
+        if shared:  # hidden from every reader: this fold's superseded labels, and earlier ones still unmarked
+            for labels in (replaced, *(pending for _, pending in self._superseded)):
+                for label in labels:
+                    new_graph.shadow(label, 0)
+        return _Folded(new_graph, rebuild and graph is not None, shared, replaced if shared else [])
 
     # ================================================================== introspection
     def stats(self) -> CollectionStats:

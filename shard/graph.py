@@ -1,14 +1,22 @@
-"""The HNSW graph layer: an hnswlib index that is never mutated once published.
+"""The HNSW graph layer: a published graph's labels never change; its index may grow.
 
-hnswlib allows concurrent searches but not searches concurrent with inserts, so a compaction
-builds the next graph in a private index (a copy loaded from the current snapshot, or a fresh
-build) and publishes it by swapping a reference. Labels are hnswlib integers; ``label_ids``
-maps them back to external ids ("" for a label marked deleted), ``label_of`` maps live ids to
-labels.
+A compaction publishes the next graph by swapping a reference. With the native index
+(``shard._vsnative``, float32) the next graph shares the current one's index: the fold adds the
+new labels to it while it is searched (the native index's searches are safe beside its
+``add_items``), and every graph passes its own element count as the search ``limit``, so it
+never returns a label it does not hold. A label the fold supersedes stays in the index unmarked
+while an older graph may still need it; the new graph hides it (``shadow_seq`` 0, counted in
+``shadowed``) and the collection marks it deleted once those graphs are gone
+(``Collection._mark_superseded``). Without the native index (hnswlib's bindings, whose searches
+must not overlap an insert) and for int8 graphs, the fold builds a private index (a copy loaded
+from the snapshot or made in memory, or a fresh build). A rebuild always starts a fresh index.
+
+Labels are hnswlib integers; ``label_ids`` maps them back to external ids ("" for a label that is
+no longer live), ``label_of`` maps live ids to labels.
 
 ``shadow_seq[label]`` is the seq of the first newer write to that id held in a delta layer; a
-reader at view seq ``v`` ignores a label with ``shadow_seq <= v``. It is the only field that
-changes after publication (written under the collection's write lock).
+reader at view seq ``v`` ignores a label with ``shadow_seq <= v`` (0: every reader). It is the
+only field that changes after publication (written under the collection's write lock).
 
 Search uses a fixed ``ef`` of 1 on the index and asks for ``max(k, ef)`` results instead, which
 gives hnswlib's exact ``ef`` semantics without mutating shared state per request.
@@ -25,11 +33,13 @@ the vectors written.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
 import sys
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,11 +291,44 @@ def new_index(spec: CollectionSpec, capacity: int, quantizer: Int8Quantizer | No
     return index
 
 
+def shares_index(spec: CollectionSpec, graph: Graph) -> bool:
+    """Whether the next fold of ``graph`` (the published one) adds to ``graph.index`` itself
+    (native float32 index) rather than to a private copy. Not when the index holds more than the
+    graph (a fold that shared it failed part way): see :func:`index_is_dirty`."""
+    return (
+        spec.quantization is not Quantization.INT8
+        and graph.full_rows is None
+        and hnsw.is_native(graph.index)
+        and not index_is_dirty(graph)
+    )
+
+
+def index_is_dirty(graph: Graph) -> bool:
+    """Whether the published ``graph``'s index holds elements past the graph's own (added by a
+    fold that failed): the next fold rebuilds it, and it cannot be snapshotted."""
+    return bool(graph.index.element_count != graph.elements)
+
+
+def reserve(index: HnswIndex, capacity: int) -> None:
+    """Grows a native ``index`` to hold ``capacity`` elements, with an eighth more room so that
+    small folds do not resize each time (the room is allocated, not touched: it costs no RSS
+    until used). A resize holds searches back for its duration (a realloc)."""
+    if index.max_elements < capacity:
+        index.resize_index(capacity + capacity // 8)
+
+
+def mark_deleted(index: HnswIndex, labels: Iterable[int]) -> None:
+    """Marks ``labels`` deleted in ``index``; a label marked already (or absent) is skipped."""
+    for label in labels:
+        with contextlib.suppress(RuntimeError):
+            index.mark_deleted(label)
+
+
 def copy_index(spec: CollectionSpec, graph: Graph, capacity: int) -> HnswIndex | None:
     """A private, mutable copy of ``graph``'s index with room for ``capacity`` elements, made in
     memory (``_vsnative``'s ``copy_from``: the same index as saving and loading it back, without
     the file); None where the index is not native (the caller loads the graph's snapshot). Safe
-    while ``graph`` is searched (a published graph is never mutated)."""
+    while ``graph`` is searched; waits for an ``add_items`` in progress on its index."""
     if not hnsw.is_native(graph.index):
         return None
     index = uninitialised_index(spec, graph.quantizer)
@@ -438,9 +481,20 @@ class Graph:
         if k <= 0:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
         rescore = self.full_rows is not None
-        wanted = min(max(k * RESCORE_FACTOR if rescore else k, ef), self.live)
+        wanted = max(k * RESCORE_FACTOR if rescore else k, ef)
         try:
-            labels, distances = self.index.knn_query(queries, k=wanted, num_threads=num_threads)
+            deleted = hnsw.deleted_count(self.index)
+            if deleted is not None:  # native
+                # labels hidden but not yet marked deleted count among those the index can return
+                returnable = self.elements - deleted
+                labels, distances = self.index.knn_query(
+                    queries,
+                    k=min(wanted, max(self.live, returnable)),
+                    num_threads=num_threads,
+                    limit=self.elements,  # type: ignore[call-arg]
+                )
+            else:
+                labels, distances = self.index.knn_query(queries, k=min(wanted, self.live), num_threads=num_threads)
         except RuntimeError:
             return self._exact(queries, k)
         if rescore:

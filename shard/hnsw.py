@@ -28,9 +28,12 @@ Use :func:`knn_allowed` and :func:`exact_labels` for those; they raise
 memory advised for huge pages at ``init_index``/``load_index``: 9-15% faster searches at 100k x
 384-d; same files and results).
 
-Thread-safety, both classes: searches (``knn_query``, ``exact_query``, ``get_items``, and the
-helpers here) may run concurrently with each other, never with ``add_items``, ``mark_deleted``
-or ``load_index`` on the same index; the GIL is released while the native code searches.
+Thread-safety: with ``hnswlib.Index``, searches (``knn_query``, ``get_items``, and the helpers
+here) may run concurrently with each other, never with ``add_items``, ``mark_deleted`` or
+``load_index`` on the same index. ``shard._vsnative.Index`` also lets them run beside
+``add_items`` and ``mark_deleted``, and takes ``knn_query(..., limit=n)`` (only labels below
+``n`` returned): a fold adds to the index its published graph is searched on
+(``shard/graph.py``). The GIL is released while the native code searches.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class HnswIndex(Protocol):
 
     def mark_deleted(self, label: int) -> None: ...
 
+    def resize_index(self, new_size: int) -> None: ...
+
     def get_items(self, ids: npt.ArrayLike | None = ..., return_type: str = ...) -> Any: ...
 
     def knn_query(
@@ -123,6 +128,14 @@ def new_index(space: str, dim: int) -> HnswIndex:
 def is_native(index: object) -> bool:
     """Whether ``index`` is a ``shard._vsnative.Index`` (has the allowed-set and exact searches)."""
     return _native is not None and isinstance(index, _native.Index)
+
+
+def deleted_count(index: HnswIndex) -> int | None:
+    """How many elements ``index`` holds marked deleted (a native index counts them), else None."""
+    if not is_native(index):
+        return None
+    count: int = index.deleted_count  # type: ignore[attr-defined]
+    return count
 
 
 def _require_native(index: object, what: str) -> Any:

@@ -32,8 +32,9 @@ from crc32c import crc32c
 
 from core.errors import CorruptionError
 from core.spec import CollectionSpec
+from shard import hnsw
 from shard.fsutil import fsync_dir, fsync_file
-from shard.graph import ROWS_FILE, Graph, Int8Quantizer, RowsFile, uninitialised_index
+from shard.graph import ROWS_FILE, Graph, Int8Quantizer, RowsFile, mark_deleted, uninitialised_index
 from shard.hnsw import HnswIndex
 
 FORMAT = 1
@@ -128,7 +129,16 @@ def _manifest_checksum(body: dict[str, object]) -> int:
 
 
 def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotInfo:
-    """Writes ``graph`` as the snapshot for ``graph.applied_seq``; durable when it returns."""
+    """Writes ``graph`` as the snapshot for ``graph.applied_seq``; durable when it returns.
+
+    RuntimeError, writing nothing, when ``graph``'s index holds more elements than the graph (a
+    fold that shared the index failed part way: the next fold rebuilds it). Labels the graph no
+    longer holds (id "") may be left unmarked in the index file: loading marks them deleted."""
+    if graph.index.element_count != graph.elements:
+        raise RuntimeError(
+            f"snapshot at seq {graph.applied_seq}: the index holds {graph.index.element_count} elements, "
+            f"the graph {graph.elements} (a failed fold added to it); the next fold rebuilds it"
+        )
     root.mkdir(parents=True, exist_ok=True)
     final = root / snapshot_name(graph.applied_seq)
     tmp = root / f".tmp-{snapshot_name(graph.applied_seq)}-{os.getpid()}"
@@ -237,7 +247,19 @@ def load_index(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0
     than a second set of them."""
     manifest = verify(info, spec)
     quantizer = _quantizer(info, spec, manifest)
-    return _load_graph_file(info, spec, int(manifest["elements"]), extra_capacity, quantizer)  # type: ignore[call-overload]
+    index = _load_graph_file(info, spec, int(manifest["elements"]), extra_capacity, quantizer)  # type: ignore[call-overload]
+    _mark_unlisted(index, decode_ids((info.path / IDS_FILE).read_bytes()))
+    return index
+
+
+def _mark_unlisted(index: HnswIndex, label_ids: list[str]) -> None:
+    """Marks deleted the labels without an id that the index file left unmarked (a fold that
+    shared its index marks superseded labels only once older graphs are gone, and a snapshot
+    may be written before that)."""
+    unlisted = [label for label, item in enumerate(label_ids) if not item]
+    if not unlisted or hnsw.deleted_count(index) == len(unlisted):
+        return
+    mark_deleted(index, unlisted)
 
 
 def _quantizer(info: SnapshotInfo, spec: CollectionSpec, manifest: dict[str, object]) -> Int8Quantizer | None:
@@ -277,6 +299,7 @@ def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> G
     full_rows = None
     if quantizer is not None:
         full_rows = RowsFile(info.path / ROWS_FILE, spec.dimension, len(label_ids))
+    _mark_unlisted(index, label_ids)
     label_of = {item: label for label, item in enumerate(label_ids) if item}
     payloads: list[bytes] = []
     if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]

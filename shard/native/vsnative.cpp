@@ -13,9 +13,15 @@
 // takes them from the hnswlib 0.8.0 sdist on PyPI (sha256-pinned) at build time, so the index
 // file format is exactly hnswlib 0.8.0's: files saved here load in hnswlib.Index and back.
 //
-// Thread-safety is hnswlib's: searches (knn_query, exact_query, get_items) may run concurrently
-// with each other, not with add_items, mark_deleted, unmark_deleted, resize_index or load_index.
-// The GIL is released during searches, inserts, save and load.
+// Thread-safety, wider than hnswlib's (whose searches must not overlap an insert): searches run
+// concurrently with each other and with add_items (one at a time). While add_items runs, searches
+// take live_search (each link list copied under its node's lock; only nodes whose insertion had
+// ended are read) instead of hnswlib's lock-free searchKnn, which resumes once it returns: so a
+// fold can add to the index a published graph is searched on (knn_query's `limit` hides the
+// labels the graph does not hold yet). mark_deleted beside searches and inserts is safe in
+// practice (see there). resize_index and load_index wait for the calls in flight and hold new
+// ones back (Gate); save_index and copy_from wait for an add_items in progress.
+// The GIL is released during searches, inserts, save and load, and around every wait.
 
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
@@ -24,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -65,6 +72,7 @@ using hnswlib::tableint;
 using Hnsw = hnswlib::HierarchicalNSW<float>;
 
 constexpr tableint kAbsent = std::numeric_limits<tableint>::max();
+constexpr uint64_t kNoEntry = std::numeric_limits<uint64_t>::max();
 
 // hnswlib's python_bindings ParallelFor (borrowed from nmslib): ids [start, end) handed out
 // one at a time to num_threads threads; the first exception stops the loop and is rethrown.
@@ -750,6 +758,226 @@ class Int8Space : public hnswlib::SpaceInterface<float> {
     hnswlib::DISTFUNC<float> fn_;
 };
 
+// Readers announce themselves; one closer at a time raises the flag, then waits until no reader
+// is announced. A reader that finds the gate closed is not admitted (try_enter) or waits until it
+// opens (enter). Counters rather than a std::shared_mutex: glibc's rwlock prefers readers, and
+// searches overlapping back to back would keep a closer waiting for ever. Every wait here must be
+// made with the GIL released.
+class Gate {
+ public:
+    bool try_enter() {
+        readers_.fetch_add(1);
+        if (closed_.load()) {
+            readers_.fetch_sub(1);
+            return false;
+        }
+        return true;
+    }
+    void enter() {
+        while (!try_enter()) {
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+    }
+    void leave() { readers_.fetch_sub(1); }
+    void close() {
+        while (closed_.exchange(true)) {
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+        while (readers_.load() != 0) {
+            std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+    }
+    void open() { closed_.store(false); }
+
+ private:
+    std::atomic<int> readers_{0};
+    std::atomic<bool> closed_{false};
+};
+
+// Holds a gate as a reader for a scope (entered by the caller; released here).
+class GateReader {
+ public:
+    GateReader() = default;
+    explicit GateReader(Gate* gate) : gate_(gate) {}
+    GateReader(const GateReader&) = delete;
+    GateReader& operator=(const GateReader&) = delete;
+    ~GateReader() { release(); }
+    void hold(Gate* gate) {
+        release();
+        gate_ = gate;
+    }
+    void release() {
+        if (gate_ != nullptr) {
+            gate_->leave();
+            gate_ = nullptr;
+        }
+    }
+
+ private:
+    Gate* gate_ = nullptr;
+};
+
+// Holds a gate closed for a scope.
+class GateCloser {
+ public:
+    explicit GateCloser(Gate* gate) : gate_(gate) { gate_->close(); }
+    GateCloser(const GateCloser&) = delete;
+    GateCloser& operator=(const GateCloser&) = delete;
+    ~GateCloser() { gate_->open(); }
+
+ private:
+    Gate* gate_;
+};
+
+// Opens a gate (closed by the caller) at the end of a scope.
+class GateOpener {
+ public:
+    explicit GateOpener(Gate* gate) : gate_(gate) {}
+    GateOpener(const GateOpener&) = delete;
+    GateOpener& operator=(const GateOpener&) = delete;
+    ~GateOpener() { gate_->open(); }
+
+ private:
+    Gate* gate_;
+};
+
+// A label is returned iff label < limit, and (with a base filter) the filter allows it.
+class LimitFilter : public hnswlib::BaseFilterFunctor {
+ public:
+    LimitFilter(size_t limit, hnswlib::BaseFilterFunctor* base) : limit_(limit), base_(base) {}
+    bool operator()(labeltype label) override { return label < limit_ && (base_ == nullptr || (*base_)(label)); }
+
+ private:
+    size_t limit_;
+    hnswlib::BaseFilterFunctor* base_;
+};
+
+// Queries answered by live_search since the last _live_searches() call (tests, benchmarks).
+std::atomic<uint64_t> g_live_searches{0};
+// Benchmarks only (_vsnative._force_live_search): every knn_query takes live_search.
+std::atomic<bool> g_force_live{false};
+
+// Graph search safe while add_items inserts into the same index (hnswlib's own searchKnn reads
+// link lists without locks, which addPoint rewrites). Our own code, hnswlib's algorithm:
+//   - every link list is copied under its node's link_list_locks_ entry (addPoint updates a list
+//     only under that lock);
+//   - only nodes with internal id < `complete` are read: their insertion had ended when that
+//     count was published (after the add_items call that added them returned). A newer node may
+//     already appear in an older node's list; it is skipped, never locked (addPoint holds the new
+//     node's own lock for its whole insertion);
+//   - the descent starts at the entry point published with `complete` (an older entry point is a
+//     valid node of at least its published level);
+//   - a node enters the results iff it is not marked deleted and `filter` allows its label.
+// Returns up to k (distance, label) pairs, as searchKnn.
+std::priority_queue<std::pair<float, labeltype>> live_search(const Hnsw& alg, const void* query, size_t k,
+                                                             size_t ef, size_t complete, tableint entry,
+                                                             int entry_level, hnswlib::BaseFilterFunctor* filter) {
+    using Pair = std::pair<float, tableint>;
+    using Heap = std::priority_queue<Pair, std::vector<Pair>, Hnsw::CompareByFirst>;
+    std::priority_queue<std::pair<float, labeltype>> result;
+    g_live_searches.fetch_add(1, std::memory_order_relaxed);
+    if (complete == 0 || entry_level < 0 || entry >= complete) {
+        return result;
+    }
+    auto& locks = const_cast<Hnsw&>(alg).link_list_locks_;
+    std::vector<tableint> list(std::max(alg.maxM0_, alg.maxM_) + 1);
+    auto copy_list = [&](tableint id, int level) -> size_t {
+        std::lock_guard<std::mutex> lock(locks[id]);
+        const hnswlib::linklistsizeint* ll = level == 0 ? alg.get_linklist0(id) : alg.get_linklist(id, level);
+        const size_t n = std::min<size_t>(alg.getListCount(const_cast<hnswlib::linklistsizeint*>(ll)), list.size());
+        std::memcpy(list.data(), ll + 1, n * sizeof(tableint));
+        return n;
+    };
+    auto distance = [&](tableint id) { return alg.fstdistfunc_(query, alg.getDataByInternalId(id), alg.dist_func_param_); };
+    auto admitted = [&](tableint id) {
+        return !alg.isMarkedDeleted(id) && (filter == nullptr || (*filter)(alg.getExternalLabel(id)));
+    };
+
+    tableint current = entry;
+    float current_dist = distance(current);
+    for (int level = entry_level; level > 0; level--) {
+        bool changed = true;
+        while (changed) {
+            changed = false;
+            const size_t n = copy_list(current, level);
+            for (size_t i = 0; i < n; i++) {
+                const tableint candidate = list[i];
+                if (candidate >= complete) {
+                    continue;
+                }
+                const float d = distance(candidate);
+                if (d < current_dist) {
+                    current_dist = d;
+                    current = candidate;
+                    changed = true;
+                }
+            }
+        }
+    }
+
+    hnswlib::VisitedList* visited = alg.visited_list_pool_->getFreeVisitedList();
+    hnswlib::vl_type* marks = visited->mass;
+    const hnswlib::vl_type tag = visited->curV;
+    Heap top;         // max-heap by distance: the ef best admitted
+    Heap candidates;  // (-distance, id): top = nearest
+    float lower = std::numeric_limits<float>::max();
+    if (admitted(current)) {
+        lower = current_dist;
+        top.emplace(current_dist, current);
+    }
+    candidates.emplace(-current_dist, current);
+    marks[current] = tag;
+    while (!candidates.empty()) {
+        const Pair next = candidates.top();
+        if (-next.first > lower && top.size() == ef) {
+            break;
+        }
+        candidates.pop();
+        const size_t n = copy_list(next.second, 0);
+#ifdef USE_SSE
+        if (n > 0 && list[0] < complete) {
+            _mm_prefetch(reinterpret_cast<const char*>(marks + list[0]), _MM_HINT_T0);
+            _mm_prefetch(alg.getDataByInternalId(list[0]), _MM_HINT_T0);
+        }
+#endif
+        for (size_t i = 0; i < n; i++) {
+            const tableint candidate = list[i];
+#ifdef USE_SSE
+            if (i + 1 < n && list[i + 1] < complete) {  // as hnswlib: the next one's mark and vector
+                _mm_prefetch(reinterpret_cast<const char*>(marks + list[i + 1]), _MM_HINT_T0);
+                _mm_prefetch(alg.getDataByInternalId(list[i + 1]), _MM_HINT_T0);
+            }
+#endif
+            if (candidate >= complete || marks[candidate] == tag) {
+                continue;
+            }
+            marks[candidate] = tag;
+            const float d = distance(candidate);
+            if (top.size() < ef || lower > d) {
+                candidates.emplace(-d, candidate);
+                if (admitted(candidate)) {
+                    top.emplace(d, candidate);
+                }
+                while (top.size() > ef) {
+                    top.pop();
+                }
+                if (!top.empty()) {
+                    lower = top.top().first;
+                }
+            }
+        }
+    }
+    alg.visited_list_pool_->releaseVisitedList(visited);
+    while (top.size() > k) {
+        top.pop();
+    }
+    while (!top.empty()) {
+        result.emplace(top.top().first, alg.getExternalLabel(top.top().second));
+        top.pop();
+    }
+    return result;
+}
+
 class Index {
  public:
     Index(const std::string& space, int dim) : space_name_(space), dim_(dim) {
@@ -814,6 +1042,7 @@ class Index {
         cur_l_ = 0;
         ep_added_ = false;
         invalidate_table();
+        publish_complete(*alg_);
     }
 
     void load_index(const std::string& path, size_t max_elements, bool allow_replace_deleted) {
@@ -823,10 +1052,18 @@ class Index {
             loaded = std::make_unique<Hnsw>(space_.get(), path, false, max_elements, allow_replace_deleted);
             move_level0_to_huge_pages(*loaded, loaded->cur_element_count * loaded->size_data_per_element_);
         }
+        std::unique_lock<std::mutex> adding(add_mutex_, std::defer_lock);
+        {
+            py::gil_scoped_release release;
+            adding.lock();
+            resize_gate_.close();
+        }
+        GateOpener opened(&resize_gate_);
         alg_ = std::move(loaded);
         cur_l_ = alg_->cur_element_count;
         ep_added_ = alg_->cur_element_count > 0;
         invalidate_table();
+        publish_complete(*alg_);
     }
 
     // Makes this uninitialised index an independent copy of `other` with room for
@@ -840,6 +1077,14 @@ class Index {
             throw std::runtime_error("copy_from needs an index before init_index or load_index");
         }
         const Hnsw& src = other.inited_const();
+        std::unique_lock<std::mutex> other_adding(other.add_mutex_, std::defer_lock);
+        GateReader other_structure;
+        {
+            py::gil_scoped_release release;
+            other_adding.lock();  // a copy of a settled index: no insertion half done
+            other.resize_gate_.enter();
+            other_structure.hold(&other.resize_gate_);
+        }
         if (other.dim_ != dim_ || other.space_name_ != space_name_ || other.int8_ != int8_ ||
             (int8_ && (other.scale_ != scale_ || other.lo_ != lo_))) {
             throw std::invalid_argument("copy_from: the indexes differ in space, dim or int8 parameters");
@@ -854,11 +1099,16 @@ class Index {
         cur_l_ = alg_->cur_element_count;
         ep_added_ = alg_->cur_element_count > 0;
         invalidate_table();
+        publish_complete(*alg_);
     }
 
+    // Waits for an add_items in progress (the file holds whole insertions only).
     void save_index(const std::string& path) {
         Hnsw& alg = inited();
         py::gil_scoped_release release;
+        std::lock_guard<std::mutex> adding(add_mutex_);
+        resize_gate_.enter();
+        GateReader structure(&resize_gate_);
         alg.saveIndex(path);
     }
 
@@ -880,6 +1130,27 @@ class Index {
         if (rows <= static_cast<size_t>(num_threads) * 4) {
             num_threads = 1;
         }
+        // One add_items at a time; hnswlib's own searches (the fast path of knn_query and
+        // exact_query's label tables) are drained first and switch to live_search until the
+        // inserted nodes are published as complete.
+        std::unique_lock<std::mutex> adding(add_mutex_, std::defer_lock);
+        GateReader structure;
+        {
+            py::gil_scoped_release release;
+            adding.lock();
+            resize_gate_.enter();
+            structure.hold(&resize_gate_);
+            fast_gate_.close();
+        }
+        GateOpener fast_reopened(&fast_gate_);
+        struct Publish {
+            Index* self;
+            Hnsw* alg;
+            ~Publish() {
+                self->invalidate_table();
+                self->publish_complete(*alg);
+            }
+        } publish{this, &alg};
         invalidate_table();
         size_t start = 0;
         if (!ep_added_ && rows > 0) {
@@ -913,12 +1184,30 @@ class Index {
         cur_l_ += rows;
     }
 
-    void mark_deleted(size_t label) { inited().markDelete(label); }
+    // Safe beside searches and add_items in practice: the deleted mark is its own byte of the
+    // node's level-0 list header (hnswlib's count is the two bytes before it), read by searches
+    // as either value; hnswlib's markDelete takes its label lock.
+    void mark_deleted(size_t label) {
+        Hnsw& alg = inited();
+        GateReader structure(enter_released(&resize_gate_));
+        alg.markDelete(label);
+    }
 
-    void unmark_deleted(size_t label) { inited().unmarkDelete(label); }
+    void unmark_deleted(size_t label) {
+        Hnsw& alg = inited();
+        GateReader structure(enter_released(&resize_gate_));
+        alg.unmarkDelete(label);
+    }
 
+    // Room for `new_size` elements (at least the element count). Waits for an add_items in
+    // progress and for every search in flight; searches and calls that arrive meanwhile wait
+    // for it (a realloc of the level-0 block: the kernel moves its pages, nothing is copied).
     void resize_index(size_t new_size) {
-        inited().resizeIndex(new_size);
+        Hnsw& alg = inited();
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> adding(add_mutex_);
+        GateCloser closed(&resize_gate_);
+        alg.resizeIndex(new_size);
         invalidate_table();
     }
 
@@ -944,6 +1233,7 @@ class Index {
             }
             return std::move(rows);
         }
+        GateReader structure(enter_released(&resize_gate_));
         std::vector<size_t> ids;
         if (!ids_in.is_none()) {
             py::array_t<size_t, py::array::c_style | py::array::forcecast> items(ids_in);
@@ -982,6 +1272,8 @@ class Index {
         bool missing = false;
         {
             py::gil_scoped_release release;
+            resize_gate_.enter();
+            GateReader structure(&resize_gate_);
             std::unique_lock<std::mutex> lock(alg.label_lookup_lock);
             for (size_t i = 0; i < n && !missing; i++) {
                 auto found = src[i] < 0 ? alg.label_lookup_.end()
@@ -1006,6 +1298,7 @@ class Index {
 
     std::vector<labeltype> get_ids_list() {
         Hnsw& alg = inited();
+        GateReader structure(enter_released(&resize_gate_));
         std::unique_lock<std::mutex> lock(alg.label_lookup_lock);
         std::vector<labeltype> ids;
         ids.reserve(alg.label_lookup_.size());
@@ -1020,9 +1313,14 @@ class Index {
     // labels, rows padded with label -1 and distance +inf when fewer than k allowed are found;
     // strategy "sweep" is hnswlib's filtered searchKnn, "acorn" is AcornSearch (same result
     // contract; max(ef, k) results searched for, the k nearest returned).
+    //
+    // `limit`: only labels below it are returned (others are still walked through): a graph
+    // generation sharing this index with a fold that adds to it passes its own element count.
+    // While add_items runs, every search takes live_search (ACORN sweeps instead), which reads the
+    // nodes whose insertion had ended when the call started.
     py::tuple knn_query(const py::object& input, size_t k, int num_threads,
                         const std::function<bool(labeltype)>& filter, const py::object& allowed,
-                        const std::string& strategy) {
+                        const std::string& strategy, size_t limit) {
         Hnsw& alg = inited();
         FloatArray items(input);
         auto buffer = items.request();
@@ -1037,10 +1335,22 @@ class Index {
         if (strategy != "sweep" && strategy != "acorn") {
             throw std::invalid_argument("strategy must be \"sweep\" or \"acorn\", got \"" + strategy + "\"");
         }
-        const bool acorn = strategy == "acorn";
-        if (acorn && allowed.is_none()) {
+        if (strategy == "acorn" && allowed.is_none()) {
             throw std::invalid_argument("strategy=\"acorn\" needs allowed=mask");
         }
+        GateReader structure;
+        GateReader fast_reader;
+        bool fast;
+        {
+            py::gil_scoped_release release;
+            resize_gate_.enter();
+            structure.hold(&resize_gate_);
+            fast = !g_force_live.load(std::memory_order_relaxed) && fast_gate_.try_enter();
+            if (fast) {
+                fast_reader.hold(&fast_gate_);
+            }
+        }
+        const bool acorn = strategy == "acorn" && fast;
         const bool pad = !allowed.is_none();
         py::array mask_array;
         std::unique_ptr<hnswlib::BaseFilterFunctor> functor;
@@ -1058,6 +1368,12 @@ class Index {
         } else if (filter) {
             functor = std::make_unique<CallbackFilter>(filter);
         }
+        std::unique_ptr<hnswlib::BaseFilterFunctor> limited;
+        if (limit < alg.cur_element_count) {
+            limited = std::make_unique<LimitFilter>(limit, functor.get());
+        }
+        const uint64_t entry = entry_.load();
+        const size_t complete = complete_.load();
         if (num_threads <= 0) {
             num_threads = num_threads_default_;
         }
@@ -1080,7 +1396,7 @@ class Index {
             py::gil_scoped_release release;
             std::vector<float> norm(normalize_ ? static_cast<size_t>(num_threads) * dim_ : 0);
             std::vector<uint8_t> codes(static_cast<size_t>(num_threads) * code_size());
-            hnswlib::BaseFilterFunctor* isIdAllowed = functor.get();
+            hnswlib::BaseFilterFunctor* isIdAllowed = limited ? limited.get() : functor.get();
             parallel_for(0, rows, num_threads, [&](size_t row, size_t thread_id) {
                 const float* raw = items.data(row);
                 if (normalize_) {
@@ -1099,8 +1415,12 @@ class Index {
                         result.emplace(found_ids.top().first, acorn_search->label(found_ids.top().second));
                         found_ids.pop();
                     }
-                } else {
+                } else if (fast) {
                     result = alg.searchKnn(query, k, isIdAllowed);
+                } else {
+                    result = live_search(alg, query, k, std::max(alg.ef_, k), complete,
+                                         static_cast<tableint>(entry & 0xffffffffu),
+                                         entry == kNoEntry ? -1 : static_cast<int>(entry >> 32), isIdAllowed);
                 }
                 size_t found = result.size();
                 if (!pad && found != k) {
@@ -1158,10 +1478,16 @@ class Index {
         const int64_t* wanted = labels.data();
         {
             py::gil_scoped_release release;
-            // (internal id, label) of every live wanted label, in storage order for locality.
+            resize_gate_.enter();
+            GateReader structure(&resize_gate_);
+            // (internal id, label) of every live wanted label, in storage order for locality; the
+            // label tables only while no add_items runs (they would read half-written nodes).
             std::vector<std::pair<tableint, int64_t>> targets;
             targets.reserve(m);
-            resolve(alg, wanted, m, &targets);
+            const bool settled = fast_gate_.try_enter();
+            GateReader fast_reader(settled ? &fast_gate_ : nullptr);
+            resolve(alg, wanted, m, &targets, settled);
+            fast_reader.release();
             std::sort(targets.begin(), targets.end());
             std::vector<float> norm(normalize_ ? static_cast<size_t>(num_threads) * dim_ : 0);
             std::vector<uint8_t> codes(static_cast<size_t>(num_threads) * code_size());
@@ -1380,9 +1706,10 @@ class Index {
     // Label -> internal id for exact_query: the dense table when labels are dense (the shard's
     // are 0..n-1); else hnswlib's own label_lookup_ map.
     void resolve(const Hnsw& alg, const int64_t* wanted, size_t m,
-                 std::vector<std::pair<tableint, int64_t>>* targets) {
-        const LabelTables& tables = label_tables(alg);
-        if (!tables.internal_of.empty()) {
+                 std::vector<std::pair<tableint, int64_t>>* targets, bool settled) {
+        const LabelTables* tables_or_null = settled ? &label_tables(alg) : nullptr;
+        if (tables_or_null != nullptr && !tables_or_null->internal_of.empty()) {
+            const LabelTables& tables = *tables_or_null;
             const size_t size = tables.internal_of.size();
             for (size_t i = 0; i < m; i++) {
                 int64_t label = wanted[i];
@@ -1433,6 +1760,29 @@ class Index {
         links_ready_.store(false, std::memory_order_release);
     }
 
+    // Publishes every node inserted so far as complete, with the entry point (after add_items
+    // returns, or a load, copy or init: nothing is being inserted).
+    void publish_complete(Hnsw& alg) {
+        uint64_t entry = kNoEntry;
+        {
+            std::lock_guard<std::mutex> lock(alg.global);
+            if (alg.cur_element_count > 0 && alg.maxlevel_ >= 0) {
+                entry = (static_cast<uint64_t>(static_cast<uint32_t>(alg.maxlevel_)) << 32) | alg.enterpoint_node_;
+            }
+        }
+        complete_.store(alg.cur_element_count);  // before the entry point: a reader loads it second
+        entry_.store(entry);
+    }
+
+    // Enters `gate` as a reader, waiting with the GIL released if it is closed.
+    static Gate* enter_released(Gate* gate) {
+        if (!gate->try_enter()) {
+            py::gil_scoped_release release;
+            gate->enter();
+        }
+        return gate;
+    }
+
     std::string space_name_;
     int dim_;
     bool normalize_ = false;
@@ -1450,6 +1800,14 @@ class Index {
     LabelTables tables_;
     std::atomic<bool> links_ready_{false};
     CompactLinks links_;
+    // resize_gate_: entered by every call that reads or inserts; closed by resize_index and
+    // load_index. fast_gate_: entered by searches on hnswlib's own (lock-free) paths; closed by
+    // add_items. add_mutex_: one add_items at a time; save_index and copy_from wait for it.
+    mutable Gate resize_gate_;
+    mutable Gate fast_gate_;
+    mutable std::mutex add_mutex_;
+    std::atomic<size_t> complete_{0};
+    std::atomic<uint64_t> entry_{kNoEntry};
 };
 
 // Rows ``labels`` of a file of float32 rows of ``dim`` (label-major, no header): one pread per
@@ -1536,6 +1894,13 @@ PYBIND11_MODULE(_vsnative, m) {
         "Work of the ACORN queries since the last call (summed; reset by the call): queries, "
         "expansions, distances, lists (two-hop link lists read), seeds (extra entry points).");
 
+    m.def(
+        "_force_live_search", [](bool on) { g_force_live.store(on); }, py::arg("on"),
+        "Benchmarks only: every later knn_query takes the search used beside add_items (process-wide).");
+    m.def(
+        "_live_searches", [] { return g_live_searches.exchange(0); },
+        "Queries answered while an add_items ran (the locking search) since the last call; resets.");
+
     py::class_<Index>(m, "Index")
         .def(py::init<const std::string&, int>(), py::arg("space"), py::arg("dim"))
         .def("init_index", &Index::init_index, py::arg("max_elements"), py::arg("M") = 16,
@@ -1557,7 +1922,8 @@ PYBIND11_MODULE(_vsnative, m) {
         .def("get_ids_list", &Index::get_ids_list)
         .def("gather", &Index::gather, py::arg("labels"))
         .def("knn_query", &Index::knn_query, py::arg("data"), py::arg("k") = 1, py::arg("num_threads") = -1,
-             py::arg("filter") = py::none(), py::arg("allowed") = py::none(), py::arg("strategy") = "sweep")
+             py::arg("filter") = py::none(), py::arg("allowed") = py::none(), py::arg("strategy") = "sweep",
+             py::arg("limit") = std::numeric_limits<size_t>::max())
         .def("exact_query", &Index::exact_query, py::arg("data"), py::arg("labels"), py::arg("k") = 1,
              py::arg("num_threads") = -1)
         .def("get_max_elements", &Index::max_elements)

@@ -1,0 +1,184 @@
+"""Folds that add to the published graph's own native index (shard/graph.py ``shares_index``):
+searches beside them, superseded labels hidden then marked deleted, snapshots and recovery, and a
+fold that fails part way."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.spec import Metric, make_spec
+from shard import collection as collection_module
+from shard import hnsw
+from shard.collection import Collection, CollectionOptions
+from testkit.datasets import clustered
+from testkit.truth import exact_top_k
+
+pytestmark = pytest.mark.skipif(not hnsw.NATIVE, reason="needs shard._vsnative (shared folds are native only)")
+
+OPTS = CollectionOptions(
+    compact_delta_items=10**9, compact_age_s=10**9, build_threads=2, search_threads=1, checkpoint_rows=10**9
+)
+DIM = 16
+
+
+def make(tmp_path: Path) -> Collection:
+    return Collection.create(tmp_path / "c", make_spec("c", DIM, Metric.L2.value), OPTS)
+
+
+def check_state(col: Collection, state: dict[str, np.ndarray], queries: np.ndarray) -> None:
+    """Every item of ``state`` readable with its vector, nothing else, and searches that agree
+    with brute force over ``state``."""
+    ids = sorted(state)
+    found, vectors, missing = col.get(ids)
+    assert missing == [] and found == ids
+    np.testing.assert_array_equal(vectors, np.stack([state[i] for i in ids]))
+    assert col.stats().count == len(ids)
+    rows = np.stack([state[i] for i in ids])
+    truth = exact_top_k(rows, queries, 10, "l2")
+    hits = col.search(queries, 10, ef=128)
+    assert all("" not in h.ids and len(set(h.ids)) == len(h.ids) for h in hits)
+    recall = np.mean([len(set(h.ids) & {ids[j] for j in t}) / 10 for h, t in zip(hits, truth, strict=True)])
+    assert recall >= 0.95
+
+
+def test_searches_beside_shared_folds_stay_correct_and_superseded_labels_get_marked(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    rng = np.random.default_rng(5)
+    data = clustered(6000, DIM, seed=31)
+    state = {f"a{i}": data[i] for i in range(2000)}
+    col.upsert(list(state), np.stack(list(state.values())))
+    col.compact()
+    stable = [f"a{i}" for i in range(1000, 2000)]  # never rewritten: each must find itself
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        while not stop.is_set():
+            i = int(local.integers(1000, 2000))
+            hits = col.search(data[i][None, :], 5)[0]
+            if hits.ids[:1] != [f"a{i}"]:
+                errors.append(f"a{i} -> {hits.ids}")
+            if len(set(hits.ids)) != len(hits.ids) or "" in hits.ids:
+                errors.append(f"bad ids {hits.ids}")
+            if not np.all(np.diff(hits.distances) >= 0):
+                errors.append(f"unsorted {hits.distances}")
+            found, _, _ = col.get(stable[i % 7 :: 97])
+            if len(found) != len(stable[i % 7 :: 97]):
+                errors.append("a stable item went missing")
+
+    from shard import _vsnative
+
+    _vsnative._live_searches()
+    readers = [threading.Thread(target=reader, args=(seed,)) for seed in (1, 2)]
+    for thread in readers:
+        thread.start()
+    try:
+        nxt = 2000
+        for _ in range(6):
+            new = [f"a{i}" for i in range(nxt, nxt + 500)]
+            col.upsert(new, data[nxt : nxt + 500])
+            state.update(zip(new, data[nxt : nxt + 500], strict=True))
+            nxt += 500
+            rewrite = [f"a{int(i)}" for i in rng.choice(1000, 60, replace=False)]
+            vectors = rng.standard_normal((len(rewrite), DIM)).astype(np.float32)
+            col.upsert(rewrite, vectors)
+            state.update(zip(rewrite, vectors, strict=True))
+            gone = [item for item in rng.choice(sorted(set(state) - set(stable)), 20, replace=False)]
+            col.delete(gone)
+            for item in gone:
+                state.pop(item)
+            col.compact(background=True)  # shares the index: folds while the readers search
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert errors == []
+    assert _vsnative._live_searches() > 0  # some searches ran while a fold added to their index
+    graph = col._view.graph
+    assert graph is not None
+    shared_index = graph.index
+    assert graph.elements == shared_index.element_count  # one index all along (no rebuild)
+    col.upsert(["late"], data[5999][None, :])
+    state["late"] = data[5999]
+    col.compact(background=True)  # the readers are gone: what earlier folds superseded is marked
+    latest = col._view.graph
+    assert latest is not None and latest.index is shared_index
+    assert latest.deleted > 6 * 60  # every rewrite superseded a label
+    assert hnsw.deleted_count(shared_index) == latest.deleted  # and each is marked in the index now
+    queries = clustered(40, DIM, seed=99)
+    check_state(col, state, queries)
+    col.close()
+    col = Collection.open(tmp_path / "c", OPTS)  # the log replayed onto the older snapshot
+    check_state(col, state, queries)
+    col.compact()  # a snapshot written from the shared index, then loaded back
+    col.close()
+    col = Collection.open(tmp_path / "c", OPTS)
+    check_state(col, state, queries)
+    assert col.stats().delta_size == 0
+    col.close()
+
+
+def test_a_snapshot_with_unmarked_superseded_labels_loads_them_deleted(tmp_path: Path) -> None:
+    col = make(tmp_path)
+    data = clustered(400, DIM, seed=32)
+    col.upsert([f"a{i}" for i in range(300)], data[:300])
+    col.compact()
+    held = col._view.graph  # an older graph still held: superseded labels stay unmarked
+    col.upsert([f"a{i}" for i in range(50)], data[300:350])
+    col.compact()
+    assert held is not None and held.index is col._view.graph.index  # type: ignore[union-attr]
+    assert hnsw.deleted_count(held.index) == 0
+    state = {f"a{i}": data[i] for i in range(50, 300)} | {f"a{i}": data[300 + i] for i in range(50)}
+    queries = np.concatenate([clustered(20, DIM, seed=98), data[:50]])  # the superseded vectors too
+    check_state(col, state, queries)
+    col.upsert([f"b{i}" for i in range(50)], data[350:400])  # a later fold keeps them hidden
+    state |= {f"b{i}": data[350 + i] for i in range(50)}
+    col.compact()
+    assert hnsw.deleted_count(held.index) == 0
+    check_state(col, state, queries)
+    col.close()
+    col = Collection.open(tmp_path / "c", OPTS)
+    graph = col._view.graph
+    assert graph is not None and hnsw.deleted_count(graph.index) == 50
+    check_state(col, state, queries)
+    del held
+    col.close()
+
+
+def test_a_shared_fold_that_fails_part_way_is_rebuilt_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    col = make(tmp_path)
+    data = clustered(3000, DIM, seed=33)
+    col.upsert([f"a{i}" for i in range(1000)], data[:1000])
+    col.compact()
+    col.upsert([f"a{i}" for i in range(1000, 3000)], data[1000:])
+    real = collection_module._live_chunks
+
+    def failing(*args: Any) -> Iterator[Any]:
+        chunks = real(*args)
+        yield next(chunks)
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(collection_module, "_live_chunks", failing)
+    with pytest.raises(MemoryError):
+        col.compact()
+    graph = col._view.graph
+    assert graph is not None and graph.index.element_count > graph.elements == 1000
+    state = {f"a{i}": data[i] for i in range(3000)}
+    queries = clustered(30, DIM, seed=97)
+    check_state(col, state, queries)  # the extra elements are never returned
+    monkeypatch.setattr(collection_module, "_live_chunks", real)
+    assert col.compact().rebuilt  # a fresh index: the snapshot holds only whole graphs
+    check_state(col, state, queries)
+    col.close()
+    col = Collection.open(tmp_path / "c", OPTS)
+    check_state(col, state, queries)
+    col.close()
