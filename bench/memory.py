@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 RAW_CHUNK = 10_000
 INGEST_BATCH = 1000
 INGEST_THREADS = 4
+COMPACT_TIMEOUT_S = 3600.0  # a 1M-row Compact(wait) folds for 8-10 min on 2 cores; the client default is 600 s
 COLLECTION = "memory"
 SEED = 7
 PHASES = ("started", "load", "compact", "idle")
@@ -284,7 +285,7 @@ def run_server(
             end_phase("load")
             sampler.phase = "compact"
             started = time.perf_counter()
-            compacted = client.compact(COLLECTION, wait=True)
+            compacted = client.compact(COLLECTION, wait=True, timeout=COMPACT_TIMEOUT_S)
             times["compact_s"] = round(time.perf_counter() - started, 1)
             end_phase("compact")
             in_graphs = sum(s.graph_elements for s in compacted)

@@ -667,18 +667,19 @@ bool huge_pages_wanted(size_t bytes) {
 #endif
 }
 
-// Replaces alg.data_level0_memory_ by a 2 MB-aligned block advised for huge pages; copies the
-// first `used` bytes (0 for a fresh index: nothing to copy, nothing touched).
-void move_level0_to_huge_pages(Hnsw& alg, size_t used) {
+// Replaces alg.data_level0_memory_ by a 2 MB-aligned block advised for huge pages, sized for
+// alg.max_elements_; copies the first `used` bytes (0 for a fresh index: nothing to copy, nothing
+// touched). False (nothing changed) where huge pages are not wanted or the block cannot be had.
+bool move_level0_to_huge_pages(Hnsw& alg, size_t used) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const size_t bytes = alg.max_elements_ * alg.size_data_per_element_;
     if (!huge_pages_wanted(bytes)) {
-        return;
+        return false;
     }
     constexpr size_t kHuge = size_t{2} << 20;
     void* block = nullptr;
     if (posix_memalign(&block, kHuge, bytes) != 0) {
-        return;  // keep hnswlib's block
+        return false;  // keep hnswlib's block
     }
     madvise(block, bytes / kHuge * kHuge, MADV_HUGEPAGE);
     char* old = alg.data_level0_memory_;
@@ -695,10 +696,41 @@ void move_level0_to_huge_pages(Hnsw& alg, size_t used) {
     }
     free(old);
     alg.data_level0_memory_ = static_cast<char*>(block);
+    return true;
 #else
     (void)alg;
     (void)used;
+    return false;
 #endif
+}
+
+// hnswlib's resizeIndex, except that the level-0 block (the vectors and level-0 links: nearly all
+// of the index) moves to a new huge-page block 16 MB at a time, each copied part of the old one
+// released (move_level0_to_huge_pages): growing a large index costs 16 MB above its new size, not
+// its old size again (glibc's realloc of an aligned block copies it whole). Plain realloc where
+// huge pages are not used. The caller excludes every other use of the index.
+void grow_index(Hnsw& alg, size_t new_max_elements) {
+    if (new_max_elements < alg.cur_element_count) {
+        throw std::runtime_error("Cannot resize, max element is less than the current number of elements");
+    }
+    const size_t old_max = alg.max_elements_;
+    alg.max_elements_ = new_max_elements;
+    if (!move_level0_to_huge_pages(alg, alg.cur_element_count * alg.size_data_per_element_)) {
+        char* level0 = static_cast<char*>(realloc(alg.data_level0_memory_, new_max_elements * alg.size_data_per_element_));
+        if (level0 == nullptr) {
+            alg.max_elements_ = old_max;
+            throw std::runtime_error("Not enough memory: resizeIndex failed to allocate base layer");
+        }
+        alg.data_level0_memory_ = level0;
+    }
+    char** links = static_cast<char**>(realloc(alg.linkLists_, sizeof(void*) * new_max_elements));
+    if (links == nullptr) {
+        throw std::runtime_error("Not enough memory: resizeIndex failed to allocate other layers");
+    }
+    alg.linkLists_ = links;
+    alg.visited_list_pool_.reset(new hnswlib::VisitedListPool(1, new_max_elements));
+    alg.element_levels_.resize(new_max_elements);
+    std::vector<std::mutex>(new_max_elements).swap(alg.link_list_locks_);
 }
 
 // int8 scalar quantization (issue #19, Index.set_int8): a vector x (after normalisation) is
@@ -1201,13 +1233,13 @@ class Index {
 
     // Room for `new_size` elements (at least the element count). Waits for an add_items in
     // progress and for every search in flight; searches and calls that arrive meanwhile wait
-    // for it (a realloc of the level-0 block: the kernel moves its pages, nothing is copied).
+    // for it (grow_index: the level-0 block copied in 16 MB steps, ~0.1 s per 100 MB).
     void resize_index(size_t new_size) {
         Hnsw& alg = inited();
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> adding(add_mutex_);
         GateCloser closed(&resize_gate_);
-        alg.resizeIndex(new_size);
+        grow_index(alg, new_size);
         invalidate_table();
     }
 
