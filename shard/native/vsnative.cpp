@@ -1233,7 +1233,7 @@ class Index {
 
     // Room for `new_size` elements (at least the element count). Waits for an add_items in
     // progress and for every search in flight; searches and calls that arrive meanwhile wait
-    // for it (grow_index: the level-0 block copied in 16 MB steps, ~0.1 s per 100 MB).
+    // for it (grow_index: the level-0 block copied to a new one in 16 MB steps).
     void resize_index(size_t new_size) {
         Hnsw& alg = inited();
         py::gil_scoped_release release;
