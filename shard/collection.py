@@ -782,6 +782,8 @@ class Collection:
                 continue
             mark_deleted(graph.index, labels)
         self._superseded = waiting
+        if not waiting:
+            graph.unmarked_hidden = False  # hnswlib skips them now
 
     def _checkpoint(self, graph: Graph, wal: Wal) -> CompactResult:
         """Snapshots the published ``graph`` (not yet snapshotted) and truncates the log behind
@@ -960,6 +962,7 @@ class Collection:
             for labels in (replaced, *(pending for _, pending in self._superseded)):
                 for label in labels:
                     new_graph.shadow(label, 0)
+            new_graph.unmarked_hidden = bool(replaced or self._superseded)
         return _Folded(new_graph, rebuild and graph is not None, shared, replaced if shared else [])
 
     # ================================================================== introspection

@@ -386,6 +386,11 @@ class Graph:
         self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
         self._file_rows: IndexFileRows | None = None
         self._fields: GraphFields | None = None
+        # Set by a fold that shared the index while labels it hides are not yet marked deleted
+        # there (cleared by the collection once they are): searches then mask them out natively,
+        # so they do not take result slots (hnswlib skips deleted labels the same way).
+        self.unmarked_hidden = False
+        self._live_mask: npt.NDArray[np.bool_] | None = None
 
     def index_fields(self, columns: FieldColumns | None = None) -> GraphFields:
         """Builds (once) the index of the labels' filterable fields from ``columns`` (one row per
@@ -484,13 +489,16 @@ class Graph:
         rescore = self.full_rows is not None
         wanted = max(k * RESCORE_FACTOR if rescore else k, ef)
         try:
-            deleted = hnsw.deleted_count(self.index)
-            if deleted is not None:  # native
-                # labels hidden but not yet marked deleted count among those the index can return
-                returnable = self.elements - deleted
+            if self.unmarked_hidden:  # native: navigated through, never returned, as deleted ones
+                labels, distances = hnsw.knn_allowed(
+                    self.index, queries, min(wanted, self.live), self.live_mask(), num_threads
+                )
+                if (labels < 0).any():
+                    return self._exact(queries, k)
+            elif hnsw.is_native(self.index):
                 labels, distances = self.index.knn_query(
                     queries,
-                    k=min(wanted, max(self.live, returnable)),
+                    k=min(wanted, self.live),
                     num_threads=num_threads,
                     limit=self.elements,  # type: ignore[call-arg]
                 )
@@ -501,6 +509,14 @@ class Graph:
         if rescore:
             return self.rescore(queries, labels.astype(np.int64), k)
         return labels[:, :k], distances[:, :k]
+
+    def live_mask(self) -> npt.NDArray[np.bool_]:
+        """A bool mask over the graph's labels, True for the live ones (built once)."""
+        if self._live_mask is None:
+            mask = np.zeros(self.elements, dtype=np.bool_)
+            mask[np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)] = True
+            self._live_mask = mask
+        return self._live_mask
 
     def rescore(
         self, queries: Matrix, labels: npt.NDArray[np.int64], k: int
