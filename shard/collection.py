@@ -894,11 +894,10 @@ class Collection:
             # come from the graph itself (copies of its lists share the objects) rather than from
             # a second decoding of the snapshot's files.
             shared = shares_index(self.spec, graph)
-            copied = None if shared else copy_index(self.spec, graph, graph.elements + live_count)
             if shared:
                 index = graph.index
                 reserve(index, graph.elements + live_count)
-            elif copied is not None:
+            elif (copied := copy_index(self.spec, graph, graph.elements + live_count)) is not None:
                 index = copied
             else:
                 if self._unsnapshotted_since is not None:
