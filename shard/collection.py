@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +80,7 @@ SPEC_FILE = "spec.json"
 _FAULT_COMPACT_PAUSE_S = float(os.environ.get("VS_SHARD_FAULT_COMPACT_PAUSE_S", "0") or 0)
 _INF = np.float32(np.inf)
 _BUILD_CHUNK = 8192
+_FOLD_STEPS = 32  # a shared fold publishes a graph at least every 1/_FOLD_STEPS of the graph's size
 MAX_SCAN_BATCH = 65_536
 
 
@@ -93,6 +95,10 @@ class CollectionOptions:
     exact_allow_max: int = 20_000
     plan_costs: planner.PlanCosts = field(default_factory=planner.PlanCosts)
     snapshots_kept: int = 2
+    # a shared fold (native float32 index) publishes a graph every max(fold_step_rows, graph / 32)
+    # rows of the sealed delta it adds, so searches scan fewer rows exactly and the folded
+    # rows' delta blocks can go before the fold ends; 0: one graph at the end
+    fold_step_rows: int = 1_024
     # added to the nice value of the background compactor thread and its build threads
     # (``shard.sched``): searches and writes get the cores first while a fold runs; 0: unchanged
     compact_nice: int = 10
@@ -345,8 +351,10 @@ class Collection:
                 # The graph label (if any) was shadowed when the sealed delta took this id.
                 if row == TOMBSTONE:
                     return None
-                sealed.kill(row, seq)
-                return sealed.payloads[row]
+                if sealed.holds(row):
+                    sealed.kill(row, seq)
+                    return sealed.payloads[row]
+                # folded by a step of the running fold: the graph holds it under a new label
         graph = view.graph
         if graph is not None:
             label = graph.label_of.get(item)
@@ -363,7 +371,7 @@ class Collection:
             if layer is None:
                 continue
             row = layer.index.get(item)
-            if row is not None:
+            if row is not None and (row == TOMBSTONE or layer.holds(row)):
                 return None if row == TOMBSTONE else (layer, row)
         if view.graph is not None:
             label = view.graph.label_of.get(item)
@@ -527,7 +535,9 @@ class Collection:
             return np.empty((len(queries), 0), dtype=object), np.empty((len(queries), 0), dtype=np.float32)
         shown = np.concatenate([b.visible(view_seq) for b in blocks])
         if allowed is not None:
-            shown &= np.fromiter((item in allowed for item in layer.ids[:rows]), dtype=bool, count=rows)
+            first = blocks[0].start
+            listed = (item in allowed for item in layer.ids[first:rows])
+            shown &= np.fromiter(listed, dtype=bool, count=rows - first)
         space, threads = self.spec.metric.hnsw_space, self.options.search_threads
         return planner.scan_delta(layer, blocks, shown, queries, k, space, threads)
 
@@ -556,6 +566,8 @@ class Collection:
             if row is None and view.sealed is not None:
                 row = sealed_index.get(item)
                 layer = view.sealed
+                if row is not None and row != TOMBSTONE and not layer.holds(row):
+                    row = None  # folded by a step of the running fold: in the graph
             if row is None:
                 label = label_of.get(item)
                 if label is not None:
@@ -616,15 +628,17 @@ class Collection:
                 continue
             rows = layer.rows  # before the blocks (see delta.py)
             blocks = list(layer.blocks(rows))
+            if not blocks:
+                continue
             visible = np.concatenate([b.visible(view_seq) for b in blocks])
-            positions = np.flatnonzero(visible)
+            positions = np.flatnonzero(visible) + blocks[0].start
             position_list = positions.tolist()
             layers.append(
                 (
                     [layer.ids[p] for p in position_list],
                     _rows_of_delta(layer, positions),
                     [layer.payloads[p] for p in position_list],
-                    np.concatenate([b.row_seq for b in blocks])[positions],
+                    np.concatenate([b.row_seq for b in blocks])[positions - blocks[0].start],
                 )
             )
         wanted = RangeSet(ranges)
@@ -714,29 +728,23 @@ class Collection:
                     self._checkpoint(graph, wal)  # its fold loads its snapshot (a checkpoint failed after it)
                 memtrace.mark(
                     "sealed",
-                    delta_rows=sealed.rows,
-                    graph_elements=view.graph.elements if view.graph is not None else 0,
+                    delta_rows=sealed.rows - sealed.first,
+                    graph_elements=graph.elements if graph is not None else 0,
                 )
+                sealed_rows = sealed.rows - sealed.first
+                del view, sealed  # the fold reads the sealed rows through the view (steps drop folded blocks)
                 self._mark_superseded()
-                folded = self._fold(view.graph, sealed, self._sealed_seq)
+                folded = self._fold(graph, self._sealed_seq, self._publish_step)
                 new_graph, rebuilt = folded.graph, folded.rebuilt
                 memtrace.mark("folded", graph_elements=new_graph.elements, rebuilt=rebuilt)
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
+                self._publish(folded, None)
                 with self._write_lock:
-                    active = self._view.active
-                    for item, first in active.first_seq.items():
-                        label = new_graph.label_of.get(item)
-                        if label is not None:
-                            new_graph.shadow(label, first)
-                    self._view = _View(new_graph, None, active)
-                    self._unsnapshotted_rows += sealed.rows
-                    if self._unsnapshotted_since is None:
-                        self._unsnapshotted_since = time.monotonic()
+                    self._unsnapshotted_rows += sealed_rows
                     self._compactions += 1
                 memtrace.mark("published")
-                self._track_index_graphs(folded, graph)
-                del view, sealed, graph  # the old graph and the sealed delta go with the last reader's view
+                del graph  # the old graph and the sealed delta go with the last reader's view
                 if _FAULT_COMPACT_PAUSE_S:
                     time.sleep(_FAULT_COMPACT_PAUSE_S)
                 if not background or self._checkpoint_due(new_graph, self._unsnapshotted_rows, time.monotonic()):
@@ -750,6 +758,36 @@ class Collection:
             heap.release_free_memory()
             memtrace.mark("trimmed")
             return CompactResult(self._newest_snapshot_seq(), rebuilt)
+
+    def _publish(self, folded: _Folded, sealed: Delta | None) -> None:
+        """Makes ``folded.graph`` the view's graph, with ``sealed`` as the view's sealed delta (a
+        step's tail; None once the fold is done): first hides its labels of ids written since
+        the seal (``shadow`` at their first write's seq), under the write lock, so every view
+        shows each id's newest version once. Under the compaction lock."""
+        graph = folded.graph
+        with self._write_lock:
+            view = self._view
+            for item, first in view.active.first_seq.items():
+                label = graph.label_of.get(item)
+                if label is not None:
+                    graph.shadow(label, first)
+            self._view = _View(graph, sealed, view.active)
+            if self._unsnapshotted_since is None:
+                self._unsnapshotted_since = time.monotonic()
+        self._track_index_graphs(folded, view.graph)
+
+    def _publish_step(self, folded: _Folded, first: int) -> None:
+        """A fold's step: publishes ``folded.graph`` (it holds the sealed delta's rows before
+        ``first``) with the sealed delta from row ``first``; returns the freed blocks' memory to
+        the system once the last view holding them is gone (here, if no reader holds one)."""
+        sealed = self._view.sealed
+        assert sealed is not None
+        released = first // sealed.block_rows > sealed.first // sealed.block_rows
+        self._publish(folded, sealed.tail(first))
+        del sealed
+        memtrace.mark("step_published", graph_elements=folded.graph.elements, first=first)
+        if released:
+            heap.release_free_memory()
 
     def _newest_snapshot_seq(self) -> int:
         return self._snapshots[0].applied_seq if self._snapshots else 0
@@ -830,29 +868,47 @@ class Collection:
                 )
             register()
 
-    def _fold(self, graph: Graph | None, sealed: Delta, seal_seq: int) -> _Folded:
-        """Builds the graph for ``seal_seq`` from ``graph`` + ``sealed``: adds to ``graph``'s index
-        where it is shared (``shares_index``; the labels ``graph`` holds are left as they were),
-        else leaves ``graph`` untouched; never touches ``sealed``. An int8
-        collection's new graph gets its float32 rows in a private ``.tmp-rows-*`` file under the
-        snapshot directory (moved into the snapshot by ``write_snapshot``; removed here on
-        failure, else by the next ``list_snapshots``)."""
+    def _fold(self, graph: Graph | None, seal_seq: int, publish: Callable[[_Folded, int], None]) -> _Folded:
+        """Builds the graph for ``seal_seq`` from ``graph`` + the view's sealed delta (its rows from
+        its ``first``): adds to ``graph``'s index where it is shared (``shares_index``; the labels
+        ``graph`` holds are left as they were), else leaves ``graph`` untouched; never touches the
+        sealed rows. A shared fold publishes a graph every ``fold_step_rows`` rows or more
+        (``_step_rows``) through ``publish(folded, first)`` (the sealed delta's rows before
+        ``first`` are in that graph); it reads the sealed rows through the view, so blocks a step
+        left out are freed once no reader holds an older view. An int8 collection's new graph
+        gets its float32 rows in a private ``.tmp-rows-*`` file under the snapshot directory
+        (moved into the snapshot by ``write_snapshot``; removed here on failure, else by the next
+        ``list_snapshots``)."""
         rows_out = None
         if self.spec.quantization is Quantization.INT8:
             rows_out = _RowsWriter(self._snapshot_dir / f".tmp-rows-{seal_seq:020d}-{os.getpid()}")
         try:
-            return self._fold_layers(graph, sealed, seal_seq, rows_out)
+            return self._fold_layers(graph, seal_seq, rows_out, publish)
         except BaseException:
             if rows_out is not None:
                 rows_out.discard()
             raise
 
-    def _fold_layers(self, graph: Graph | None, sealed: Delta, seal_seq: int, rows_out: _RowsWriter | None) -> _Folded:
+    def _step_rows(self, graph: Graph) -> int:
+        """Rows of the sealed delta a shared fold adds between two published graphs (0: it
+        publishes once, at the end): at least ``fold_step_rows``, and a ``_FOLD_STEPS``-th of the
+        graph, so the per-step copies of the graph's per-label lists stay a small part of the
+        step's inserts."""
+        if self.options.fold_step_rows <= 0:
+            return 0
+        return max(self.options.fold_step_rows, graph.elements // _FOLD_STEPS)
+
+    def _fold_layers(
+        self, graph: Graph | None, seal_seq: int, rows_out: _RowsWriter | None, publish: Callable[[_Folded, int], None]
+    ) -> _Folded:
+        sealed = self._view.sealed
+        assert sealed is not None
         live_count = int(sum(int(b.visible(seal_seq).sum()) for b in sealed.blocks()))
+        pending_ids = _pending_ids(sealed)
         replaced: list[int] = []
         if graph is not None:
             label_of = graph.label_of
-            replaced = [label_of[item] for item in sealed.index if item in label_of]
+            replaced = [label_of[item] for item in pending_ids if item in label_of]
         elements = graph.elements if graph is not None else 0
         deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
         rebuild = (
@@ -868,7 +924,7 @@ class Collection:
             label_payloads: list[bytes] = []
             seq_parts: list[npt.NDArray[np.int64]] = []
             if graph is not None:
-                label_ids = [item for item in graph.label_of if item not in sealed.index]
+                label_ids = [item for item in graph.label_of if item not in pending_ids]
                 kept = np.fromiter((graph.label_of[item] for item in label_ids), dtype=np.int64, count=len(label_ids))
                 label_payloads = [graph.label_payloads[label] for label in kept.tolist()]
                 seq_parts.append(graph.label_seq[kept])
@@ -925,25 +981,51 @@ class Collection:
                 old_seq[label] = 0
             seq_parts = [old_seq]
         memtrace.mark("fold_index_ready", rebuild=rebuild, elements=len(label_ids), adding=live_count)
-        first_new = len(label_ids)
-        for ids, vectors, payloads, seqs in _live_chunks(sealed, seal_seq):
-            base = len(label_ids)
-            index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
-            if rows_out is not None:
-                rows_out.write(vectors)
-            label_ids.extend(ids)
-            label_payloads.extend(payloads)
-            seq_parts.append(seqs)
-            columns.append(decode_batch(payloads, len(ids)))  # logged payloads: they decode
-        label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
         if rebuild:
-            label_of = {item: label for label, item in enumerate(label_ids)}
+            label_of = {}
         else:
             assert graph is not None
             label_of = dict(graph.label_of)
-            for item in sealed.index:
+            for item in pending_ids:
                 label_of.pop(item, None)
-            label_of.update(zip(label_ids[first_new:], range(first_new, len(label_ids)), strict=True))
+        step_rows = self._step_rows(graph) if shared and graph is not None else 0
+        position, end_row, published_at, stepped = sealed.first, sealed.rows, sealed.first, False
+        del sealed  # read through the view from here: a step's published tail lets folded blocks go
+        while position < end_row:
+            current = self._view.sealed
+            assert current is not None
+            ids, vectors, payloads, seqs, position = _live_rows(current, seal_seq, position, step_rows or _BUILD_CHUNK)
+            del current
+            if ids:
+                base = len(label_ids)
+                index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
+                if rows_out is not None:
+                    rows_out.write(vectors)
+                label_ids.extend(ids)
+                label_payloads.extend(payloads)
+                seq_parts.append(seqs)
+                columns.append(decode_batch(payloads, len(ids)))  # logged payloads: they decode
+                if not rebuild:
+                    label_of.update(zip(ids, range(base, base + len(ids)), strict=True))
+            del vectors
+            if step_rows and position < end_row and position - published_at >= step_rows:
+                # never snapshotted (no checkpoint while the view holds a sealed delta); the seq of
+                # the graph it extends, so it could not name a snapshot past what it holds
+                step = Graph(
+                    index,
+                    list(label_ids),
+                    dict(label_of),
+                    graph.applied_seq if graph is not None else 0,
+                    list(label_payloads),
+                    np.concatenate(seq_parts),
+                )
+                step.index_fields(columns.gather(np.arange(columns.rows)))
+                self._hide_superseded(step, replaced)
+                publish(_Folded(step, False, True, [] if stepped else replaced), position)
+                published_at, stepped = position, True
+        label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
+        if rebuild:
+            label_of = {item: label for label, item in enumerate(label_ids)}
         memtrace.mark("fold_items_added", elements=len(label_ids))
         new_graph = Graph(
             index,
@@ -957,12 +1039,17 @@ class Collection:
             full_rows_path=None if rows_out is None else rows_out.path,
         )
         new_graph.index_fields(columns)
-        if shared:  # hidden from every reader: this fold's superseded labels, and earlier ones still unmarked
-            for labels in (replaced, *(pending for _, pending in self._superseded)):
-                for label in labels:
-                    new_graph.shadow(label, 0)
-            new_graph.unmarked_hidden = bool(replaced or self._superseded)
-        return _Folded(new_graph, rebuild and graph is not None, shared, replaced if shared else [])
+        if shared:
+            self._hide_superseded(new_graph, replaced)
+        return _Folded(new_graph, rebuild and graph is not None, shared, replaced if shared and not stepped else [])
+
+    def _hide_superseded(self, graph: Graph, replaced: list[int]) -> None:
+        """Hides from every reader of ``graph`` (a shared fold's) the labels this fold superseded
+        and those earlier folds superseded that are not yet marked deleted in the index."""
+        for labels in (replaced, *(pending for _, pending in self._superseded)):
+            for label in labels:
+                graph.shadow(label, 0)
+        graph.unmarked_hidden = bool(replaced or self._superseded)
 
     # ================================================================== introspection
     def stats(self) -> CollectionStats:
@@ -1049,6 +1136,36 @@ def _train_quantizer(graph: Graph | None, kept_ids: list[str], sealed: Delta, se
         low[:] = 0.0
         high[:] = 0.0
     return Int8Quantizer.train(low, high)
+
+
+def _pending_ids(sealed: Delta) -> AbstractSet[str]:
+    """The ids whose newest operation in ``sealed`` is not yet in a graph: all of them, except
+    rows before ``first`` (folded by an earlier step of a fold that did not finish)."""
+    if sealed.first == 0:
+        return sealed.index.keys()
+    return {item for item, row in sealed.index.items() if row == TOMBSTONE or sealed.holds(row)}
+
+
+def _live_rows(
+    sealed: Delta, seal_seq: int, lo: int, max_rows: int
+) -> tuple[list[str], Matrix, list[bytes], npt.NDArray[np.int64], int]:
+    """The rows of ``sealed`` from ``lo`` (at most ``max_rows``, within one block) that were live
+    at ``seal_seq``, with their payloads and versions, and the row after the last one looked at
+    (a vector view when every row is live)."""
+    block_end = (lo // sealed.block_rows + 1) * sealed.block_rows
+    hi = min(lo + max_rows, block_end, sealed.rows)
+    span = sealed.span(lo, hi)
+    visible = span.visible(seal_seq)
+    if visible.all():
+        return sealed.ids[lo:hi], span.vectors, sealed.payloads[lo:hi], span.row_seq, hi
+    rows = (np.flatnonzero(visible) + lo).tolist()
+    return (
+        [sealed.ids[r] for r in rows],
+        span.vectors[visible],
+        [sealed.payloads[r] for r in rows],
+        span.row_seq[visible],
+        hi,
+    )
 
 
 def _live_chunks(

@@ -8,6 +8,12 @@ applied seq, read before the layers), then ``rows``, then the blocks, and see a 
 
 Thread-safety: one writer at a time (the collection's write lock); any number of readers.
 After the collection seals a delta, only ``kill`` is still called on it.
+
+A fold that publishes its graph in steps replaces the sealed delta in the view by its
+``tail(first)``: the same rows, ids and payloads (shared, not copied), with the rows before
+``first`` (held by the step's graph) left out of ``blocks`` and their whole blocks released once
+no older view holds the delta they came from. ``index`` still names those rows: a row below
+``first`` means "in the graph now" (``holds``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class Block(NamedTuple):
         return (self.row_seq <= view_seq) & (self.dead_seq > view_seq)
 
 
+_BlockData = tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32] | None]
+
+
 class Delta:
     def __init__(self, dimension: int, block_rows: int = BLOCK_ROWS, keep_norms: bool = False) -> None:
         """``keep_norms``: keep each row's squared norm (an l2 collection's delta; 4 bytes a row,
@@ -50,10 +59,9 @@ class Delta:
         self.block_rows = block_rows
         self.keep_norms = keep_norms
         # per block: rows, row_seq, dead_seq, squared norms (None unless keep_norms)
-        self._blocks: list[
-            tuple[Matrix, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32] | None]
-        ] = []
+        self._blocks: list[_BlockData | None] = []  # None: released by ``tail`` (wholly before ``first``)
         self.rows = 0
+        self.first = 0  # rows before it are not this layer's any more (``tail``)
         self.ids: list[str] = []
         # payloads[row]: the row's payload (b"" when it has none); extended before ``rows`` grows.
         self.payloads: list[bytes] = []
@@ -96,7 +104,7 @@ class Delta:
                     )
                 )
             take = min(self.block_rows - offset, count - done)
-            block_vectors, row_seq, _, norms = self._blocks[block]
+            block_vectors, row_seq, _, norms = self._data(block)
             block_vectors[offset : offset + take] = vectors[done : done + take]
             if norms is not None:
                 norms[offset : offset + take] = squared_norms(block_vectors[offset : offset + take])
@@ -116,30 +124,70 @@ class Delta:
         self.first_seq.setdefault(item, seq)
 
     def kill(self, row: int, seq: int) -> None:
+        """Hides ``row`` (at or after ``first``) from reads at seq >= ``seq``."""
         block, offset = divmod(row, self.block_rows)
-        dead = self._blocks[block][2]
+        dead = self._data(block)[2]
         if dead[offset] == NEVER:
             dead[offset] = seq
 
+    def tail(self, first: int) -> Delta:
+        """This sealed delta without its rows before ``first`` (>= ``self.first``, <= ``rows``):
+        a new object sharing the rows, ids, payloads, index and columns; blocks wholly before
+        ``first`` are not referenced by it. For a sealed delta only (no appends after)."""
+        if not self.first <= first <= self.rows:
+            raise ValueError(f"tail from row {first} of a delta holding rows {self.first}..{self.rows}")
+        out = Delta.__new__(Delta)
+        out.__dict__.update(self.__dict__)
+        out.first = first
+        kept = first // self.block_rows  # blocks before it hold only rows before ``first``
+        out._blocks = [None if number < kept else data for number, data in enumerate(self._blocks)]
+        return out
+
+    def holds(self, row: int) -> bool:
+        """Whether ``row`` (from ``index``) is one of this layer's rows: not a tombstone, not
+        before ``first``."""
+        return row >= self.first
+
+    def _data(self, block: int) -> _BlockData:
+        data = self._blocks[block]
+        if data is None:
+            raise IndexError(f"block {block} of this delta was released (rows before {self.first})")
+        return data
+
     # ------------------------------------------------------------------ reader side
     def blocks(self, rows: int | None = None) -> Iterator[Block]:
-        """Views of the first ``rows`` rows (default: all published rows), block by block."""
+        """Views of rows ``first`` .. ``rows - 1`` (default: all published rows), block by block
+        (the first view starts at ``first``)."""
         rows = self.rows if rows is None else rows
-        blocks = self._blocks
-        for number in range((rows + self.block_rows - 1) // self.block_rows):
+        first = self.first
+        for number in range(first // self.block_rows, (rows + self.block_rows - 1) // self.block_rows):
             start = number * self.block_rows
-            used = min(self.block_rows, rows - start)
-            vectors, row_seq, dead_seq, norms = blocks[number]
-            yield Block(start, vectors[:used], row_seq[:used], dead_seq[:used], None if norms is None else norms[:used])
+            lo, hi = max(first - start, 0), min(self.block_rows, rows - start)
+            if lo >= hi:
+                continue
+            vectors, row_seq, dead_seq, norms = self._data(number)
+            yield Block(
+                start + lo, vectors[lo:hi], row_seq[lo:hi], dead_seq[lo:hi], None if norms is None else norms[lo:hi]
+            )
+
+    def span(self, lo: int, hi: int) -> Block:
+        """A view of rows ``lo`` .. ``hi - 1``: published, at or after ``first``, in one block."""
+        number, offset = divmod(lo, self.block_rows)
+        if not (self.first <= lo <= hi <= self.rows and hi - lo <= self.block_rows - offset):
+            raise ValueError(f"rows {lo}..{hi} are not one block's of rows {self.first}..{self.rows}")
+        vectors, row_seq, dead_seq, norms = self._data(number)
+        end = offset + hi - lo
+        part = None if norms is None else norms[offset:end]
+        return Block(lo, vectors[offset:end], row_seq[offset:end], dead_seq[offset:end], part)
 
     def vector(self, row: int) -> Matrix:
         block, offset = divmod(row, self.block_rows)
-        return self._blocks[block][0][offset]
+        return self._data(block)[0][offset]
 
     def version(self, row: int) -> int:
         """The row's version: the seq of the log record that wrote it."""
         block, offset = divmod(row, self.block_rows)
-        return int(self._blocks[block][1][offset])
+        return int(self._data(block)[1][offset])
 
     def live_rows(self, view_seq: int) -> npt.NDArray[np.intp]:
         """Row numbers visible at ``view_seq``."""

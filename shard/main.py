@@ -86,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(_default("checkpoint_age_s")),
         help="... or once the published graph has gone this long without a snapshot",
     )
+    p.add_argument(
+        "--fold-step-rows",
+        type=int,
+        default=int(_default("fold_step_rows")),
+        help="a fold that adds to the searched graph's index publishes a graph every this many rows (or a "
+        "32nd of the graph, if more), so fewer rows are searched exactly while it runs and their memory "
+        "goes early (0: one graph at the end)",
+    )
     p.add_argument("--rebuild-deleted-ratio", type=float, default=float(_default("rebuild_deleted_ratio")))
     p.add_argument("--build-threads", type=int, default=int(_env("build_threads", str(cpus))))
     p.add_argument(
@@ -164,6 +172,7 @@ def options_from_args(args: argparse.Namespace) -> CollectionOptions:
         compact_age_s=args.compact_age_s,
         checkpoint_rows=args.checkpoint_rows,
         checkpoint_age_s=args.checkpoint_age_s,
+        fold_step_rows=args.fold_step_rows,
         rebuild_deleted_ratio=args.rebuild_deleted_ratio,
         build_threads=args.build_threads,
         search_threads=args.search_threads,

@@ -300,8 +300,11 @@ def search_delta(
     visible = np.concatenate([b.visible(view_seq) for b in blocks])
     if node is None:
         allowed = visible
-    else:
-        allowed = evaluate(node, ColumnIndex(layer.columns, rows), LabelSet(rows, dense=visible)).mask()
+    else:  # the columns hold every row from 0; rows before the first block's are not this layer's
+        first = blocks[0].start
+        dense = np.zeros(rows, dtype=np.bool_)
+        dense[first:] = visible
+        allowed = evaluate(node, ColumnIndex(layer.columns, rows), LabelSet(rows, dense=dense)).mask()[first:]
     matched = int(np.count_nonzero(allowed))
     return scan_delta(layer, blocks, allowed, queries, k, space, threads), matched
 
@@ -315,13 +318,13 @@ def scan_delta(
     space: str,
     threads: int = 1,
 ) -> Part:
-    """Exact top-``k`` per query (ids, distances) over the rows of ``blocks`` (``layer``'s, from
-    its first row) where ``allowed`` is set; split over up to ``threads`` threads when large
-    (``exact.search``)."""
+    """Exact top-``k`` per query (ids, distances) over the rows of ``blocks`` (``layer``'s,
+    consecutive from the first block's ``start``) where ``allowed`` (one flag per row of
+    ``blocks``) is set; split over up to ``threads`` threads when large (``exact.search``)."""
     if not blocks or not allowed.any():
         return _empty(len(queries))
     vectors, norms = [b.vectors for b in blocks], [b.norms for b in blocks]
     order, best = exact.search(queries, vectors, space, k, ~allowed, norms, threads)
-    ids = layer.ids
-    names = np.array([ids[i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
+    ids, first = layer.ids, blocks[0].start
+    names = np.array([ids[first + i] for i in order.ravel().tolist()], dtype=object).reshape(order.shape)
     return names, best

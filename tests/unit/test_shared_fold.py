@@ -4,8 +4,10 @@ fold that fails part way."""
 
 from __future__ import annotations
 
+import gc
 import threading
-from collections.abc import Iterator
+import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,8 @@ OPTS = CollectionOptions(
 DIM = 16
 
 
-def make(tmp_path: Path) -> Collection:
-    return Collection.create(tmp_path / "c", make_spec("c", DIM, Metric.L2.value), OPTS)
+def make(tmp_path: Path, options: CollectionOptions = OPTS) -> Collection:
+    return Collection.create(tmp_path / "c", make_spec("c", DIM, Metric.L2.value), options)
 
 
 def check_state(col: Collection, state: dict[str, np.ndarray], queries: np.ndarray) -> None:
@@ -47,8 +49,12 @@ def check_state(col: Collection, state: dict[str, np.ndarray], queries: np.ndarr
     assert recall >= 0.95
 
 
-def test_searches_beside_shared_folds_stay_correct_and_superseded_labels_get_marked(tmp_path: Path) -> None:
-    col = make(tmp_path)
+@pytest.mark.parametrize("step_rows", [0, 100], ids=["one-publish", "steps"])
+def test_searches_beside_shared_folds_stay_correct_and_superseded_labels_get_marked(
+    tmp_path: Path, step_rows: int
+) -> None:
+    options = replace(OPTS, fold_step_rows=step_rows)
+    col = make(tmp_path, options)
     rng = np.random.default_rng(5)
     data = clustered(6000, DIM, seed=31)
     state = {f"a{i}": data[i] for i in range(2000)}
@@ -115,11 +121,11 @@ def test_searches_beside_shared_folds_stay_correct_and_superseded_labels_get_mar
     queries = clustered(40, DIM, seed=99)
     check_state(col, state, queries)
     col.close()
-    col = Collection.open(tmp_path / "c", OPTS)  # the log replayed onto the older snapshot
+    col = Collection.open(tmp_path / "c", options)  # the log replayed onto the older snapshot
     check_state(col, state, queries)
     col.compact()  # a snapshot written from the shared index, then loaded back
     col.close()
-    col = Collection.open(tmp_path / "c", OPTS)
+    col = Collection.open(tmp_path / "c", options)
     check_state(col, state, queries)
     assert col.stats().delta_size == 0
     col.close()
@@ -152,22 +158,31 @@ def test_a_snapshot_with_unmarked_superseded_labels_loads_them_deleted(tmp_path:
     col.close()
 
 
+def fail_after(monkeypatch: pytest.MonkeyPatch, name: str, calls: int) -> None:
+    """``collection_module.<name>`` raises MemoryError from its ``calls + 1``-th call on."""
+    real = getattr(collection_module, name)
+    count = [0]
+
+    def failing(*args: Any) -> Any:
+        count[0] += 1
+        if count[0] > calls:
+            raise MemoryError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(collection_module, name, failing)
+
+
 def test_a_shared_fold_that_fails_part_way_is_rebuilt_by_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    col = make(tmp_path)
+    options = replace(OPTS, fold_step_rows=0)
+    col = make(tmp_path, options)
     data = clustered(3000, DIM, seed=33)
     col.upsert([f"a{i}" for i in range(1000)], data[:1000])
     col.compact()
     col.upsert([f"a{i}" for i in range(1000, 3000)], data[1000:])
-    real = collection_module._live_chunks
-
-    def failing(*args: Any) -> Iterator[Any]:
-        chunks = real(*args)
-        yield next(chunks)
-        raise MemoryError("injected")
-
-    monkeypatch.setattr(collection_module, "_live_chunks", failing)
+    real = collection_module.decode_batch
+    fail_after(monkeypatch, "decode_batch", 0)  # the rows are in the index, not in a graph
     with pytest.raises(MemoryError):
         col.compact()
     graph = col._view.graph
@@ -175,10 +190,119 @@ def test_a_shared_fold_that_fails_part_way_is_rebuilt_by_the_next(
     state = {f"a{i}": data[i] for i in range(3000)}
     queries = clustered(30, DIM, seed=97)
     check_state(col, state, queries)  # the extra elements are never returned
-    monkeypatch.setattr(collection_module, "_live_chunks", real)
+    monkeypatch.setattr(collection_module, "decode_batch", real)
     assert col.compact().rebuilt  # a fresh index: the snapshot holds only whole graphs
     check_state(col, state, queries)
     col.close()
-    col = Collection.open(tmp_path / "c", OPTS)
+    col = Collection.open(tmp_path / "c", options)
+    check_state(col, state, queries)
+    col.close()
+
+
+STEPPED = replace(OPTS, fold_step_rows=200)
+
+
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deltas of 256-row blocks, so a step's tail releases whole blocks in a small test."""
+    monkeypatch.setattr(
+        Collection, "_new_delta", lambda self: collection_module.Delta(self.spec.dimension, block_rows=256)
+    )
+
+
+def test_a_stepped_fold_publishes_graphs_that_show_every_item_once_and_frees_folded_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_blocks(monkeypatch)
+    col = make(tmp_path, STEPPED)
+    data = clustered(4000, DIM, seed=34)
+    state = {f"a{i}": data[i] for i in range(1000)}
+    col.upsert(list(state), data[:1000])
+    col.compact()
+    new = {f"b{i}": data[1000 + i] for i in range(1500)}
+    rewrites = {f"a{i}": data[2500 + i] for i in range(100)}  # with the deletes, under the rebuild ratio
+    col.upsert(list(new), np.stack(list(new.values())))
+    col.upsert(list(rewrites), np.stack(list(rewrites.values())))
+    col.delete([f"a{i}" for i in range(300, 320)])
+    state |= new | rewrites
+    for i in range(300, 320):
+        state.pop(f"a{i}")
+    first_block = weakref.ref(col._view.active._blocks[0][0])  # type: ignore[index]
+    queries = clustered(30, DIM, seed=95)
+    real_step = col._publish_step
+    steps: list[tuple[int, int]] = []
+    spare = iter(range(2800, 4000))
+
+    def checked_step(folded: Any, first: int) -> None:
+        real_step(folded, first)
+        view = col._view
+        assert view.graph is folded.graph and view.sealed is not None and view.sealed.first == first
+        steps.append((folded.graph.elements, first))
+        check_state(col, state, queries)
+        if first >= 256:  # the first block holds only folded rows: no view holds it now
+            gc.collect()
+            assert first_block() is None
+        # writes between steps: an item this fold already added, one it has not, a delete of each
+        sealed = view.sealed
+        folded_ids = [i for i, r in sealed.index.items() if 0 <= r < first and i in state][:2]
+        pending = [i for i, r in sealed.index.items() if r >= first and i in state][:2]
+        for item in folded_ids[:1] + pending[:1]:
+            row = next(spare)
+            col.upsert([item], data[row][None, :])
+            state[item] = data[row]
+        gone = folded_ids[1:] + pending[1:]
+        col.delete(gone)
+        for item in gone:
+            state.pop(item)
+        check_state(col, state, queries)
+
+    monkeypatch.setattr(col, "_publish_step", checked_step)
+    assert not col.compact().rebuilt
+    assert len(steps) >= 5 and [e for e, _ in steps] == sorted(e for e, _ in steps)
+    assert col._view.sealed is None
+    check_state(col, state, queries)
+    col.compact()  # the writes made between steps
+    check_state(col, state, queries)
+    col.close()
+    col = Collection.open(tmp_path / "c", STEPPED)
+    check_state(col, state, queries)
+    col.close()
+
+
+@pytest.mark.parametrize("where", ["after-a-step", "inside-a-step"])
+def test_a_stepped_fold_that_fails_resumes_from_its_last_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    small_blocks(monkeypatch)
+    col = make(tmp_path, STEPPED)
+    data = clustered(3000, DIM, seed=35)
+    col.upsert([f"a{i}" for i in range(1000)], data[:1000])
+    col.compact()
+    col.upsert([f"a{i}" for i in range(1000, 2500)], data[1000:2500])
+    col.upsert([f"a{i}" for i in range(100)], data[2500:2600])  # rewrites: superseded labels
+    state = {f"a{i}": data[i] for i in range(2500)} | {f"a{i}": data[2500 + i] for i in range(100)}
+    queries = clustered(30, DIM, seed=96)
+    # 200-row steps in 256-row blocks: _live_rows reads rows 0-200 (a step), 200-256, 256-456
+    # (a step), 456-512, ...
+    if where == "after-a-step":
+        fail_after(monkeypatch, "_live_rows", 3)  # right after the second step's publish
+    else:
+        fail_after(monkeypatch, "decode_batch", 5)  # rows added to the index, not yet in a graph
+    with pytest.raises(MemoryError):
+        col.compact()
+    view = col._view
+    assert view.graph is not None and view.sealed is not None and view.sealed.first > 0
+    dirty = view.graph.index.element_count > view.graph.elements
+    assert dirty == (where == "inside-a-step")
+    check_state(col, state, queries)
+    monkeypatch.undo()
+    small_blocks(monkeypatch)
+    result = col.compact()
+    assert result.rebuilt == dirty  # a dirty index is rebuilt; a clean one is added to from the step on
+    assert col._view.sealed is None
+    check_state(col, state, queries)
+    graph = col._view.graph
+    assert graph is not None and graph.live == len(state)
+    col.close()
+    col = Collection.open(tmp_path / "c", STEPPED)
     check_state(col, state, queries)
     col.close()
