@@ -18,6 +18,7 @@ from core.spec import Metric, make_spec
 from shard import collection as collection_module
 from shard import hnsw
 from shard.collection import Collection, CollectionOptions
+from shard.delta import Delta
 from testkit.datasets import clustered
 from testkit.truth import exact_top_k
 
@@ -181,7 +182,6 @@ def test_a_shared_fold_that_fails_part_way_is_rebuilt_by_the_next(
     col.upsert([f"a{i}" for i in range(1000)], data[:1000])
     col.compact()
     col.upsert([f"a{i}" for i in range(1000, 3000)], data[1000:])
-    real = collection_module.decode_batch
     fail_after(monkeypatch, "decode_batch", 0)  # the rows are in the index, not in a graph
     with pytest.raises(MemoryError):
         col.compact()
@@ -190,7 +190,7 @@ def test_a_shared_fold_that_fails_part_way_is_rebuilt_by_the_next(
     state = {f"a{i}": data[i] for i in range(3000)}
     queries = clustered(30, DIM, seed=97)
     check_state(col, state, queries)  # the extra elements are never returned
-    monkeypatch.setattr(collection_module, "decode_batch", real)
+    monkeypatch.undo()
     assert col.compact().rebuilt  # a fresh index: the snapshot holds only whole graphs
     check_state(col, state, queries)
     col.close()
@@ -204,9 +204,7 @@ STEPPED = replace(OPTS, fold_step_rows=200)
 
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deltas of 256-row blocks, so a step's tail releases whole blocks in a small test."""
-    monkeypatch.setattr(
-        Collection, "_new_delta", lambda self: collection_module.Delta(self.spec.dimension, block_rows=256)
-    )
+    monkeypatch.setattr(Collection, "_new_delta", lambda self: Delta(self.spec.dimension, block_rows=256))
 
 
 def test_a_stepped_fold_publishes_graphs_that_show_every_item_once_and_frees_folded_blocks(
@@ -235,8 +233,9 @@ def test_a_stepped_fold_publishes_graphs_that_show_every_item_once_and_frees_fol
     def checked_step(folded: Any, first: int) -> None:
         real_step(folded, first)
         view = col._view
-        assert view.graph is folded.graph and view.sealed is not None and view.sealed.first == first
-        steps.append((folded.graph.elements, first))
+        assert view.graph is not None and view.graph is folded.graph
+        assert view.sealed is not None and view.sealed.first == first
+        steps.append((view.graph.elements, first))
         check_state(col, state, queries)
         if first >= 256:  # the first block holds only folded rows: no view holds it now
             gc.collect()
