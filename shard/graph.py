@@ -436,7 +436,8 @@ class Graph:
         return self._ids_array[labels]
 
     def attach_file(self, path: Path) -> None:
-        """Serves ``vectors`` from this graph's snapshot file (:class:`IndexFileRows`).
+        """Serves ``vectors`` from this graph's snapshot file (:class:`IndexFileRows`) when the
+        index cannot copy rows out itself (``hnsw.can_gather``: an ``hnswlib.Index``).
 
         hnswlib 0.8's ``get_items`` costs ~40 us per label; a ``pread`` of the row is a few
         microseconds. The file is checked against ``get_items`` on a sample and not used if
@@ -444,6 +445,8 @@ class Graph:
         """
         if self.full_rows is not None:
             return  # int8: the index file holds codes; full_rows serves the vectors
+        if hnsw.can_gather(self.index):
+            return  # ``vectors`` copies from the index itself (no file, no label -> offset table)
         rows = open_index_rows(path, self.index.dim, self.elements)
         if rows is None:
             return

@@ -197,12 +197,17 @@ def knn_allowed(
     return labels, distances
 
 
+def can_gather(index: HnswIndex) -> bool:
+    """Whether :func:`gather` copies rows out of ``index`` (else it returns None)."""
+    return is_native(index) and hasattr(index, "gather")
+
+
 def gather(index: HnswIndex, labels: npt.NDArray[np.int64]) -> Matrix | None:
     """The stored vectors of live ``labels`` copied from the index's own memory (a memcpy each,
     under hnswlib's label lock), or None when ``index`` has no ``gather`` (an ``hnswlib.Index``,
     or a native module built before it): the caller reads them elsewhere. RuntimeError for an
     absent or deleted label. Safe concurrently with searches, not with ``add_items``."""
-    if not is_native(index) or not hasattr(index, "gather"):
+    if not can_gather(index) or not hasattr(index, "gather"):
         return None
     rows: Matrix = index.gather(labels)
     return rows

@@ -282,7 +282,10 @@ def test_delta_spanning_many_blocks_searches_and_folds_correctly(tmp_path: Path)
     col.close()
 
 
-def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(tmp_path: Path) -> None:
+def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hnsw, "can_gather", lambda index: False)  # as with hnswlib's own index
     col = make(tmp_path, dim=16)
     data = clustered(2000, 16, seed=13)
     ids = [f"g{i}" for i in range(2000)]
@@ -437,8 +440,26 @@ def test_versions_are_the_seq_of_the_writing_record_through_folds_and_recovery(t
     col.close()
 
 
-def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(tmp_path: Path) -> None:
-    """A graph reads its rows from the snapshot with pread: no page of the file is mapped."""
+@pytest.mark.skipif(not hnsw.NATIVE, reason="needs shard._vsnative")
+def test_a_native_graph_copies_rows_from_its_index_and_keeps_no_snapshot_reader(tmp_path: Path) -> None:
+    col = make(tmp_path, dim=16)
+    data = clustered(500, 16, seed=14)
+    col.upsert([f"n{i}" for i in range(500)], data)
+    col.compact()
+    col = reopen(col)
+    graph = col._view.graph
+    assert graph is not None and hnsw.can_gather(graph.index) and graph._file_rows is None
+    _, vectors, _ = col.get(["n0", "n499"])
+    np.testing.assert_array_equal(vectors, data[[0, 499]])
+    col.close()
+
+
+def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph whose index cannot copy rows out reads them from the snapshot with pread: no page
+    of the file is mapped."""
+    monkeypatch.setattr(hnsw, "can_gather", lambda index: False)  # as with hnswlib's own index
     col = make(tmp_path, dim=64)
     data = clustered(3000, 64, seed=5)
     col.upsert([f"r{i}" for i in range(3000)], data)
