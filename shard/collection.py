@@ -6,9 +6,13 @@ Contracts
   policy). Each call is one record, so a batch is all-or-nothing after a crash.
 * Ordering: writes are serialised by ``_write_lock``; the WAL seq order is the apply order.
 * Reads (``search``, ``get``) take no lock. A read first takes the applied seq ``v`` and then
-  the current layers, and sees exactly the writes with seq <= v (see delta.py and graph.py).
-* Compaction (``compact``) seals the active delta, builds the next graph privately (an
-  in-memory copy of the current one, or a rebuild) and swaps it in; searches and writes go on
+  the current layers, and sees exactly the writes with seq <= max(v, the layers' ``floor``)
+  (see delta.py and graph.py): a graph published by a fold shows every write up to the fold's
+  seal seq to every reader, so a reader whose ``v`` is older reads at that seal seq (every
+  write up to it was applied before the layers were published).
+* Compaction (``compact``) seals the active delta, builds the next graph (adding to the
+  published graph's own native index and publishing a graph every few thousand rows, else
+  privately: an in-memory copy, a loaded snapshot, or a rebuild) and swaps it in; searches and writes go on
   meanwhile (writes wait only for the brief seal and publish steps). One compaction runs at a
   time. A checkpoint writes the published graph's snapshot and truncates the log behind it: on
   every explicit ``compact()``, and for background folds (``compact(background=True)``) once
@@ -123,6 +127,7 @@ class _View(NamedTuple):
     graph: Graph | None
     sealed: Delta | None
     active: Delta
+    floor: int = 0  # readers of these layers read at seq >= floor (the seal seq of the fold that published them)
 
 
 class Collection:
@@ -457,6 +462,7 @@ class Collection:
         prepared = queries.vectors
         view_seq = self._applied_seq  # read before the layers (see module docstring)
         view = self._view
+        view_seq = max(view_seq, view.floor)
         if allow_ids:
             allowed = validate_ids(allow_ids, "allow_ids")
             return SearchReply(self._search_allowed(prepared, k, ef, allowed, view_seq, view))
@@ -613,6 +619,7 @@ class Collection:
             raise InvalidArgument(f"batch_size must be in 1..{MAX_SCAN_BATCH}, got {batch_size}")
         view_seq = self._applied_seq  # before the layers (see the module docstring)
         view = self._view
+        view_seq = max(view_seq, view.floor)
         layers: list[_ScanLayer] = []
         graph = view.graph
         if graph is not None and graph.live:
@@ -707,7 +714,7 @@ class Collection:
                 if view.sealed is None and checkpoint_only is None:
                     self._sealed_seq = self._applied_seq
                     wal.rotate()  # the records of the sealed delta end in closed segments
-                    view = _View(view.graph, view.active, self._new_delta())
+                    view = _View(view.graph, view.active, self._new_delta(), view.floor)
                     self._view = view
                     self._active_since = None
                 self._compacting = True
@@ -731,7 +738,7 @@ class Collection:
                     delta_rows=sealed.rows - sealed.first,
                     graph_elements=graph.elements if graph is not None else 0,
                 )
-                sealed_rows = sealed.rows - sealed.first
+                sealed_rows = sealed.rows  # a failed attempt's steps counted none of theirs
                 del view, sealed  # the fold reads the sealed rows through the view (steps drop folded blocks)
                 self._mark_superseded()
                 folded = self._fold(graph, self._sealed_seq, self._publish_step)
@@ -761,7 +768,10 @@ class Collection:
 
     def _publish(self, folded: _Folded, sealed: Delta | None) -> None:
         """Makes ``folded.graph`` the view's graph, with ``sealed`` as the view's sealed delta (a
-        step's tail; None once the fold is done): first hides its labels of ids written since
+        step's tail; None once the fold is done) and the seal seq as the view's ``floor`` (the
+        graph shows every write up to it to every reader; a step's tail hides the rows the
+        graph holds, and a reader below the seal seq would miss an id whose newest row is still
+        in the tail while its older label is hidden): first hides its labels of ids written since
         the seal (``shadow`` at their first write's seq), under the write lock, so every view
         shows each id's newest version once. Under the compaction lock."""
         graph = folded.graph
@@ -771,7 +781,7 @@ class Collection:
                 label = graph.label_of.get(item)
                 if label is not None:
                     graph.shadow(label, first)
-            self._view = _View(graph, sealed, view.active)
+            self._view = _View(graph, sealed, view.active, self._sealed_seq)
             if self._unsnapshotted_since is None:
                 self._unsnapshotted_since = time.monotonic()
         self._track_index_graphs(folded, view.graph)
@@ -1157,7 +1167,7 @@ def _live_rows(
     span = sealed.span(lo, hi)
     visible = span.visible(seal_seq)
     if visible.all():
-        return sealed.ids[lo:hi], span.vectors, sealed.payloads[lo:hi], span.row_seq, hi
+        return sealed.ids[lo:hi], span.vectors, sealed.payloads[lo:hi], span.row_seq.copy(), hi
     rows = (np.flatnonzero(visible) + lo).tolist()
     return (
         [sealed.ids[r] for r in rows],

@@ -305,3 +305,41 @@ def test_a_stepped_fold_that_fails_resumes_from_its_last_step(
     col = Collection.open(tmp_path / "c", STEPPED)
     check_state(col, state, queries)
     col.close()
+
+
+def test_a_reader_whose_seq_predates_the_seal_still_sees_every_item_during_a_stepped_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader reads the applied seq, stalls, and reads the layers after a step was published:
+    the step's graph hides the rewritten ids' old labels and their new rows are still in the
+    tail, newer than the reader's seq. It must read at the fold's seal seq (the view's floor)."""
+    small_blocks(monkeypatch)
+    col = make(tmp_path, STEPPED)
+    data = clustered(2000, DIM, seed=36)
+    col.upsert([f"a{i}" for i in range(1000)], data[:1000])
+    col.compact()
+    col.upsert([f"b{i}" for i in range(900)], data[1000:1900])
+    stalled = col._applied_seq  # a reader takes its seq here, then stalls
+    col.upsert([f"a{i}" for i in range(50)], data[1900:1950])  # rows 900-949 of the sealed delta
+    expected = {f"a{i}" for i in range(1000)} | {f"b{i}" for i in range(900)}
+    real_step = col._publish_step
+    seen: list[int] = []
+
+    def stalled_reader(folded: Any, first: int) -> None:
+        real_step(folded, first)
+        current = col._applied_seq
+        col._applied_seq = stalled  # ... and reads the layers now
+        try:
+            scanned = list(col.scan())
+            hits = col.search(np.zeros((1, DIM), np.float32), len(expected) + 10)[0].ids
+        finally:
+            col._applied_seq = current
+        ids = [item for batch in scanned for item in batch.ids]
+        assert sorted(ids) == sorted(expected) and sorted(hits) == sorted(expected)
+        assert all(batch.applied_seq == current for batch in scanned)  # the seq it really read at (the seal)
+        seen.append(first)
+
+    monkeypatch.setattr(col, "_publish_step", stalled_reader)
+    col.compact()
+    assert len(seen) >= 3
+    col.close()
