@@ -312,8 +312,9 @@ def index_is_dirty(graph: Graph) -> bool:
 def reserve(index: HnswIndex, capacity: int) -> None:
     """Grows a native ``index`` to hold ``capacity`` elements, with an eighth more room so that
     small folds do not resize each time (the room is allocated, not touched: it costs no RSS
-    until used). A resize holds this index's searches back for its duration (its level-0 block
-    is copied to a new one in 16 MB steps: the whole graph, once per eighth of growth)."""
+    until used). A resize holds this index's searches back for its duration: a few ms where the
+    level-0 block is a mapping of the native module's (grown by mremap: ``bench/resize_stall.py``),
+    else a copy of the whole block, once per eighth of growth."""
     if index.max_elements < capacity:
         index.resize_index(capacity + capacity // 8)
 

@@ -46,6 +46,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -69,7 +70,54 @@ namespace {
 
 using hnswlib::labeltype;
 using hnswlib::tableint;
-using Hnsw = hnswlib::HierarchicalNSW<float>;
+// Level-0 blocks this module mapped itself (move_level0_to_huge_pages): start -> mapped length.
+// hnswlib frees its block with free(); a mapped one is unmapped instead (release_level0, Hnsw's
+// destructor) and grown with mremap (grow_index): its pages move, none is copied.
+std::mutex g_mapped_mutex;
+std::unordered_map<const void*, size_t> g_mapped;
+
+size_t mapped_length(const void* block) {
+    std::lock_guard<std::mutex> lock(g_mapped_mutex);
+    auto found = g_mapped.find(block);
+    return found == g_mapped.end() ? 0 : found->second;
+}
+
+void set_mapped(const void* block, size_t length) {
+    std::lock_guard<std::mutex> lock(g_mapped_mutex);
+    if (length == 0) {
+        g_mapped.erase(block);
+    } else {
+        g_mapped[block] = length;
+    }
+}
+
+// free() for hnswlib's own blocks, munmap for the ones mapped here.
+void release_level0(char* block) {
+    if (block == nullptr) {
+        return;
+    }
+#if defined(__linux__)
+    const size_t length = mapped_length(block);
+    if (length != 0) {
+        set_mapped(block, 0);
+        munmap(block, length);
+        return;
+    }
+#endif
+    free(block);
+}
+
+// hnswlib's index, whose destructor first releases a level-0 block mapped here (hnswlib's own
+// clear() then frees nothing: free(nullptr)).
+struct Hnsw : hnswlib::HierarchicalNSW<float> {
+    using hnswlib::HierarchicalNSW<float>::HierarchicalNSW;
+    Hnsw(const Hnsw&) = delete;
+    Hnsw& operator=(const Hnsw&) = delete;
+    ~Hnsw() override {
+        release_level0(data_level0_memory_);
+        data_level0_memory_ = nullptr;
+    }
+};
 
 constexpr tableint kAbsent = std::numeric_limits<tableint>::max();
 constexpr uint64_t kNoEntry = std::numeric_limits<uint64_t>::max();
@@ -644,7 +692,8 @@ class AcornSearch {
 // be advised before its pages are first touched, so a block hnswlib already filled (load_index)
 // is copied into a fresh advised one, 16 MB at a time, each copied part of the old block released
 // at once (~60 ms at 170 MB, 16 MB above the block's size at the peak). The layout, the file
-// format and hnswlib's free()/realloc() of the block are unchanged (posix_memalign memory).
+// format are unchanged; the block is an anonymous mapping of our own (g_mapped), released by
+// release_level0 and grown by grow_index with mremap (no copy: searches wait for the growth).
 bool huge_pages_wanted(size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     constexpr size_t kHuge = size_t{2} << 20;
@@ -667,6 +716,66 @@ bool huge_pages_wanted(size_t bytes) {
 #endif
 }
 
+#if defined(__linux__)
+size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// A read-write anonymous mapping of at least `bytes` (whole 2 MB pages, so one madvise covers it
+// and it stays one VMA, which mremap needs; *length set) starting on a 2 MB boundary, or nullptr.
+// `prot` PROT_NONE reserves the range only.
+char* map_aligned(size_t bytes, size_t* length, int prot = PROT_READ | PROT_WRITE) {
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t want = round_up(bytes, kHuge);
+    void* raw = mmap(nullptr, want + kHuge, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
+        return nullptr;
+    }
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t start = round_up(begin, kHuge);
+    const uintptr_t end = begin + want + kHuge;
+    if (start > begin) {
+        munmap(raw, start - begin);
+    }
+    if (end > start + want) {
+        munmap(reinterpret_cast<void*>(start + want), end - (start + want));
+    }
+    *length = want;
+    return reinterpret_cast<char*>(start);
+}
+
+// Grows the mapped level-0 block `old` (length `old_length`, from map_aligned) to at least
+// `bytes`: in place when the range after it is free, else its pages move (mremap) to a new 2 MB
+// boundary, so huge pages stay whole; nothing is copied. The new block, or nullptr (`old`
+// unchanged).
+char* grow_mapped(char* old, size_t old_length, size_t bytes) {
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t want = round_up(bytes, kHuge);
+    if (want <= old_length) {
+        return old;
+    }
+    char* grown = nullptr;
+    void* same = mremap(old, old_length, want, 0);
+    if (same != MAP_FAILED) {
+        grown = old;
+    } else {
+        size_t reserved = 0;
+        char* target = map_aligned(want, &reserved, PROT_NONE);
+        if (target == nullptr) {
+            return nullptr;
+        }
+        void* moved = mremap(old, old_length, want, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+        if (moved == MAP_FAILED) {
+            munmap(target, reserved);
+            return nullptr;
+        }
+        grown = static_cast<char*>(moved);
+    }
+    set_mapped(old, 0);
+    set_mapped(grown, want);
+    madvise(grown, want, MADV_HUGEPAGE);
+    return grown;
+}
+#endif
+
 // Replaces alg.data_level0_memory_ by a 2 MB-aligned block advised for huge pages, sized for
 // alg.max_elements_; copies the first `used` bytes (0 for a fresh index: nothing to copy, nothing
 // touched). False (nothing changed) where huge pages are not wanted or the block cannot be had.
@@ -677,11 +786,12 @@ bool move_level0_to_huge_pages(Hnsw& alg, size_t used) {
         return false;
     }
     constexpr size_t kHuge = size_t{2} << 20;
-    void* block = nullptr;
-    if (posix_memalign(&block, kHuge, bytes) != 0) {
+    size_t length = 0;
+    char* block = map_aligned(bytes, &length);
+    if (block == nullptr) {
         return false;  // keep hnswlib's block
     }
-    madvise(block, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+    madvise(block, length, MADV_HUGEPAGE);
     char* old = alg.data_level0_memory_;
     constexpr size_t kChunk = size_t{16} << 20;
     const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -694,8 +804,9 @@ bool move_level0_to_huge_pages(Hnsw& alg, size_t used) {
             madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);  // freed below anyway
         }
     }
-    free(old);
-    alg.data_level0_memory_ = static_cast<char*>(block);
+    set_mapped(block, length);
+    alg.data_level0_memory_ = block;
+    release_level0(old);
     return true;
 #else
     (void)alg;
@@ -704,18 +815,35 @@ bool move_level0_to_huge_pages(Hnsw& alg, size_t used) {
 #endif
 }
 
-// hnswlib's resizeIndex, except that the level-0 block (the vectors and level-0 links: nearly all
-// of the index) moves to a new huge-page block 16 MB at a time, each copied part of the old one
-// released (move_level0_to_huge_pages): growing a large index costs 16 MB above its new size, not
-// its old size again (glibc's realloc of an aligned block copies it whole). Plain realloc where
-// huge pages are not used. The caller excludes every other use of the index.
+// hnswlib's resizeIndex, except for the level-0 block (the vectors and level-0 links: nearly all
+// of the index): a mapping of ours (huge pages) grows in place or has its pages moved by mremap,
+// nothing copied (~8 ms at 100k x 384 against 35-200 ms for a copy: searches wait meanwhile);
+// hnswlib's own block moves to such a mapping 16 MB at a time, each copied part of the old one
+// released (move_level0_to_huge_pages), so growing costs 16 MB above the new size, not the old
+// size again (glibc's realloc of an aligned block copies it whole). Plain realloc where huge
+// pages are not used. The caller excludes every other use of the index.
 void grow_index(Hnsw& alg, size_t new_max_elements) {
     if (new_max_elements < alg.cur_element_count) {
         throw std::runtime_error("Cannot resize, max element is less than the current number of elements");
     }
     const size_t old_max = alg.max_elements_;
     alg.max_elements_ = new_max_elements;
-    if (!move_level0_to_huge_pages(alg, alg.cur_element_count * alg.size_data_per_element_)) {
+    bool grown = false;
+#if defined(__linux__)
+    const size_t mapped = mapped_length(alg.data_level0_memory_);
+    if (mapped != 0) {
+        char* block = grow_mapped(alg.data_level0_memory_, mapped, new_max_elements * alg.size_data_per_element_);
+        if (block != nullptr) {
+            alg.data_level0_memory_ = block;
+            grown = true;
+        }
+    }
+#endif
+    if (!grown && !move_level0_to_huge_pages(alg, alg.cur_element_count * alg.size_data_per_element_)) {
+        if (mapped_length(alg.data_level0_memory_) != 0) {  // ours: realloc() must not touch it
+            alg.max_elements_ = old_max;
+            throw std::runtime_error("Not enough memory: resizeIndex failed to grow the base layer");
+        }
         char* level0 = static_cast<char*>(realloc(alg.data_level0_memory_, new_max_elements * alg.size_data_per_element_));
         if (level0 == nullptr) {
             alg.max_elements_ = old_max;

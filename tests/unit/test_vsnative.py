@@ -659,7 +659,7 @@ def test_acorn_sees_items_added_and_deleted_after_its_first_search(
 def test_huge_page_blocks_search_save_and_resize_like_plain_ones(tmp_path: Path) -> None:
     """Level-0 blocks of 4 MB and more move to memory advised for transparent huge pages (at
     init_index and load_index; VS_NATIVE_HUGEPAGES=0 turns it off): same files, same results,
-    resize_index (hnswlib's realloc of the block) still works."""
+    resize_index (the mapping grown with mremap) still works."""
     code = (
         "import sys, numpy as np\n"
         "from shard import _vsnative\n"

@@ -24,17 +24,17 @@ pytestmark = pytest.mark.skipif(os.environ.get("VS_NATIVE") == "0", reason="shar
 DIM, BASE, EXTRA, K = 24, 3000, 3000, 10
 
 
-def _index(space: str, capacity: int) -> Any:
+def _index(space: str, capacity: int, dim: int = DIM) -> Any:
     from shard import _vsnative
 
-    index = _vsnative.Index(space, DIM)
+    index = _vsnative.Index(space, dim)
     index.init_index(max_elements=capacity, M=12, ef_construction=80, random_seed=7)
     index.set_ef(1)
     return index
 
 
-def _rows(seed: int, n: int) -> npt.NDArray[np.float32]:
-    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+def _rows(seed: int, n: int, dim: int = DIM) -> npt.NDArray[np.float32]:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
 def _recall(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:
@@ -126,10 +126,13 @@ def test_limit_hides_labels_at_or_past_it_without_an_add_running() -> None:
     assert np.mean(labels[:, 0] == np.arange(1500, 1600)) >= 0.97
 
 
-def test_resize_and_mark_deleted_beside_searches() -> None:
-    rows = _rows(5, 4000)
-    queries = _rows(6, 32)
-    index = _index("ip", 1000)
+@pytest.mark.parametrize("dim", [DIM, 384], ids=["small-block", "mapped-block"])
+def test_resize_and_mark_deleted_beside_searches(dim: int) -> None:
+    """At 384-d the level-0 block passes 4 MB while it grows: it moves to a mapping of our own
+    (huge pages), then grows with mremap, its pages moved and not copied."""
+    rows = _rows(5, 4000, dim)
+    queries = _rows(6, 32, dim)
+    index = _index("ip", 1000, dim)
     index.add_items(rows[:1000], np.arange(1000), num_threads=2)
     truth = exact_top_k(rows[:1000], queries, K, "ip")
 
