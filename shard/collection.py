@@ -1181,22 +1181,13 @@ def _live_rows(
 def _live_chunks(
     sealed: Delta, seal_seq: int
 ) -> Iterator[tuple[list[str], Matrix, list[bytes], npt.NDArray[np.int64]]]:
-    """The rows of a sealed delta that were live at ``seal_seq``, block by block, with their
-    payloads and versions (vector views when a whole block is live, so folding does not copy
-    the delta)."""
-    for block in sealed.blocks():
-        visible = block.visible(seal_seq)
-        start, end = block.start, block.start + len(visible)
-        if visible.all():
-            yield sealed.ids[start:end], block.vectors, sealed.payloads[start:end], block.row_seq
-        elif visible.any():
-            rows = (np.flatnonzero(visible) + start).tolist()
-            yield (
-                [sealed.ids[r] for r in rows],
-                block.vectors[np.asarray(rows) - start],
-                [sealed.payloads[r] for r in rows],
-                block.row_seq[visible],
-            )
+    """The rows of a sealed delta (from its ``first``) that were live at ``seal_seq``, block by
+    block (``_live_rows``)."""
+    position = sealed.first
+    while position < sealed.rows:
+        ids, vectors, payloads, seqs, position = _live_rows(sealed, seal_seq, position, sealed.block_rows)
+        if ids:
+            yield ids, vectors, payloads, seqs
 
 
 def _merge(parts: list[tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]], k: int, nq: int) -> list[QueryHits]:
