@@ -786,14 +786,15 @@ class Collection:
                 self._unsnapshotted_since = time.monotonic()
         self._track_index_graphs(folded, view.graph)
 
-    def _publish_step(self, folded: _Folded, first: int) -> None:
+    def _publish_step(self, folded: _Folded, first: int, folded_ids: int) -> None:
         """A fold's step: publishes ``folded.graph`` (it holds the sealed delta's rows before
-        ``first``) with the sealed delta from row ``first``; returns the freed blocks' memory to
-        the system once the last view holding them is gone (here, if no reader holds one)."""
+        ``first``, ``folded_ids`` ids) with the sealed delta from row ``first``; returns the freed
+        blocks' memory to the system once the last view holding them is gone (here, if no reader
+        holds one)."""
         sealed = self._view.sealed
         assert sealed is not None
         released = first // sealed.block_rows > sealed.first // sealed.block_rows
-        self._publish(folded, sealed.tail(first))
+        self._publish(folded, sealed.tail(first, folded_ids))
         del sealed
         memtrace.mark("step_published", graph_elements=folded.graph.elements, first=first)
         if released:
@@ -878,17 +879,17 @@ class Collection:
                 )
             register()
 
-    def _fold(self, graph: Graph | None, seal_seq: int, publish: Callable[[_Folded, int], None]) -> _Folded:
+    def _fold(self, graph: Graph | None, seal_seq: int, publish: Callable[[_Folded, int, int], None]) -> _Folded:
         """Builds the graph for ``seal_seq`` from ``graph`` + the view's sealed delta (its rows from
         its ``first``): adds to ``graph``'s index where it is shared (``shares_index``; the labels
         ``graph`` holds are left as they were), else leaves ``graph`` untouched; never touches the
         sealed rows. A shared fold publishes a graph every ``fold_step_rows`` rows or more
-        (``_step_rows``) through ``publish(folded, first)`` (the sealed delta's rows before
-        ``first`` are in that graph); it reads the sealed rows through the view, so blocks a step
-        left out are freed once no reader holds an older view. An int8 collection's new graph
-        gets its float32 rows in a private ``.tmp-rows-*`` file under the snapshot directory
-        (moved into the snapshot by ``write_snapshot``; removed here on failure, else by the next
-        ``list_snapshots``)."""
+        (``_step_rows``) through ``publish(folded, first, folded_ids)`` (the sealed delta's rows
+        before ``first``, ``folded_ids`` ids, are in that graph); it reads the sealed rows through
+        the view, so blocks a step left out are freed once no reader holds an older view. An int8
+        collection's new graph gets its float32 rows in a private ``.tmp-rows-*`` file under the
+        snapshot directory (moved into the snapshot by ``write_snapshot``; removed here on
+        failure, else by the next ``list_snapshots``)."""
         rows_out = None
         if self.spec.quantization is Quantization.INT8:
             rows_out = _RowsWriter(self._snapshot_dir / f".tmp-rows-{seal_seq:020d}-{os.getpid()}")
@@ -909,7 +910,11 @@ class Collection:
         return max(self.options.fold_step_rows, graph.elements // _FOLD_STEPS)
 
     def _fold_layers(
-        self, graph: Graph | None, seal_seq: int, rows_out: _RowsWriter | None, publish: Callable[[_Folded, int], None]
+        self,
+        graph: Graph | None,
+        seal_seq: int,
+        rows_out: _RowsWriter | None,
+        publish: Callable[[_Folded, int, int], None],
     ) -> _Folded:
         sealed = self._view.sealed
         assert sealed is not None
@@ -1000,6 +1005,7 @@ class Collection:
                 label_of.pop(item, None)
         step_rows = self._step_rows(graph) if shared and graph is not None else 0
         position, end_row, published_at, stepped = sealed.first, sealed.rows, sealed.first, False
+        folded_ids = sealed.folded
         del sealed  # read through the view from here: a step's published tail lets folded blocks go
         while position < end_row:
             current = self._view.sealed
@@ -1007,6 +1013,7 @@ class Collection:
             ids, vectors, payloads, seqs, position = _live_rows(current, seal_seq, position, step_rows or _BUILD_CHUNK)
             del current
             if ids:
+                folded_ids += len(ids)
                 base = len(label_ids)
                 index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
                 if rows_out is not None:
@@ -1031,7 +1038,7 @@ class Collection:
                 )
                 step.index_fields(columns.gather(np.arange(columns.rows)))
                 self._hide_superseded(step, replaced)
-                publish(_Folded(step, False, True, [] if stepped else replaced), position)
+                publish(_Folded(step, False, True, [] if stepped else replaced), position, folded_ids)
                 published_at, stepped = position, True
         label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
         if rebuild:

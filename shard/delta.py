@@ -62,6 +62,7 @@ class Delta:
         self._blocks: list[_BlockData | None] = []  # None: released by ``tail`` (wholly before ``first``)
         self.rows = 0
         self.first = 0  # rows before it are not this layer's any more (``tail``)
+        self.folded = 0  # ids of ``index`` whose row lies before ``first``
         self.ids: list[str] = []
         # payloads[row]: the row's payload (b"" when it has none); extended before ``rows`` grows.
         self.payloads: list[bytes] = []
@@ -73,8 +74,8 @@ class Delta:
         self.columns = FieldColumns()
 
     def __len__(self) -> int:
-        """Number of ids this delta has an operation for."""
-        return len(self.index)
+        """Number of ids this delta has an operation for that is not in a graph yet (``tail``)."""
+        return len(self.index) - self.folded
 
     # ------------------------------------------------------------------ writer side
     def append(
@@ -130,15 +131,18 @@ class Delta:
         if dead[offset] == NEVER:
             dead[offset] = seq
 
-    def tail(self, first: int) -> Delta:
-        """This sealed delta without its rows before ``first`` (>= ``self.first``, <= ``rows``):
-        a new object sharing the rows, ids, payloads, index and columns; blocks wholly before
-        ``first`` are not referenced by it. For a sealed delta only (no appends after)."""
+    def tail(self, first: int, folded: int = 0) -> Delta:
+        """This sealed delta without its rows before ``first`` (>= ``self.first``, <= ``rows``),
+        ``folded`` of whose ids (the live ones: one row each) are in a graph now: a new object
+        sharing the rows, ids, payloads, index and columns; blocks wholly before ``first`` are not
+        referenced by it. For a sealed delta only (no appends after)."""
         if not self.first <= first <= self.rows:
             raise ValueError(f"tail from row {first} of a delta holding rows {self.first}..{self.rows}")
+        if not self.folded <= folded <= len(self.index):
+            raise ValueError(f"{folded} folded ids of a delta with {len(self.index)} ids, {self.folded} folded")
         out = Delta.__new__(Delta)
         out.__dict__.update(self.__dict__)
-        out.first = first
+        out.first, out.folded = first, folded
         kept = first // self.block_rows  # blocks before it hold only rows before ``first``
         out._blocks = [None if number < kept else data for number, data in enumerate(self._blocks)]
         return out

@@ -40,6 +40,9 @@ def test_a_tail_shares_rows_and_leaves_out_those_before_first() -> None:
     with pytest.raises(ValueError):
         tail.tail(4)  # never backwards
     assert list(delta.tail(10).blocks()) == []
+    assert len(delta) == 11 and len(delta.tail(5, folded=5)) == 6  # ten rows and a tombstone
+    with pytest.raises(ValueError):
+        delta.tail(5, folded=12)
 
 
 def test_a_tail_is_searched_and_filtered_over_its_own_rows_only() -> None:

@@ -230,11 +230,13 @@ def test_a_stepped_fold_publishes_graphs_that_show_every_item_once_and_frees_fol
     steps: list[tuple[int, int]] = []
     spare = iter(range(2800, 4000))
 
-    def checked_step(folded: Any, first: int) -> None:
-        real_step(folded, first)
+    def checked_step(folded: Any, first: int, folded_count: int) -> None:
+        waiting = len(col._view.sealed or [])
+        real_step(folded, first, folded_count)
         view = col._view
         assert view.graph is not None and view.graph is folded.graph
         assert view.sealed is not None and view.sealed.first == first
+        assert 0 < len(view.sealed) < waiting  # the stats' delta size: ids not in a graph yet
         steps.append((view.graph.elements, first))
         check_state(col, state, queries)
         if first >= 256:  # the first block holds only folded rows: no view holds it now
@@ -325,8 +327,8 @@ def test_a_reader_whose_seq_predates_the_seal_still_sees_every_item_during_a_ste
     real_step = col._publish_step
     seen: list[int] = []
 
-    def stalled_reader(folded: Any, first: int) -> None:
-        real_step(folded, first)
+    def stalled_reader(folded: Any, first: int, folded_ids: int) -> None:
+        real_step(folded, first, folded_ids)
         current = col._applied_seq
         col._applied_seq = stalled  # ... and reads the layers now
         try:
