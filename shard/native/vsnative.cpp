@@ -752,6 +752,9 @@ char* grow_mapped(char* old, size_t old_length, size_t bytes) {
     if (want <= old_length) {
         return old;
     }
+    // Forget `old` before its range may be freed: another index mapping a block in the range
+    // the move frees must not have its record erased by ours afterwards.
+    set_mapped(old, 0);
     char* grown = nullptr;
     void* same = mremap(old, old_length, want, 0);
     if (same != MAP_FAILED) {
@@ -759,17 +762,17 @@ char* grow_mapped(char* old, size_t old_length, size_t bytes) {
     } else {
         size_t reserved = 0;
         char* target = map_aligned(want, &reserved, PROT_NONE);
-        if (target == nullptr) {
-            return nullptr;
-        }
-        void* moved = mremap(old, old_length, want, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+        void* moved = target == nullptr
+                          ? MAP_FAILED
+                          : mremap(old, old_length, want, MREMAP_MAYMOVE | MREMAP_FIXED, target);
         if (moved == MAP_FAILED) {
-            munmap(target, reserved);
+            // `old` is intact. The reservation is left (address space only, no memory): the
+            // kernel may already have unmapped it, and another mapping may sit there now.
+            set_mapped(old, old_length);
             return nullptr;
         }
         grown = static_cast<char*>(moved);
     }
-    set_mapped(old, 0);
     set_mapped(grown, want);
     madvise(grown, want, MADV_HUGEPAGE);
     return grown;
@@ -853,6 +856,7 @@ void grow_index(Hnsw& alg, size_t new_max_elements) {
     }
     char** links = static_cast<char**>(realloc(alg.linkLists_, sizeof(void*) * new_max_elements));
     if (links == nullptr) {
+        alg.max_elements_ = old_max;  // the level-0 block may be larger: harmless
         throw std::runtime_error("Not enough memory: resizeIndex failed to allocate other layers");
     }
     alg.linkLists_ = links;
@@ -1361,7 +1365,7 @@ class Index {
 
     // Room for `new_size` elements (at least the element count). Waits for an add_items in
     // progress and for every search in flight; searches and calls that arrive meanwhile wait
-    // for it (grow_index: the level-0 block copied to a new one in 16 MB steps).
+    // for it (grow_index: a mapped level-0 block grows by mremap, else it is copied).
     void resize_index(size_t new_size) {
         Hnsw& alg = inited();
         py::gil_scoped_release release;
