@@ -351,15 +351,13 @@ class Collection:
             return view.active.payloads[row]
         sealed = view.sealed
         if sealed is not None:
-            row = sealed.index.get(item)
+            row = sealed.row_of(item)  # None too when a step of the running fold put it in the graph
             if row is not None:
                 # The graph label (if any) was shadowed when the sealed delta took this id.
                 if row == TOMBSTONE:
                     return None
-                if sealed.holds(row):
-                    sealed.kill(row, seq)
-                    return sealed.payloads[row]
-                # folded by a step of the running fold: the graph holds it under a new label
+                sealed.kill(row, seq)
+                return sealed.payloads[row]
         graph = view.graph
         if graph is not None:
             label = graph.label_of.get(item)
@@ -375,8 +373,8 @@ class Collection:
         for layer in (view.active, view.sealed):
             if layer is None:
                 continue
-            row = layer.index.get(item)
-            if row is not None and (row == TOMBSTONE or layer.holds(row)):
+            row = layer.row_of(item)
+            if row is not None:
                 return None if row == TOMBSTONE else (layer, row)
         if view.graph is not None:
             label = view.graph.label_of.get(item)
@@ -564,16 +562,13 @@ class Collection:
         graph_names: list[str] = []
         graph_labels: list[int] = []
         active_index = view.active.index
-        sealed_index = view.sealed.index if view.sealed is not None else {}
         label_of = graph.label_of if graph is not None else {}
         for item in sorted(allowed_set):
             row = active_index.get(item)
             layer = view.active
             if row is None and view.sealed is not None:
-                row = sealed_index.get(item)
+                row = view.sealed.row_of(item)
                 layer = view.sealed
-                if row is not None and row != TOMBSTONE and not layer.holds(row):
-                    row = None  # folded by a step of the running fold: in the graph
             if row is None:
                 label = label_of.get(item)
                 if label is not None:
@@ -1160,7 +1155,7 @@ def _pending_ids(sealed: Delta) -> AbstractSet[str]:
     rows before ``first`` (folded by an earlier step of a fold that did not finish)."""
     if sealed.first == 0:
         return sealed.index.keys()
-    return {item for item, row in sealed.index.items() if row == TOMBSTONE or sealed.holds(row)}
+    return {item for item, row in sealed.index.items() if row == TOMBSTONE or row >= sealed.first}
 
 
 def _live_rows(

@@ -13,7 +13,7 @@ A fold that publishes its graph in steps replaces the sealed delta in the view b
 ``tail(first)``: the same rows, ids and payloads (shared, not copied), with the rows before
 ``first`` (held by the step's graph) left out of ``blocks`` and their whole blocks released once
 no older view holds the delta they came from. ``index`` still names those rows: a row below
-``first`` means "in the graph now" (``holds``).
+``first`` means "in the graph now" (``row_of`` answers None for it).
 """
 
 from __future__ import annotations
@@ -147,10 +147,13 @@ class Delta:
         out._blocks = [None if number < kept else data for number, data in enumerate(self._blocks)]
         return out
 
-    def holds(self, row: int) -> bool:
-        """Whether ``row`` (from ``index``) is one of this layer's rows: not a tombstone, not
-        before ``first``."""
-        return row >= self.first
+    def row_of(self, item: str) -> int | None:
+        """``item``'s newest row in this layer, TOMBSTONE if deleted here, None if this layer has
+        no operation on it or its row lies before ``first`` (in a graph now, ``tail``)."""
+        row = self.index.get(item)
+        if row is None or row == TOMBSTONE or row >= self.first:
+            return row
+        return None
 
     def _data(self, block: int) -> _BlockData:
         data = self._blocks[block]
@@ -163,16 +166,11 @@ class Delta:
         """Views of rows ``first`` .. ``rows - 1`` (default: all published rows), block by block
         (the first view starts at ``first``)."""
         rows = self.rows if rows is None else rows
-        first = self.first
-        for number in range(first // self.block_rows, (rows + self.block_rows - 1) // self.block_rows):
-            start = number * self.block_rows
-            lo, hi = max(first - start, 0), min(self.block_rows, rows - start)
-            if lo >= hi:
-                continue
-            vectors, row_seq, dead_seq, norms = self._data(number)
-            yield Block(
-                start + lo, vectors[lo:hi], row_seq[lo:hi], dead_seq[lo:hi], None if norms is None else norms[lo:hi]
-            )
+        lo = self.first
+        while lo < rows:
+            hi = min(rows, (lo // self.block_rows + 1) * self.block_rows)
+            yield self.span(lo, hi)
+            lo = hi
 
     def span(self, lo: int, hi: int) -> Block:
         """A view of rows ``lo`` .. ``hi - 1``: published, at or after ``first``, in one block."""

@@ -207,9 +207,9 @@ def gather(index: HnswIndex, labels: npt.NDArray[np.int64]) -> Matrix | None:
     under hnswlib's label lock), or None when ``index`` has no ``gather`` (an ``hnswlib.Index``,
     or a native module built before it): the caller reads them elsewhere. RuntimeError for an
     absent or deleted label. Safe concurrently with searches, not with ``add_items``."""
-    if not can_gather(index) or not hasattr(index, "gather"):
+    if not can_gather(index):
         return None
-    rows: Matrix = index.gather(labels)
+    rows: Matrix = index.gather(labels)  # type: ignore[attr-defined]
     return rows
 
 

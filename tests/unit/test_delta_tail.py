@@ -30,7 +30,8 @@ def test_a_tail_shares_rows_and_leaves_out_those_before_first() -> None:
     np.testing.assert_array_equal(np.concatenate([b.vectors for b in blocks]), vectors[5:])
     assert tail._blocks[0] is None and delta._blocks[0] is not None  # the whole first block goes
     assert [b.start for b in delta.blocks()] == [0, 4, 8]  # the delta itself is unchanged
-    assert not tail.holds(4) and tail.holds(5) and not tail.holds(TOMBSTONE)
+    assert tail.row_of("r4") is None and tail.row_of("r5") == 5 and tail.row_of("gone") == TOMBSTONE
+    assert tail.row_of("absent") is None and delta.row_of("r4") == 4
     assert tail.index is delta.index and tail.ids is delta.ids
     np.testing.assert_array_equal(tail.vector(9), vectors[9])
     with pytest.raises(IndexError):
