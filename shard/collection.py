@@ -61,6 +61,7 @@ from shard.graph import (
     reserve,
     shares_index,
 )
+from shard.idtable import IdTable
 from shard.labelset import LabelSet
 from shard.metrics import COMPACTION_FAILURES, COMPACTION_SECONDS
 from shard.types import (
@@ -360,7 +361,7 @@ class Collection:
                 return sealed.payloads[row]
         graph = view.graph
         if graph is not None:
-            label = graph.label_of.get(item)
+            label = graph.ids.label_of(item)
             if label is not None:
                 graph.shadow(label, seq)
                 return graph.label_payloads[label]
@@ -377,7 +378,7 @@ class Collection:
             if row is not None:
                 return None if row == TOMBSTONE else (layer, row)
         if view.graph is not None:
-            label = view.graph.label_of.get(item)
+            label = view.graph.ids.label_of(item)
             if label is not None:
                 return view.graph, label
         return None
@@ -562,7 +563,6 @@ class Collection:
         graph_names: list[str] = []
         graph_labels: list[int] = []
         active_index = view.active.index
-        label_of = graph.label_of if graph is not None else {}
         for item in sorted(allowed_set):
             row = active_index.get(item)
             layer = view.active
@@ -570,7 +570,7 @@ class Collection:
                 row = view.sealed.row_of(item)
                 layer = view.sealed
             if row is None:
-                label = label_of.get(item)
+                label = graph.ids.label_of(item) if graph is not None else None
                 if label is not None:
                     graph_names.append(item)
                     graph_labels.append(label)
@@ -595,8 +595,8 @@ class Collection:
         """The graph's part of an allow-list search: the listed ids' visible labels, planned as a
         filter's matches are (``planner.search_allowed``)."""
         universe = planner.graph_universe(graph, view_seq)
-        labels = [graph.label_of[item] for item in allowed if item in graph.label_of]
-        listed = LabelSet.from_labels(labels, graph.elements) & universe
+        labels = graph.ids.labels_of(list(allowed))
+        listed = LabelSet.from_labels(labels[labels >= 0], graph.elements) & universe
         threads = min(len(queries), self.options.search_threads)
         outcome = planner.search_allowed(
             graph, listed, universe.count, queries, k, max(ef, k), self.options.plan_costs, threads
@@ -618,7 +618,7 @@ class Collection:
         layers: list[_ScanLayer] = []
         graph = view.graph
         if graph is not None and graph.live:
-            labels = np.fromiter(graph.label_of.values(), dtype=np.int64, count=graph.live)
+            labels = graph.ids.live_labels()
             labels = labels[graph.shadow_seq[labels] > view_seq]
             label_list = labels.tolist()
             payloads = [graph.label_payloads[label] for label in label_list]
@@ -772,10 +772,12 @@ class Collection:
         graph = folded.graph
         with self._write_lock:
             view = self._view
-            for item, first in view.active.first_seq.items():
-                label = graph.label_of.get(item)
-                if label is not None:
-                    graph.shadow(label, first)
+            written = view.active.first_seq
+            if written:
+                items = list(written)
+                labels = graph.ids.labels_of(items)
+                for at in np.flatnonzero(labels >= 0).tolist():
+                    graph.shadow(int(labels[at]), written[items[at]])
             self._view = _View(graph, sealed, view.active, self._sealed_seq)
             if self._unsnapshotted_since is None:
                 self._unsnapshotted_since = time.monotonic()
@@ -917,8 +919,8 @@ class Collection:
         pending_ids = _pending_ids(sealed)
         replaced: list[int] = []
         if graph is not None:
-            label_of = graph.label_of
-            replaced = [label_of[item] for item in pending_ids if item in label_of]
+            found = graph.ids.labels_of(list(pending_ids))
+            replaced = found[found >= 0].tolist()
         elements = graph.elements if graph is not None else 0
         deleted_after = (graph.deleted if graph is not None else 0) + len(replaced)
         rebuild = (
@@ -930,24 +932,27 @@ class Collection:
         quantizer: Int8Quantizer | None = None
         shared = False
         if rebuild:
-            label_ids: list[str] = []
+            kept = np.empty(0, dtype=np.int64)
             label_payloads: list[bytes] = []
             seq_parts: list[npt.NDArray[np.int64]] = []
             if graph is not None:
-                label_ids = [item for item in graph.label_of if item not in pending_ids]
-                kept = np.fromiter((graph.label_of[item] for item in label_ids), dtype=np.int64, count=len(label_ids))
+                kept = graph.ids.live_labels()
+                if replaced:
+                    kept = kept[~np.isin(kept, replaced)]
                 label_payloads = [graph.label_payloads[label] for label in kept.tolist()]
                 seq_parts.append(graph.label_seq[kept])
                 columns = graph.fields.columns.gather(kept)
+                table = IdTable.from_ids(graph.ids_of(kept).tolist())
             else:
                 columns = FieldColumns()
+                table = IdTable.from_ids(())
             if rows_out is not None:  # a rebuild trains the quantizer again, on every row it will hold
-                quantizer = _train_quantizer(graph, label_ids, sealed, seal_seq, self.spec.dimension)
-            index = new_index(self.spec, len(label_ids) + live_count, quantizer)
+                quantizer = _train_quantizer(graph, kept, sealed, seal_seq, self.spec.dimension)
+            index = new_index(self.spec, len(kept) + live_count, quantizer)
             if graph is not None:
-                for lo in range(0, len(label_ids), _BUILD_CHUNK):
-                    chunk = label_ids[lo : lo + _BUILD_CHUNK]
-                    vectors = graph.vectors([graph.label_of[item] for item in chunk])
+                for lo in range(0, len(kept), _BUILD_CHUNK):
+                    chunk = kept[lo : lo + _BUILD_CHUNK]
+                    vectors = graph.vectors(chunk)
                     index.add_items(vectors, np.arange(lo, lo + len(chunk)), num_threads=threads)
                     if rows_out is not None:
                         rows_out.write(vectors)
@@ -979,25 +984,18 @@ class Collection:
                 elements=graph.elements,
                 capacity=graph.elements + live_count,
             )
-            label_ids = list(graph.label_ids)
+            table = graph.ids.evolve(replaced, ())
             label_payloads = list(graph.label_payloads)
             old_seq = graph.label_seq.copy()
             columns = graph.fields.columns.gather(np.arange(graph.elements))  # same labels
             for label in replaced:
                 if not shared:  # a shared index: marked once older graphs are gone (compact)
                     index.mark_deleted(label)
-                label_ids[label] = ""
                 label_payloads[label] = b""
                 old_seq[label] = 0
             seq_parts = [old_seq]
-        memtrace.mark("fold_index_ready", rebuild=rebuild, elements=len(label_ids), adding=live_count)
-        if rebuild:
-            label_of = {}
-        else:
-            assert graph is not None
-            label_of = dict(graph.label_of)
-            for item in pending_ids:
-                label_of.pop(item, None)
+        memtrace.mark("fold_index_ready", rebuild=rebuild, elements=len(table), adding=live_count)
+        added: list[str] = []  # ids given the labels after the table's, not yet in it
         step_rows = self._step_rows(graph) if shared and graph is not None else 0
         position, end_row, published_at, stepped = sealed.first, sealed.rows, sealed.first, False
         folded_ids = sealed.folded
@@ -1009,24 +1007,22 @@ class Collection:
             del current
             if ids:
                 folded_ids += len(ids)
-                base = len(label_ids)
+                base = len(table) + len(added)
                 index.add_items(vectors, np.arange(base, base + len(ids)), num_threads=threads)
                 if rows_out is not None:
                     rows_out.write(vectors)
-                label_ids.extend(ids)
+                added.extend(ids)
                 label_payloads.extend(payloads)
                 seq_parts.append(seqs)
                 columns.append(decode_batch(payloads, len(ids)))  # logged payloads: they decode
-                if not rebuild:
-                    label_of.update(zip(ids, range(base, base + len(ids)), strict=True))
             del vectors
             if step_rows and position < end_row and position - published_at >= step_rows:
                 # never snapshotted (no checkpoint while the view holds a sealed delta); the seq of
                 # the graph it extends, so it could not name a snapshot past what it holds
+                table, added = table.evolve((), added), []
                 step = Graph(
                     index,
-                    list(label_ids),
-                    dict(label_of),
+                    table,
                     graph.applied_seq if graph is not None else 0,
                     list(label_payloads),
                     np.concatenate(seq_parts),
@@ -1036,18 +1032,16 @@ class Collection:
                 publish(_Folded(step, False, True, [] if stepped else replaced), position, folded_ids)
                 published_at, stepped = position, True
         label_seq = np.concatenate(seq_parts) if seq_parts else np.zeros(0, dtype=np.int64)
-        if rebuild:
-            label_of = {item: label for label, item in enumerate(label_ids)}
-        memtrace.mark("fold_items_added", elements=len(label_ids))
+        table = table.evolve((), added)
+        memtrace.mark("fold_items_added", elements=len(table))
         new_graph = Graph(
             index,
-            label_ids,
-            label_of,
+            table,
             seal_seq,
             label_payloads,
             label_seq,
             quantizer=quantizer,
-            full_rows=None if rows_out is None else rows_out.finish(self.spec.dimension, len(label_ids)),
+            full_rows=None if rows_out is None else rows_out.finish(self.spec.dimension, len(table)),
             full_rows_path=None if rows_out is None else rows_out.path,
         )
         new_graph.index_fields(columns)
@@ -1128,9 +1122,11 @@ class _RowsWriter:
         self.path.unlink(missing_ok=True)
 
 
-def _train_quantizer(graph: Graph | None, kept_ids: list[str], sealed: Delta, seal_seq: int, dim: int) -> Int8Quantizer:
+def _train_quantizer(
+    graph: Graph | None, kept: npt.NDArray[np.int64], sealed: Delta, seal_seq: int, dim: int
+) -> Int8Quantizer:
     """The int8 quantizer of a rebuilt graph: the per-dimension range of the rows it will hold
-    (``kept_ids`` of ``graph``, then the live rows of ``sealed``)."""
+    (labels ``kept`` of ``graph``, then the live rows of ``sealed``)."""
     low = np.full(dim, np.inf, dtype=np.float32)
     high = np.full(dim, -np.inf, dtype=np.float32)
 
@@ -1140,8 +1136,8 @@ def _train_quantizer(graph: Graph | None, kept_ids: list[str], sealed: Delta, se
             np.maximum(high, rows.max(axis=0), out=high)
 
     if graph is not None:
-        for lo in range(0, len(kept_ids), _BUILD_CHUNK):
-            extend(graph.vectors([graph.label_of[item] for item in kept_ids[lo : lo + _BUILD_CHUNK]]))
+        for lo in range(0, len(kept), _BUILD_CHUNK):
+            extend(graph.vectors(kept[lo : lo + _BUILD_CHUNK]))
     for _, vectors, _, _ in _live_chunks(sealed, seal_seq):
         extend(vectors)
     if not np.isfinite(low).all():  # no rows at all

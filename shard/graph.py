@@ -11,8 +11,8 @@ while an older graph may still need it; the new graph hides it (``shadow_seq`` 0
 must not overlap an insert) and for int8 graphs, the fold builds a private index (a copy loaded
 from the snapshot or made in memory, or a fresh build). A rebuild always starts a fresh index.
 
-Labels are hnswlib integers; ``label_ids`` maps them back to external ids ("" for a label that is
-no longer live), ``label_of`` maps live ids to labels.
+Labels are hnswlib integers; ``ids`` (an :class:`~shard.idtable.IdTable`, packed) maps them back
+to external ids ("" for a label that is no longer live) and live ids to labels.
 
 ``shadow_seq[label]`` is the seq of the first newer write to that id held in a delta layer; a
 reader at view seq ``v`` ignores a label with ``shadow_seq <= v`` (0: every reader). It is the
@@ -53,6 +53,7 @@ from shard import exact, hnsw
 from shard.delta import NEVER
 from shard.fields import FieldColumns, LayerIndex, decode_batch
 from shard.hnsw import HnswIndex
+from shard.idtable import IdTable
 from shard.labelset import LabelSet
 
 Labels = npt.NDArray[np.uint64]
@@ -354,8 +355,7 @@ class GraphFields:
 @dataclass
 class Graph:
     index: HnswIndex
-    label_ids: list[str]
-    label_of: dict[str, int]
+    ids: IdTable
     applied_seq: int
     # label -> the item's payload (b"": none); left empty when constructed: no item has one
     label_payloads: list[bytes] = field(default_factory=list)
@@ -371,20 +371,20 @@ class Graph:
     shadowed: int = 0
 
     def __post_init__(self) -> None:
+        elements = len(self.ids)
         if not self.label_payloads:
-            self.label_payloads = [b""] * len(self.label_ids)
-        elif len(self.label_payloads) != len(self.label_ids):
-            raise ValueError(f"{len(self.label_payloads)} payloads for {len(self.label_ids)} labels")
+            self.label_payloads = [b""] * elements
+        elif len(self.label_payloads) != elements:
+            raise ValueError(f"{len(self.label_payloads)} payloads for {elements} labels")
         if not len(self.label_seq):
-            self.label_seq = np.zeros(len(self.label_ids), dtype=np.int64)
-        elif len(self.label_seq) != len(self.label_ids):
-            raise ValueError(f"{len(self.label_seq)} versions for {len(self.label_ids)} labels")
+            self.label_seq = np.zeros(elements, dtype=np.int64)
+        elif len(self.label_seq) != elements:
+            raise ValueError(f"{len(self.label_seq)} versions for {elements} labels")
         if (self.quantizer is None) != (self.full_rows is None):
             raise ValueError("an int8 graph needs both its quantizer and its float32 rows")
-        if self.full_rows is not None and len(self.full_rows) != len(self.label_ids):
-            raise ValueError(f"{len(self.full_rows)} float32 rows for {len(self.label_ids)} labels")
-        self.shadow_seq = np.full(max(1, len(self.label_ids)), NEVER, dtype=np.int64)
-        self._ids_array: npt.NDArray[np.object_] = np.array([*self.label_ids, ""], dtype=object)
+        if self.full_rows is not None and len(self.full_rows) != elements:
+            raise ValueError(f"{len(self.full_rows)} float32 rows for {elements} labels")
+        self.shadow_seq = np.full(max(1, elements), NEVER, dtype=np.int64)
         self._file_rows: IndexFileRows | None = None
         self._fields: GraphFields | None = None
         # Set by a fold that shared the index while labels it hides are not yet marked deleted
@@ -403,7 +403,7 @@ class Graph:
                 columns.append(decode_batch(self.label_payloads, self.elements))
             elif columns.rows != self.elements:
                 raise ValueError(f"field columns of {columns.rows} rows for {self.elements} labels")
-            live = np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)
+            live = self.ids.live_labels()
             uri_present = columns.uri.view(self.elements)[1]
             legacy = int(self.live - np.count_nonzero(uri_present[live])) if self.live else 0
             self._fields = GraphFields(
@@ -418,11 +418,11 @@ class Graph:
 
     @property
     def elements(self) -> int:
-        return len(self.label_ids)
+        return len(self.ids)
 
     @property
     def live(self) -> int:
-        return len(self.label_of)
+        return self.ids.live
 
     @property
     def deleted(self) -> int:
@@ -434,7 +434,8 @@ class Graph:
             self.shadowed += 1
 
     def ids_of(self, labels: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
-        return self._ids_array[labels]
+        """The ids of ``labels`` (any shape; ``-1`` gives ``""``)."""
+        return self.ids.ids_of(labels)
 
     def attach_file(self, path: Path) -> None:
         """Serves ``vectors`` from this graph's snapshot file (:class:`IndexFileRows`) when the
@@ -451,7 +452,7 @@ class Graph:
         rows = open_index_rows(path, self.index.dim, self.elements)
         if rows is None:
             return
-        live = np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)  # get_items refuses deleted
+        live = self.ids.live_labels()  # get_items refuses deleted
         if len(live) == 0:
             rows.close()
             return
@@ -518,7 +519,7 @@ class Graph:
         """A bool mask over the graph's labels, True for the live ones (built once)."""
         if self._live_mask is None:
             mask = np.zeros(self.elements, dtype=np.bool_)
-            mask[np.fromiter(self.label_of.values(), dtype=np.int64, count=self.live)] = True
+            mask[self.ids.live_labels()] = True
             self._live_mask = mask
         return self._live_mask
 
@@ -550,7 +551,7 @@ class Graph:
         return np.take_along_axis(labels, order, axis=1), np.take_along_axis(out_dist, order, axis=1)
 
     def _exact(self, queries: Matrix, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        labels = np.fromiter(self.label_of.values(), dtype=np.int64, count=len(self.label_of))
+        labels = self.ids.live_labels()
         vectors = self.vectors(labels)
         order, best = exact.search(queries, vectors, self.index.space, k)
         return labels[order], best

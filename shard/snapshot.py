@@ -36,6 +36,7 @@ from shard import hnsw
 from shard.fsutil import fsync_dir, fsync_file
 from shard.graph import ROWS_FILE, Graph, Int8Quantizer, RowsFile, mark_deleted, uninitialised_index
 from shard.hnsw import HnswIndex
+from shard.idtable import IdTable
 
 FORMAT = 1
 GRAPH_FILE = "graph.hnsw"
@@ -71,24 +72,29 @@ def _file_crc(path: Path) -> int:
     return crc
 
 
-def encode_ids(label_ids: list[str]) -> bytes:
-    encoded = [item.encode() for item in label_ids]
-    lengths = np.fromiter((len(b) for b in encoded), dtype="<u2", count=len(encoded))
-    return _IDS_HEADER.pack(_IDS_MAGIC, FORMAT, len(encoded)) + lengths.tobytes() + b"".join(encoded)
+def encode_ids(ids: IdTable) -> bytes:
+    """Label -> id: a header, each id's UTF-8 length (uint16; 0: a dead label), then the ids back
+    to back."""
+    lengths, blob = ids.encoded()
+    return _IDS_HEADER.pack(_IDS_MAGIC, FORMAT, len(lengths)) + lengths.astype("<u2").tobytes() + blob
 
 
-def decode_ids(data: bytes) -> list[str]:
-    magic, version, count = _IDS_HEADER.unpack_from(data)
+def decode_ids(data: bytes) -> IdTable:
+    """CorruptionError if ``data`` is not what :func:`encode_ids` wrote."""
+    try:
+        magic, version, count = _IDS_HEADER.unpack_from(data)
+    except struct.error as exc:
+        raise CorruptionError("ids file is truncated") from exc
     if magic != _IDS_MAGIC or version != FORMAT:
         raise CorruptionError("ids file has a bad header")
     start = _IDS_HEADER.size
+    if len(data) < start + 2 * count:
+        raise CorruptionError("ids file is shorter than its index")
     lengths = np.frombuffer(data, dtype="<u2", count=count, offset=start).astype(np.int64)
-    ends = np.cumsum(lengths) + start + 2 * count
-    if count and ends[-1] != len(data):
-        raise CorruptionError("ids file length does not match its index")
-    starts = ends - lengths
-    blob = data
-    return [blob[s:e].decode() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    try:
+        return IdTable.from_lengths(data[start + 2 * count :], lengths)
+    except ValueError as exc:
+        raise CorruptionError(f"ids file: {exc}") from exc
 
 
 def encode_payloads(payloads: list[bytes]) -> bytes:
@@ -146,7 +152,7 @@ def write_snapshot(root: Path, spec: CollectionSpec, graph: Graph) -> SnapshotIn
         shutil.rmtree(tmp)
     tmp.mkdir()
     graph.index.save_index(str(tmp / GRAPH_FILE))
-    (tmp / IDS_FILE).write_bytes(encode_ids(graph.label_ids))
+    (tmp / IDS_FILE).write_bytes(encode_ids(graph.ids))
     names = [GRAPH_FILE, IDS_FILE]
     if any(graph.label_payloads):
         (tmp / PAYLOADS_FILE).write_bytes(encode_payloads(graph.label_payloads))
@@ -252,11 +258,12 @@ def load_index(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0
     return index
 
 
-def _mark_unlisted(index: HnswIndex, label_ids: list[str]) -> None:
+def _mark_unlisted(index: HnswIndex, ids: IdTable) -> None:
     """Marks deleted the labels without an id that the index file left unmarked (a fold that
     shared its index marks superseded labels only once older graphs are gone, and a snapshot
     may be written before that)."""
-    unlisted = [label for label, item in enumerate(label_ids) if not item]
+    lengths, _ = ids.encoded()
+    unlisted = np.flatnonzero(lengths == 0).tolist()
     if not unlisted or hnsw.deleted_count(index) == len(unlisted):
         return
     mark_deleted(index, unlisted)
@@ -291,30 +298,29 @@ def _load_graph_file(
 def load(info: SnapshotInfo, spec: CollectionSpec, extra_capacity: int = 0) -> Graph:
     """Loads a verified snapshot into a new, private Graph with room for ``extra_capacity``."""
     manifest = verify(info, spec)
-    label_ids = decode_ids((info.path / IDS_FILE).read_bytes())
-    if len(label_ids) != manifest["elements"]:
-        raise CorruptionError(f"snapshot {info.path}: ids file holds {len(label_ids)} labels")
+    ids = decode_ids((info.path / IDS_FILE).read_bytes())
+    elements = len(ids)
+    if elements != manifest["elements"]:
+        raise CorruptionError(f"snapshot {info.path}: ids file holds {elements} labels")
     quantizer = _quantizer(info, spec, manifest)
-    index = _load_graph_file(info, spec, len(label_ids), extra_capacity, quantizer)
+    index = _load_graph_file(info, spec, elements, extra_capacity, quantizer)
     full_rows = None
     if quantizer is not None:
-        full_rows = RowsFile(info.path / ROWS_FILE, spec.dimension, len(label_ids))
-    _mark_unlisted(index, label_ids)
-    label_of = {item: label for label, item in enumerate(label_ids) if item}
+        full_rows = RowsFile(info.path / ROWS_FILE, spec.dimension, elements)
+    _mark_unlisted(index, ids)
     payloads: list[bytes] = []
     if PAYLOADS_FILE in manifest["files"]:  # type: ignore[operator]
         payloads = decode_payloads((info.path / PAYLOADS_FILE).read_bytes())
-        if len(payloads) != len(label_ids):
+        if len(payloads) != elements:
             raise CorruptionError(f"snapshot {info.path}: payloads file holds {len(payloads)} labels")
-    versions = np.zeros(len(label_ids), dtype=np.int64)
+    versions = np.zeros(elements, dtype=np.int64)
     if VERSIONS_FILE in manifest["files"]:  # type: ignore[operator]
         versions = decode_versions((info.path / VERSIONS_FILE).read_bytes())
-        if len(versions) != len(label_ids):
+        if len(versions) != elements:
             raise CorruptionError(f"snapshot {info.path}: versions file holds {len(versions)} labels")
     graph = Graph(
         index,
-        label_ids,
-        label_of,
+        ids,
         info.applied_seq,
         payloads,
         versions,

@@ -296,7 +296,7 @@ def test_graph_vectors_come_from_the_mapped_snapshot_and_match_hnswlib(
     col.compact()
     graph = col._view.graph
     assert graph is not None and graph._file_rows is not None
-    labels = np.fromiter(graph.label_of.values(), dtype=np.int64)
+    labels = graph.ids.live_labels()
     expected = np.asarray(graph.index.get_items(labels.astype(np.uint64)), dtype=np.float32)
     np.testing.assert_array_equal(graph.vectors(labels), expected)
     col = reopen(col)  # loaded from the snapshot: mapped again
@@ -466,7 +466,7 @@ def test_graph_rows_leave_nothing_of_the_snapshot_file_resident(
     col.compact()
     graph = col._view.graph
     assert graph is not None and graph._file_rows is not None
-    labels = np.asarray([graph.label_of[f"r{i}"] for i in (0, 1500, 2999)], dtype=np.int64)
+    labels = graph.ids.labels_of([f"r{i}" for i in (0, 1500, 2999)])
     np.testing.assert_array_equal(graph.vectors(labels), data[[0, 1500, 2999]])
     maps = Path("/proc/self/maps")
     if maps.exists():
