@@ -3,7 +3,7 @@
 An :class:`IdTable` maps each hnswlib label ``0..len-1`` to its id (``""``: a label no longer
 live) and each live id to its label. It replaces a list of ``str`` and a ``dict`` of ``str`` to
 ``int``, which cost ~130 bytes an item in objects (bench/results/memory.md); here an item costs
-its UTF-8 bytes, one 8-byte offset and a 16-byte hash entry.
+its UTF-8 bytes, a 4-byte offset and a 12-byte hash entry.
 
 Layout: ``blob`` holds the ids' UTF-8 bytes back to back in label order, ``offsets[label]`` ..
 ``offsets[label + 1]`` delimits one (empty for a dead label); ``hashes`` holds ``hash()`` of each
@@ -29,12 +29,15 @@ Labels = npt.NDArray[np.int64]
 class IdTable:
     __slots__ = ("_blob", "_by_hash", "_hashes", "_live", "_offsets")
 
-    def __init__(self, blob: bytes, offsets: Labels, hashes: npt.NDArray[np.int64], by_hash: Labels) -> None:
-        """Internal: use :meth:`from_ids`, :meth:`from_lengths` or :meth:`evolve`."""
+    def __init__(
+        self, blob: bytes, offsets: npt.NDArray[Any], hashes: npt.NDArray[np.int64], by_hash: npt.NDArray[Any]
+    ) -> None:
+        """Internal: use :meth:`from_ids`, :meth:`from_lengths` or :meth:`evolve`. Offsets and
+        labels are held as uint32 where they fit (labels always do: hnswlib's are 32-bit)."""
         self._blob = blob
-        self._offsets = offsets
+        self._offsets: npt.NDArray[Any] = offsets.astype(np.uint32) if len(blob) < 2**32 else offsets
         self._hashes = hashes
-        self._by_hash = by_hash
+        self._by_hash: npt.NDArray[Any] = by_hash.astype(np.uint32)
         self._live = len(by_hash)
 
     # ------------------------------------------------------------------ building
@@ -203,4 +206,4 @@ class IdTable:
     def encoded(self) -> tuple[npt.NDArray[np.int64], bytes]:
         """(each label's id length in bytes, 0 when dead; the ids' bytes back to back): what
         :meth:`from_lengths` takes."""
-        return np.diff(self._offsets), self._blob
+        return np.diff(self._offsets).astype(np.int64), self._blob
