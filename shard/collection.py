@@ -314,10 +314,11 @@ class Collection:
         decoded here). Caller holds the write lock (or is recovering)."""
         view = self._view
         active = view.active
+        graph_labels = [-1] * len(op.ids) if view.graph is None else view.graph.ids.labels_of(op.ids).tolist()
         if isinstance(op, records.UpsertOp):
             existed = legacy = 0  # ids that had a live version; change in items without payload
-            for item in op.ids:
-                old = self._supersede(item, seq, view)
+            for item, label in zip(op.ids, graph_labels, strict=True):
+                old = self._supersede(item, seq, view, label)
                 if old is not None:
                     existed += 1
                     if old == b"":
@@ -327,8 +328,8 @@ class Collection:
             self._live += len(op.ids) - existed
             self._legacy += legacy
         else:
-            for item in op.ids:
-                old = self._supersede(item, seq, view)
+            for item, label in zip(op.ids, graph_labels, strict=True):
+                old = self._supersede(item, seq, view, label)
                 if old is not None:
                     active.tombstone(item, seq)
                     self._live -= 1
@@ -339,8 +340,9 @@ class Collection:
         self._applied_seq = seq  # last: readers that see this seq see the whole op
 
     @staticmethod
-    def _supersede(item: str, seq: int, view: _View) -> bytes | None:
-        """Hides the current version of ``item`` (if any) from reads at seq >= ``seq``.
+    def _supersede(item: str, seq: int, view: _View, label: int) -> bytes | None:
+        """Hides the current version of ``item`` (if any) from reads at seq >= ``seq``;
+        ``label`` is its label in ``view``'s graph (-1: none, or no graph).
 
         Returns that version's payload (b"": none), None if the id had no live version.
         """
@@ -360,11 +362,9 @@ class Collection:
                 sealed.kill(row, seq)
                 return sealed.payloads[row]
         graph = view.graph
-        if graph is not None:
-            label = graph.ids.label_of(item)
-            if label is not None:
-                graph.shadow(label, seq)
-                return graph.label_payloads[label]
+        if graph is not None and label >= 0:
+            graph.shadow(label, seq)
+            return graph.label_payloads[label]
         return None
 
     # ================================================================== reads
